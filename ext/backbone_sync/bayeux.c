@@ -1,0 +1,682 @@
+/*
+ * bayeux.c: the Bayeux protocol as Faye 1.4 speaks it: sessions (clients),
+ * /meta/handshake, connect, subscribe, unsubscribe, disconnect, publish, and
+ * the per-client delivery queues. Thread: the service thread only.
+ *
+ * A client's queue holds references to shared frames; the transport drains
+ * it (server.c). A /meta/connect is held on the link it came on until it is
+ * due: at the server timeout, or, for HTTP long-polling, as soon as the
+ * client has something queued.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "core.h"
+
+#define SUPPORTED (BS_CT_LONG_POLLING | BS_CT_CROSS_ORIGIN | BS_CT_WEBSOCKET)
+
+static const char *const meta_channels[] = {
+    "/meta/handshake", "/meta/connect", "/meta/subscribe", "/meta/unsubscribe", "/meta/disconnect"
+};
+
+int64_t bs_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- clients ------------------------------------------------------------- */
+
+static uint32_t hash_id(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u;
+    size_t i;
+
+    for (i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+static bs_client_t *client_find(bs_engine_t *e, const char *id, size_t len)
+{
+    uint32_t h;
+    bs_client_t *c;
+
+    if (len != BS_ID_LEN || !e->cbuckets)
+        return NULL;
+    h = hash_id(id, len);
+    for (c = e->clients[h & (e->cbuckets - 1)]; c; c = c->hnext)
+        if (c->hash == h && memcmp(c->id, id, len) == 0)
+            return c;
+    return NULL;
+}
+
+static int clients_grow(bs_engine_t *e)
+{
+    uint32_t n = e->cbuckets ? e->cbuckets * 2 : 256, i;
+    bs_client_t **t = calloc(n, sizeof(*t)), *c, *next;
+
+    if (!t)
+        return -1;
+    for (i = 0; i < e->cbuckets; i++) {
+        for (c = e->clients[i]; c; c = next) {
+            next = c->hnext;
+            c->hnext = t[c->hash & (n - 1)];
+            t[c->hash & (n - 1)] = c;
+        }
+    }
+    free(e->clients);
+    e->clients = t;
+    e->cbuckets = n;
+    return 0;
+}
+
+/* 32 base-36 digits (about 165 bits) from the kernel's CSPRNG. */
+static int random_id(bs_engine_t *e, char *out)
+{
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    int i = 0;
+
+    while (i < BS_ID_LEN) {
+        unsigned char r;
+
+        if (e->rnd_used == 0 || e->rnd_used >= sizeof(e->rnd)) {
+            if (getrandom(e->rnd, sizeof(e->rnd), 0) != (ssize_t)sizeof(e->rnd))
+                return -1;
+            e->rnd_used = 0;
+        }
+        r = e->rnd[e->rnd_used++];
+        if (r < 252)                              /* 252 = 7 * 36: no modulo bias */
+            out[i++] = digits[r % 36];
+    }
+    out[BS_ID_LEN] = '\0';
+    return 0;
+}
+
+static bs_client_t *client_create(bs_engine_t *e)
+{
+    bs_client_t *c;
+
+    if (e->nclients >= e->cbuckets && clients_grow(e))
+        return NULL;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    do {
+        if (random_id(e, c->id)) {
+            free(c);
+            return NULL;
+        }
+    } while (client_find(e, c->id, BS_ID_LEN));
+    c->hash = hash_id(c->id, BS_ID_LEN);
+    c->hnext = e->clients[c->hash & (e->cbuckets - 1)];
+    e->clients[c->hash & (e->cbuckets - 1)] = c;
+    c->next = e->all;
+    if (e->all)
+        e->all->prev = c;
+    e->all = c;
+    c->last_seen = bs_now_ms();
+    e->nclients++;
+    BS_STAT_ADD(e, clients, 1);
+    return c;
+}
+
+/* A reply's raw JSON id, or none. */
+typedef struct rid {
+    const char *p;
+    size_t len;
+} rid_t;
+
+#define MSG_ID(m, json) ((m)->has_id ? (rid_t){ (json) + (m)->raw_id.off, (m)->raw_id.len } : (rid_t){ NULL, 0 })
+#define NO_ID ((rid_t){ NULL, 0 })
+
+static void error_reply(bs_buf_t *out, rid_t id, const char *channel, size_t chlen,
+                        const char *client_id, const char *error, int advice);
+
+/* Frees c. Its link, if any, answers a held connect with 401 and is closed
+ * when close_link is set (a slow or expired WebSocket). */
+static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
+{
+    bs_client_t **pp = &e->clients[c->hash & (e->cbuckets - 1)];
+    bs_link_t *l = c->link;
+
+    if (l) {
+        l->client = NULL;
+        c->link = NULL;
+        if (l->held) {
+            char err[80];
+
+            snprintf(err, sizeof(err), "401:%s:Unknown client", c->id);
+            error_reply(&l->out, (rid_t){ l->held_id, l->held_id_len }, "/meta/connect", 13, NULL,
+                        err, 1);
+            free(l->held_id);
+            l->held_id = NULL;
+            l->held = 0;
+        }
+        bs_link_lost_client(e->server, l, close_link);
+    }
+    while (*pp != c)
+        pp = &(*pp)->hnext;
+    *pp = c->hnext;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        e->all = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    bs_channels_unsubscribe_all(e, c);
+    bs_ring_free(&c->queue);
+    e->nclients--;
+    BS_STAT_SUB(e, clients, 1);
+    free(c);
+}
+
+static void reap_doomed(bs_engine_t *e)
+{
+    bs_client_t *c, *next;
+
+    if (!e->ndoomed)
+        return;
+    for (c = e->all; c; c = next) {
+        next = c->next;
+        if (c->doomed) {
+            if (bs_log_verbose(e->server))
+                bs_log(e->server, 'W', "client %s dropped: %u messages queued (max_queue)",
+                       c->id, c->queue.len);
+            client_destroy(e, c, 1);
+        }
+    }
+    e->ndoomed = 0;
+}
+
+void bs_engine_deliver(bs_engine_t *e, bs_client_t *c, bs_frame_t *f)
+{
+    if (c->doomed)
+        return;
+    if (c->queue.len >= (uint32_t)e->cfg->max_queue || bs_ring_push(&c->queue, f)) {
+        c->doomed = 1;
+        e->ndoomed++;
+        BS_STAT_ADD(e, slow_clients_dropped, 1);
+        return;
+    }
+    BS_STAT_ADD(e, messages_out, 1);
+    if (c->queue.len == 1 && c->link)
+        bs_link_wake(e->server, c->link);
+}
+
+/* ---- replies ------------------------------------------------------------- */
+
+static void advice(bs_buf_t *out, const bs_engine_t *e, int ok)
+{
+    char tmp[96];
+
+    if (ok)
+        snprintf(tmp, sizeof(tmp), ",\"advice\":{\"reconnect\":\"retry\",\"interval\":0,\"timeout\":%lld}",
+                 (long long)e->cfg->timeout * 1000);
+    else
+        snprintf(tmp, sizeof(tmp), ",\"advice\":{\"reconnect\":\"handshake\",\"interval\":0}");
+    bs_buf_append_str(out, tmp);
+}
+
+/* Opens a reply object: {"id":..,"clientId":..,"channel":..,"successful":.. */
+static void reply_open(bs_buf_t *out, rid_t id, const char *channel, size_t chlen,
+                       const char *client_id, int ok)
+{
+    if (out->len)
+        bs_buf_append(out, ",", 1);
+    bs_buf_append(out, "{", 1);
+    if (id.p) {
+        bs_buf_append(out, "\"id\":", 5);
+        bs_buf_append(out, id.p, id.len);
+        bs_buf_append(out, ",", 1);
+    }
+    if (client_id) {
+        bs_buf_append(out, "\"clientId\":", 11);
+        bs_json_str(out, client_id, strlen(client_id));
+        bs_buf_append(out, ",", 1);
+    }
+    if (channel) {
+        bs_buf_append(out, "\"channel\":", 10);
+        bs_json_str(out, channel, chlen);
+        bs_buf_append(out, ",", 1);
+    }
+    bs_buf_append_str(out, ok ? "\"successful\":true" : "\"successful\":false");
+}
+
+static void error_reply(bs_buf_t *out, rid_t id, const char *channel, size_t chlen,
+                        const char *client_id, const char *error, int with_advice)
+{
+    reply_open(out, id, channel, chlen, client_id, 0);
+    bs_buf_append(out, ",\"error\":", 9);
+    bs_json_str(out, error, strlen(error));
+    if (with_advice)
+        bs_buf_append_str(out, ",\"advice\":{\"reconnect\":\"handshake\",\"interval\":0}");
+    bs_buf_append(out, "}", 1);
+}
+
+/* An error whose args part is a channel or name given by the client. */
+static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json,
+                 const char *client_id, int code, const char *arg, size_t arglen, const char *text)
+{
+    bs_buf_t err;
+    int meta_reply = m->channel && (strcmp(m->channel, "/meta/handshake") == 0 ||
+                                    strcmp(m->channel, "/meta/connect") == 0);
+
+    bs_buf_init(&err);
+    if (arglen > 256)
+        arglen = 256;
+    {
+        char head[8];
+
+        snprintf(head, sizeof(head), "%d:", code);
+        bs_buf_append_str(&err, head);
+    }
+    bs_buf_append(&err, arg ? arg : "", arg ? arglen : 0);
+    bs_buf_append(&err, ":", 1);
+    bs_buf_append_str(&err, text);
+    bs_buf_append(&err, "", 1);
+    if (err.ptr)
+        error_reply(out, MSG_ID(m, json), m->channel, m->channel_len, client_id, err.ptr, meta_reply);
+    bs_buf_free(&err);
+    BS_STAT_ADD(e, errors, 1);
+}
+
+static void subscription_reply(bs_buf_t *out, const bs_msg_t *m, const char *json,
+                               const bs_client_t *c)
+{
+    reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
+    bs_buf_append(out, ",\"subscription\":", 16);
+    bs_buf_append(out, json + m->raw_subscription.off, m->raw_subscription.len);
+    bs_buf_append(out, "}", 1);
+}
+
+/* ---- meta handlers ------------------------------------------------------- */
+
+static void handshake(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json)
+{
+    static const char types[] =
+        ",\"version\":\"1.0\",\"supportedConnectionTypes\":[\"long-polling\",\"cross-origin-long-polling\",\"websocket\"]";
+    bs_client_t *c;
+
+    if (!m->version)
+        return fail(e, out, m, json, NULL, 402, "version", 7, "Missing required parameter");
+    if (!m->has_conn_types)
+        return fail(e, out, m, json, NULL, 402, "supportedConnectionTypes", 24,
+                    "Missing required parameter");
+    if (!(m->conn_types & SUPPORTED))
+        return fail(e, out, m, json, NULL, 301, "", 0, "Connection types not supported");
+    if (!(c = client_create(e)))
+        return fail(e, out, m, json, NULL, 500, "", 0, "Internal server error");
+    reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
+    bs_buf_append(out, types, sizeof(types) - 1);
+    advice(out, e, 1);
+    bs_buf_append(out, "}", 1);
+    if (bs_log_verbose(e->server))
+        bs_log(e->server, 'I', "handshake: client %s", c->id);
+}
+
+static bs_client_t *known_client(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m,
+                                 const char *json)
+{
+    bs_client_t *c;
+
+    if (!m->client_id) {
+        fail(e, out, m, json, NULL, 402, "clientId", 8, "Missing required parameter");
+        return NULL;
+    }
+    if (!(c = client_find(e, m->client_id, m->client_id_len))) {
+        fail(e, out, m, json, NULL, 401, m->client_id, m->client_id_len, "Unknown client");
+        return NULL;
+    }
+    c->last_seen = bs_now_ms();
+    return c;
+}
+
+void bs_engine_answer(bs_engine_t *e, bs_link_t *l)
+{
+    bs_client_t *c = l->client;
+
+    if (!l->held)
+        return;
+    if (c) {
+        reply_open(&l->out, (rid_t){ l->held_id, l->held_id_len }, "/meta/connect", 13, c->id, 1);
+        advice(&l->out, e, 1);
+        bs_buf_append(&l->out, "}", 1);
+        c->last_seen = bs_now_ms();
+        if (l->via == BS_VIA_HTTP) {
+            c->link = NULL;
+            l->client = NULL;
+        }
+    }
+    free(l->held_id);
+    l->held_id = NULL;
+    l->held = 0;
+}
+
+int bs_engine_due(bs_engine_t *e, bs_link_t *l, int64_t now)
+{
+    (void)e;
+    if (!l->held)
+        return 0;
+    if (now >= l->held_until || !l->client)
+        return 1;
+    return l->via == BS_VIA_HTTP && l->client->queue.len > 0;
+}
+
+static void connect(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t *m,
+                    const char *json)
+{
+    bs_client_t *c = known_client(e, out, m, json);
+    int64_t hold;
+
+    if (!c)
+        return;
+    if (!m->connection_type)
+        return fail(e, out, m, json, c->id, 402, "connectionType", 14, "Missing required parameter");
+    if (!(bs_conn_type_bit(m->connection_type) & SUPPORTED))
+        return fail(e, out, m, json, c->id, 301, m->connection_type, strlen(m->connection_type),
+                    "Connection types not supported");
+    if (!l) {
+        /* Nothing to hold it on: answer at once. */
+        reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
+        advice(out, e, 1);
+        bs_buf_append(out, "}", 1);
+        return;
+    }
+    /* A newer connect supersedes one still held elsewhere, or on this link. */
+    if (c->link && c->link != l) {
+        bs_link_t *old = c->link;
+
+        bs_engine_answer(e, old);
+        old->client = NULL;
+        c->link = NULL;
+        bs_link_wake(e->server, old);
+    }
+    if (l->held)
+        bs_engine_answer(e, l);
+    if (l->client && l->client != c)
+        l->client->link = NULL;
+    c->link = l;
+    l->client = c;
+    l->held = 1;
+    l->held_id = NULL;
+    l->held_id_len = 0;
+    if (m->has_id && (l->held_id = malloc(m->raw_id.len))) {
+        memcpy(l->held_id, json + m->raw_id.off, m->raw_id.len);
+        l->held_id_len = m->raw_id.len;
+    }
+    hold = (int64_t)e->cfg->timeout * 1000;
+    if (m->advice_timeout >= 0 && m->advice_timeout < hold)
+        hold = m->advice_timeout;
+    l->held_until = bs_now_ms() + hold;
+}
+
+static int forbidden_subscription(const char *s, size_t len)
+{
+    return (len >= 5 && memcmp(s, "/meta", 5) == 0 && (len == 5 || s[5] == '/')) ||
+           (len >= 8 && memcmp(s, "/service", 8) == 0 && (len == 8 || s[8] == '/'));
+}
+
+static int needs_token(const bs_engine_t *e, const char *s, size_t len)
+{
+    const char *const *p;
+
+    if (e->cfg->signed_subscriptions)
+        return 1;
+    for (p = e->cfg->signed_channels; p && *p; p++)
+        if (bs_channel_overlaps(*p, s, len))
+            return 1;
+    return 0;
+}
+
+static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json, int on)
+{
+    bs_client_t *c = known_client(e, out, m, json);
+    const char *s;
+    uint32_t i, fresh = 0;
+
+    if (!c)
+        return;
+    if (!m->has_subscription || m->nsubs == 0)
+        return fail(e, out, m, json, c->id, 402, "subscription", 12, "Missing required parameter");
+    for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
+        size_t len = strlen(s);
+
+        if (!bs_channel_valid_pattern(s, len))
+            return fail(e, out, m, json, c->id, 405, s, len, "Invalid channel");
+        if (!on)
+            continue;
+        if (forbidden_subscription(s, len))
+            return fail(e, out, m, json, c->id, 403, s, len, "Forbidden channel");
+        if (needs_token(e, s, len) &&
+            !(m->token && bs_token_verify(e->cfg->secret, s, len, m->token, m->token_len,
+                                          (int64_t)time(NULL)))) {
+            if (bs_log_verbose(e->server))
+                bs_log(e->server, 'W', "subscribe refused: client %s, %s: missing, forged or expired token",
+                       c->id, s);
+            return fail(e, out, m, json, c->id, 403, s, len, "Forbidden channel");
+        }
+        fresh++;
+    }
+    if (on && c->nsubs + fresh > (uint32_t)e->cfg->max_subscriptions)
+        return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
+                    "Too many subscriptions for one client (max_subscriptions)");
+    for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
+        if (!on) {
+            bs_channels_unsubscribe(e, c, s, strlen(s));
+        } else if (bs_channels_subscribe(e, c, s, strlen(s))) {
+            return fail(e, out, m, json, c->id, 500, "", 0, "Internal server error");
+        }
+        if (bs_log_verbose(e->server))
+            bs_log(e->server, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
+    }
+    subscription_reply(out, m, json, c);
+}
+
+static void disconnect(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json)
+{
+    bs_client_t *c = known_client(e, out, m, json);
+    char id[BS_ID_LEN + 1];
+
+    if (!c)
+        return;
+    memcpy(id, c->id, sizeof(id));
+    if (bs_log_verbose(e->server))
+        bs_log(e->server, 'I', "disconnect: client %s", id);
+    client_destroy(e, c, 0);
+    reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, id, 1);
+    bs_buf_append(out, "}", 1);
+}
+
+/* ---- publish ------------------------------------------------------------- */
+
+static int secret_matches(const char *secret, const char *given, size_t len)
+{
+    size_t slen;
+
+    if (!secret || !*secret || !given)
+        return 0;
+    slen = strlen(secret);
+    /* Length is not secret; the bytes are compared in constant time. */
+    return slen == len && CRYPTO_memcmp(secret, given, len) == 0;
+}
+
+static int public_channel(const bs_engine_t *e, const char *ch, size_t len)
+{
+    const char *const *p;
+
+    for (p = e->cfg->public_channels; p && *p; p++)
+        if (bs_channel_matches(*p, ch, len))
+            return 1;
+    return 0;
+}
+
+void bs_engine_publish(bs_engine_t *e, const char *channel, size_t len, bs_frame_t *f)
+{
+    BS_STAT_ADD(e, messages_in, 1);
+    /* /service/ messages are for the server only; nobody may subscribe to them. */
+    if (len >= 9 && memcmp(channel, "/service/", 9) == 0)
+        return;
+    bs_channels_fanout(e, channel, len, f);
+    reap_doomed(e);
+}
+
+static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json,
+                    const bs_batch_t *b)
+{
+    const char *client_id = m->client_id && client_find(e, m->client_id, m->client_id_len)
+                            ? m->client_id : NULL;
+    bs_buf_t msg;
+    bs_frame_t *f;
+
+    if (!bs_channel_valid_name(m->channel, m->channel_len))
+        return fail(e, out, m, json, client_id, 405, m->channel, m->channel_len, "Invalid channel");
+    if (!m->has_data)
+        return fail(e, out, m, json, client_id, 402, "data", 4, "Missing required parameter");
+    if (!secret_matches(e->cfg->secret, m->secret, m->secret_len) &&
+        !public_channel(e, m->channel, m->channel_len)) {
+        if (bs_log_verbose(e->server))
+            bs_log(e->server, 'W', "publish refused on %s: no valid secret", m->channel);
+        return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len, "Forbidden channel");
+    }
+    /* The delivery: the message as published, less clientId and the secret. */
+    bs_buf_init(&msg);
+    bs_buf_append(&msg, "[{\"channel\":", 12);
+    bs_json_str(&msg, m->channel, m->channel_len);
+    bs_buf_append(&msg, ",\"data\":", 8);
+    bs_buf_append(&msg, json + m->raw_data.off, m->raw_data.len);
+    if (m->has_id) {
+        bs_buf_append(&msg, ",\"id\":", 6);
+        bs_buf_append(&msg, json + m->raw_id.off, m->raw_id.len);
+    }
+    if (m->has_ext) {
+        bs_buf_append(&msg, ",\"ext\":", 7);
+        bs_buf_append(&msg, b->ext.ptr + m->raw_ext.off, m->raw_ext.len);
+    }
+    if (bs_buf_append(&msg, "}]", 2) || !(f = bs_frame_new(msg.len))) {
+        bs_buf_free(&msg);
+        return fail(e, out, m, json, client_id, 500, "", 0, "Internal server error");
+    }
+    memcpy(BS_FRAME_DATA(f), msg.ptr, msg.len);
+    bs_buf_free(&msg);
+    if (bs_log_verbose(e->server))
+        bs_log(e->server, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
+    bs_engine_publish(e, m->channel, m->channel_len, f);
+    bs_frame_unref(f);
+    reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, client_id, 1);
+    bs_buf_append(out, "}", 1);
+}
+
+/* ---- entry points --------------------------------------------------------- */
+
+int bs_engine_receive(bs_engine_t *e, bs_link_t *l, int via, const char *json, size_t len,
+                      bs_buf_t *out)
+{
+    bs_batch_t b;
+    uint32_t i;
+
+    (void)via;
+    if (bs_batch_parse(&b, json, len, e->cfg->max_depth, e->cfg->max_batch)) {
+        char err[128];
+
+        snprintf(err, sizeof(err), "400::Bad request: %s", b.error);
+        error_reply(out, NO_ID, NULL, 0, NULL, err, 0);
+        BS_STAT_ADD(e, errors, 1);
+        bs_batch_free(&b);
+        return 400;
+    }
+    for (i = 0; i < b.n; i++) {
+        const bs_msg_t *m = &b.msgs[i];
+        size_t k;
+
+        BS_STAT_ADD(e, messages_in, 1);
+        if (m->bad) {
+            fail(e, out, m, json, NULL, 400, "", 0, "Bad request: a field has the wrong type");
+            continue;
+        }
+        if (!m->channel) {
+            fail(e, out, m, json, NULL, 405, "", 0, "Invalid channel");
+            continue;
+        }
+        if (m->channel_len >= 5 && memcmp(m->channel, "/meta", 5) == 0 &&
+            (m->channel_len == 5 || m->channel[5] == '/')) {
+            /* Exact names only: "/meta/subscribe/x" is not a subscribe. */
+            for (k = 0; k < 5; k++)
+                if (strcmp(m->channel, meta_channels[k]) == 0)
+                    break;
+            switch (k) {
+            case 0: handshake(e, out, m, json); break;
+            case 1: connect(e, l, out, m, json); break;
+            case 2: subscribe(e, out, m, json, 1); break;
+            case 3: subscribe(e, out, m, json, 0); break;
+            case 4: disconnect(e, out, m, json); break;
+            default:
+                fail(e, out, m, json, NULL, 403, m->channel, m->channel_len, "Forbidden channel");
+            }
+            continue;
+        }
+        publish(e, out, m, json, &b);
+    }
+    bs_batch_free(&b);
+    return 200;
+}
+
+void bs_engine_unlink(bs_engine_t *e, bs_link_t *l)
+{
+    (void)e;
+    if (l->client && l->client->link == l) {
+        l->client->link = NULL;
+        l->client->last_seen = bs_now_ms();
+    }
+    l->client = NULL;
+    free(l->held_id);
+    l->held_id = NULL;
+    l->held = 0;
+}
+
+void bs_engine_sweep(bs_engine_t *e, int64_t now)
+{
+    /* Faye's memory engine forgets a client about 1.6 timeouts after its last
+     * connect; we do the same, counting only while no connect is held. */
+    int64_t expiry = (int64_t)e->cfg->timeout * 1600;
+    bs_client_t *c, *next;
+
+    for (c = e->all; c; c = next) {
+        next = c->next;
+        if (c->link && c->link->held) {
+            if (bs_engine_due(e, c->link, now))
+                bs_link_wake(e->server, c->link);
+        } else if (now - c->last_seen > expiry) {
+            if (bs_log_verbose(e->server))
+                bs_log(e->server, 'I', "client %s expired", c->id);
+            client_destroy(e, c, 1);
+        }
+    }
+}
+
+void bs_engine_init(bs_engine_t *e, const bs_server_config_t *cfg, void *server)
+{
+    memset(e, 0, sizeof(*e));
+    e->cfg = cfg;
+    e->server = server;
+    bs_buf_init(&e->scratch);
+}
+
+void bs_engine_free(bs_engine_t *e)
+{
+    while (e->all)
+        client_destroy(e, e->all, 0);
+    free(e->clients);
+    e->clients = NULL;
+    e->cbuckets = 0;
+    bs_channels_free(e);
+    bs_buf_free(&e->scratch);
+}

@@ -1,0 +1,474 @@
+/*
+ * json.c: parsing inbound Bayeux batches with yajl's callback parser, and
+ * escaping strings for replies. Thread: the service thread (bs_json_str: any).
+ *
+ * The whole request body or WebSocket message is parsed in one yajl_parse
+ * call, so yajl_get_bytes_consumed() inside a callback is the offset just
+ * past the current token. That lets us keep `id`, `data`, `subscription` and
+ * the members of `ext` as raw spans of the input: a client publish is passed
+ * on byte for byte, never decoded and encoded again. yajl has already
+ * checked that those bytes are valid JSON and valid UTF-8.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <yajl/yajl_parse.h>
+
+#include "core.h"
+
+enum field {
+    F_NONE, F_CHANNEL, F_CLIENT_ID, F_CONNECTION_TYPE, F_VERSION, F_ID, F_DATA,
+    F_SUBSCRIPTION, F_TYPES, F_EXT, F_ADVICE, F_OTHER
+};
+enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT };
+
+typedef struct parse {
+    bs_batch_t *b;
+    const char *json;
+    yajl_handle h;
+    int depth;
+    int max_depth;
+    int max_batch;
+    int msg_depth;                /* depth inside the current message's map, 0 when none */
+    enum field field;
+    size_t value_start;           /* offset just past the current key */
+    /* ext and advice members */
+    enum ext_key xkey;
+    size_t member_start;
+    int ext_members;
+    size_t ext_start;
+    size_t subs_start;            /* arena offset of the first subscription */
+    const char *error;
+} parse_t;
+
+uint32_t bs_conn_type_bit(const char *s)
+{
+    static const struct { const char *name; uint32_t bit; } types[] = {
+        { "long-polling", BS_CT_LONG_POLLING },
+        { "cross-origin-long-polling", BS_CT_CROSS_ORIGIN },
+        { "callback-polling", BS_CT_CALLBACK },
+        { "websocket", BS_CT_WEBSOCKET },
+        { "eventsource", BS_CT_EVENTSOURCE },
+        { "in-process", BS_CT_IN_PROCESS },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        if (strcmp(s, types[i].name) == 0)
+            return types[i].bit;
+    return BS_CT_OTHER;
+}
+
+static bs_msg_t *cur(parse_t *p)
+{
+    return &p->b->msgs[p->b->n - 1];
+}
+
+static size_t consumed(parse_t *p)
+{
+    return yajl_get_bytes_consumed(p->h);
+}
+
+/* The bytes of a value, from just past its key (or the previous member) to
+ * just past its last token, without the ':' / ',' and blanks before it. */
+static bs_span_t span_from(parse_t *p, size_t start)
+{
+    size_t end = consumed(p);
+    const char *s = p->json;
+
+    while (start < end && (s[start] == ' ' || s[start] == '\t' || s[start] == '\n' ||
+                           s[start] == '\r' || s[start] == ':' || s[start] == ','))
+        start++;
+    return (bs_span_t){ .off = (uint32_t)start, .len = (uint32_t)(end - start) };
+}
+
+/* Copies a decoded string into the arena; returns its offset or -1. */
+static long arena_put(parse_t *p, const unsigned char *s, size_t len)
+{
+    size_t off = p->b->arena.len;
+
+    if (bs_buf_append(&p->b->arena, s, len) || bs_buf_append(&p->b->arena, "", 1)) {
+        p->error = "out of memory";
+        return -1;
+    }
+    return (long)off;
+}
+
+/* Called when a value directly inside the message map is complete. */
+static void message_value_done(parse_t *p)
+{
+    bs_msg_t *m = cur(p);
+    bs_span_t sp = span_from(p, p->value_start);
+
+    switch (p->field) {
+    case F_ID: m->raw_id = sp; m->has_id = 1; break;
+    case F_DATA: m->raw_data = sp; m->has_data = 1; break;
+    case F_SUBSCRIPTION: m->raw_subscription = sp; m->has_subscription = 1; break;
+    default: break;
+    }
+    p->field = F_NONE;
+}
+
+/* Called when a value directly inside ext (or advice) is complete. */
+static int ext_member_done(parse_t *p)
+{
+    bs_span_t sp;
+
+    if (p->field == F_ADVICE)
+        return 1;
+    sp = span_from(p, p->member_start);
+    p->member_start = consumed(p);
+    if (p->xkey == X_SECRET)
+        return 1;                                /* never passed on */
+    if ((p->ext_members++ && bs_buf_append(&p->b->ext, ",", 1)) ||
+        bs_buf_append(&p->b->ext, p->json + sp.off, sp.len)) {
+        p->error = "out of memory";
+        return 0;
+    }
+    return 1;
+}
+
+/* A scalar finished at the current depth: route it. */
+static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_string, double num)
+{
+    bs_msg_t *m;
+    long off;
+
+    if (!p->msg_depth) {
+        p->error = "each message must be a JSON object";
+        return 0;
+    }
+    m = cur(p);
+    if (p->depth == p->msg_depth) {
+        switch (p->field) {
+        case F_CHANNEL: case F_CLIENT_ID: case F_CONNECTION_TYPE: case F_VERSION:
+            if (!is_string) {
+                m->bad = 1;
+                break;
+            }
+            if ((off = arena_put(p, str, len)) < 0)
+                return 0;
+            /* Arena offsets become pointers once parsing is done. */
+            if (p->field == F_CHANNEL) { m->channel = (const char *)(uintptr_t)(off + 1); m->channel_len = len; }
+            if (p->field == F_CLIENT_ID) { m->client_id = (const char *)(uintptr_t)(off + 1); m->client_id_len = len; }
+            if (p->field == F_CONNECTION_TYPE) m->connection_type = (const char *)(uintptr_t)(off + 1);
+            if (p->field == F_VERSION) m->version = (const char *)(uintptr_t)(off + 1);
+            break;
+        case F_SUBSCRIPTION:
+            if (!is_string) {
+                m->bad = 1;
+                break;
+            }
+            if ((off = arena_put(p, str, len)) < 0)
+                return 0;
+            m->subs = (const char *)(uintptr_t)(off + 1);
+            m->nsubs = 1;
+            break;
+        case F_TYPES: case F_EXT: case F_ADVICE:
+            if (p->field == F_TYPES)
+                m->bad = 1;                  /* must be an array */
+            break;
+        default:
+            break;
+        }
+        message_value_done(p);
+        return 1;
+    }
+    if (p->depth == p->msg_depth + 1) {
+        if (p->field == F_SUBSCRIPTION) {
+            if (!is_string) {
+                m->bad = 1;
+                return 1;
+            }
+            if ((off = arena_put(p, str, len)) < 0)
+                return 0;
+            if (m->nsubs++ == 0)
+                m->subs = (const char *)(uintptr_t)(off + 1);
+            return 1;
+        }
+        if (p->field == F_TYPES) {
+            if (is_string) {
+                char name[32];
+
+                if (len < sizeof(name)) {
+                    memcpy(name, str, len);
+                    name[len] = '\0';
+                    m->conn_types |= bs_conn_type_bit(name);
+                } else {
+                    m->conn_types |= BS_CT_OTHER;
+                }
+            }
+            return 1;
+        }
+        if (p->field == F_EXT) {
+            if (is_string && (p->xkey == X_SECRET || p->xkey == X_TOKEN)) {
+                if ((off = arena_put(p, str, len)) < 0)
+                    return 0;
+                if (p->xkey == X_SECRET) { m->secret = (const char *)(uintptr_t)(off + 1); m->secret_len = len; }
+                else { m->token = (const char *)(uintptr_t)(off + 1); m->token_len = len; }
+            }
+            return ext_member_done(p);
+        }
+        if (p->field == F_ADVICE && p->xkey == X_TIMEOUT && !is_string && num >= 0)
+            m->advice_timeout = (int64_t)num;
+        return 1;
+    }
+    /* Deeper values belong to a captured span; nothing to collect. */
+    if (p->depth == p->msg_depth + 2 && p->field == F_SUBSCRIPTION)
+        m->bad = 1;
+    return 1;
+}
+
+static int cb_null(void *ctx)
+{
+    return scalar(ctx, NULL, 0, 0, -1);
+}
+
+static int cb_boolean(void *ctx, int v)
+{
+    (void)v;
+    return scalar(ctx, NULL, 0, 0, -1);
+}
+
+static int cb_number(void *ctx, const char *s, size_t len)
+{
+    char tmp[32];
+    double v = -1;
+
+    if (len < sizeof(tmp)) {
+        memcpy(tmp, s, len);
+        tmp[len] = '\0';
+        v = strtod(tmp, NULL);
+    }
+    return scalar(ctx, NULL, 0, 0, v);
+}
+
+static int cb_string(void *ctx, const unsigned char *s, size_t len)
+{
+    return scalar(ctx, s, len, 1, -1);
+}
+
+static int open_container(parse_t *p, int is_map)
+{
+    bs_batch_t *b = p->b;
+
+    if (++p->depth > p->max_depth) {
+        p->error = "JSON nested too deeply";
+        return 0;
+    }
+    /* A message begins: a map at the top, or a map inside the top array. */
+    if (!p->msg_depth && is_map && p->depth <= 2) {
+        if (b->n >= (uint32_t)p->max_batch) {
+            p->error = "too many messages in one batch";
+            return 0;
+        }
+        if (b->n % 8 == 0) {
+            bs_msg_t *v = realloc(b->msgs, sizeof(*v) * (b->n + 8));
+
+            if (!v) {
+                p->error = "out of memory";
+                return 0;
+            }
+            b->msgs = v;
+        }
+        memset(&b->msgs[b->n], 0, sizeof(bs_msg_t));
+        b->msgs[b->n].advice_timeout = -1;
+        b->n++;
+        p->msg_depth = p->depth;
+        p->field = F_NONE;
+        return 1;
+    }
+    if (!p->msg_depth) {
+        if (p->depth == 1 && !is_map)
+            return 1;                            /* the batch array */
+        p->error = "each message must be a JSON object";
+        return 0;
+    }
+    if (p->depth == p->msg_depth + 1) {
+        bs_msg_t *m = cur(p);
+
+        if (p->field == F_EXT) {
+            if (is_map) {
+                if (bs_buf_append(&b->ext, "{", 1)) {
+                    p->error = "out of memory";
+                    return 0;
+                }
+                p->ext_start = b->ext.len - 1;
+                p->ext_members = 0;
+                p->member_start = consumed(p);
+            } else {
+                p->field = F_OTHER;              /* a non-object ext is ignored */
+            }
+        } else if (p->field == F_ADVICE && !is_map) {
+            p->field = F_OTHER;
+        } else if ((p->field == F_SUBSCRIPTION || p->field == F_TYPES) && is_map) {
+            m->bad = 1;
+        } else if (p->field == F_SUBSCRIPTION) {
+            p->subs_start = b->arena.len;
+        } else if (p->field == F_TYPES) {
+            m->has_conn_types = 1;
+        } else if (p->field == F_CHANNEL || p->field == F_CLIENT_ID ||
+                   p->field == F_CONNECTION_TYPE || p->field == F_VERSION) {
+            m->bad = 1;
+        }
+    } else if (p->depth == p->msg_depth + 2 && (p->field == F_SUBSCRIPTION || p->field == F_TYPES)) {
+        cur(p)->bad = 1;                         /* only strings belong in these arrays */
+    }
+    return 1;
+}
+
+static int close_container(parse_t *p)
+{
+    int was = p->depth--;
+
+    if (!p->msg_depth)
+        return 1;
+    if (was == p->msg_depth) {                   /* the message map itself */
+        p->msg_depth = 0;
+        return 1;
+    }
+    if (was == p->msg_depth + 1) {              /* a field's container */
+        if (p->field == F_EXT) {
+            bs_msg_t *m = cur(p);
+
+            if (bs_buf_append(&p->b->ext, "}", 1)) {
+                p->error = "out of memory";
+                return 0;
+            }
+            m->raw_ext = (bs_span_t){ .off = (uint32_t)p->ext_start,
+                                      .len = (uint32_t)(p->b->ext.len - p->ext_start) };
+            m->has_ext = p->ext_members > 0;
+        }
+        message_value_done(p);
+        return 1;
+    }
+    if (was == p->msg_depth + 2 && (p->field == F_EXT || p->field == F_ADVICE))
+        return p->field == F_EXT ? ext_member_done(p) : 1;
+    return 1;
+}
+
+static int cb_start_map(void *ctx)
+{
+    return open_container(ctx, 1);
+}
+
+static int cb_end_map(void *ctx)
+{
+    return close_container(ctx);
+}
+
+static int cb_start_array(void *ctx)
+{
+    return open_container(ctx, 0);
+}
+
+static int cb_end_array(void *ctx)
+{
+    return close_container(ctx);
+}
+
+static int cb_map_key(void *ctx, const unsigned char *k, size_t len)
+{
+    parse_t *p = ctx;
+
+#define KEY(s) (len == sizeof(s) - 1 && memcmp(k, s, len) == 0)
+    if (p->msg_depth && p->depth == p->msg_depth) {
+        p->field = KEY("channel") ? F_CHANNEL : KEY("clientId") ? F_CLIENT_ID :
+                   KEY("connectionType") ? F_CONNECTION_TYPE : KEY("version") ? F_VERSION :
+                   KEY("id") ? F_ID : KEY("data") ? F_DATA : KEY("subscription") ? F_SUBSCRIPTION :
+                   KEY("supportedConnectionTypes") ? F_TYPES : KEY("ext") ? F_EXT :
+                   KEY("advice") ? F_ADVICE : F_OTHER;
+        p->value_start = consumed(p);
+    } else if (p->msg_depth && p->depth == p->msg_depth + 1) {
+        if (p->field == F_EXT)
+            p->xkey = KEY("secret") ? X_SECRET : KEY("token") ? X_TOKEN : X_OTHER;
+        else if (p->field == F_ADVICE)
+            p->xkey = KEY("timeout") ? X_TIMEOUT : X_OTHER;
+    }
+#undef KEY
+    return 1;
+}
+
+static const yajl_callbacks callbacks = {
+    cb_null, cb_boolean, NULL, NULL, cb_number, cb_string,
+    cb_start_map, cb_map_key, cb_end_map, cb_start_array, cb_end_array
+};
+
+/* Turns arena offsets (stored +1 so that 0 still means "absent") into pointers. */
+static void fix_pointers(bs_batch_t *b)
+{
+    uint32_t i;
+
+#define FIX(f) if (m->f) m->f = b->arena.ptr + ((uintptr_t)m->f - 1)
+    for (i = 0; i < b->n; i++) {
+        bs_msg_t *m = &b->msgs[i];
+
+        FIX(channel); FIX(client_id); FIX(connection_type); FIX(version);
+        FIX(secret); FIX(token); FIX(subs);
+    }
+#undef FIX
+}
+
+int bs_batch_parse(bs_batch_t *b, const char *json, size_t len, int max_depth, int max_batch)
+{
+    parse_t p = { .b = b, .json = json, .max_depth = max_depth, .max_batch = max_batch };
+    yajl_status st;
+
+    memset(b, 0, sizeof(*b));
+    p.h = yajl_alloc(&callbacks, NULL, &p);
+    if (!p.h) {
+        b->error = "out of memory";
+        return -1;
+    }
+    st = yajl_parse(p.h, (const unsigned char *)json, len);
+    if (st == yajl_status_ok)
+        st = yajl_complete_parse(p.h);
+    yajl_free(p.h);
+    if (st != yajl_status_ok || p.error) {
+        b->error = p.error ? p.error : "malformed JSON";
+        return -1;
+    }
+    if (b->n == 0) {
+        b->error = "no messages";
+        return -1;
+    }
+    fix_pointers(b);
+    return 0;
+}
+
+void bs_batch_free(bs_batch_t *b)
+{
+    free(b->msgs);
+    bs_buf_free(&b->arena);
+    bs_buf_free(&b->ext);
+    memset(b, 0, sizeof(*b));
+}
+
+int bs_json_str(bs_buf_t *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i, run = 0;
+
+    if (bs_buf_append(b, "\"", 1))
+        return -1;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (bs_buf_append(b, s + run, i - run))
+            return -1;
+        if (c == '"' || c == '\\') {
+            esc[1] = (char)c;
+            if (bs_buf_append(b, esc, 2))
+                return -1;
+        } else if (bs_buf_append(b, esc, 6)) {
+            return -1;
+        }
+        run = i + 1;
+    }
+    if (bs_buf_append(b, s + run, len - run))
+        return -1;
+    return bs_buf_append(b, "\"", 1);
+}
