@@ -262,6 +262,17 @@ static void error_reply(bs_buf_t *out, rid_t id, const char *channel, size_t chl
     bs_buf_append(out, "}", 1);
 }
 
+/* Subscribe replies, failed or not, echo the subscription as it was sent. */
+static void add_subscription(bs_buf_t *out, const bs_msg_t *m, const char *json)
+{
+    if (!m->has_subscription || !out->len)
+        return;
+    out->len--;                                 /* reopen the object */
+    bs_buf_append(out, ",\"subscription\":", 16);
+    bs_buf_append(out, json + m->raw_subscription.off, m->raw_subscription.len);
+    bs_buf_append(out, "}", 1);
+}
+
 /* An error whose args part is a channel or name given by the client. */
 static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json,
                  const char *client_id, int code, const char *arg, size_t arglen, const char *text)
@@ -283,8 +294,12 @@ static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *j
     bs_buf_append(&err, ":", 1);
     bs_buf_append_str(&err, text);
     bs_buf_append(&err, "", 1);
-    if (err.ptr)
+    if (err.ptr) {
         error_reply(out, MSG_ID(m, json), m->channel, m->channel_len, client_id, err.ptr, meta_reply);
+        if (m->channel && (strcmp(m->channel, "/meta/subscribe") == 0 ||
+                           strcmp(m->channel, "/meta/unsubscribe") == 0))
+            add_subscription(out, m, json);
+    }
     bs_buf_free(&err);
     BS_STAT_ADD(e, errors, 1);
 }
@@ -293,9 +308,8 @@ static void subscription_reply(bs_buf_t *out, const bs_msg_t *m, const char *jso
                                const bs_client_t *c)
 {
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
-    bs_buf_append(out, ",\"subscription\":", 16);
-    bs_buf_append(out, json + m->raw_subscription.off, m->raw_subscription.len);
     bs_buf_append(out, "}", 1);
+    add_subscription(out, m, json);
 }
 
 /* ---- meta handlers ------------------------------------------------------- */

@@ -116,6 +116,7 @@ struct bs_link {
     int too_big;                           /* HTTP: body went over max_message_size */
     int form;                              /* HTTP: body is application/x-www-form-urlencoded */
     int route;                             /* HTTP: which endpoint (server.c) */
+    int close_code;                        /* WS: close with this code once replies are out */
     char origin[256];                      /* HTTP: the Origin header, for CORS */
 };
 

@@ -205,7 +205,9 @@ static int ws_receive(bs_server_t *s, struct lws *wsi, bs_link_t *l, const void 
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
         return 0;
     lws_validity_confirmed(wsi);
-    bs_engine_receive(&s->engine, l, BS_VIA_WS, l->rx.ptr, l->rx.len, &l->out);
+    /* A message that is not a Bayeux batch gets its 400 error, then a 1007 close. */
+    if (bs_engine_receive(&s->engine, l, BS_VIA_WS, l->rx.ptr, l->rx.len, &l->out) != 200)
+        l->close_code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
     bs_buf_free(&l->rx);
     /* A client that sends and never reads cannot grow our replies forever. */
     if (l->out.len > 4 * s->cfg.max_message_size + 65536) {
@@ -232,8 +234,16 @@ static int ws_write(bs_server_t *s, struct lws *wsi, bs_link_t *l)
         size_t len;
         int n;
 
-        if (!l->out.len && !due && !queued)
+        if (!l->out.len && !due && !queued) {
+            if (l->close_code) {
+                static const char why[] = "not a Bayeux message";
+
+                lws_close_reason(wsi, (enum lws_close_status)l->close_code, (unsigned char *)why,
+                                 sizeof(why) - 1);
+                return -1;
+            }
             return 0;
+        }
         if (!l->out.len && !due && (queued == 1 || bs_ring_at(&c->queue, 0)->len > BATCH_BYTES)) {
             /* One message: write the shared frame itself, no copy. */
             bs_frame_t *f = bs_ring_at(&c->queue, 0);
@@ -487,18 +497,16 @@ static int http_write(bs_server_t *s, struct lws *wsi, bs_link_t *l)
 
         if (!bs_engine_due(&s->engine, l, bs_now_ms()))
             return 0;
-        /* The long-poll answer: replies so far, the deliveries, then the connect. */
+        /* The long-poll answer: the batch's replies with the connect's last,
+         * then the deliveries, as Faye orders them. */
+        c = c && c->link == l ? c : NULL;
+        bs_engine_answer(&s->engine, l);
         if (tx_begin(s) || bs_buf_append(&s->tx, "[", 1) ||
             bs_buf_append(&s->tx, l->out.ptr, l->out.len))
             return -1;
-        if (c && c->link == l)
-            while (c->queue.len && take_frames(s, c, SIZE_MAX, s->tx.len > BS_PRE + 1))
-                ;
-        bs_buf_reset(&l->out);
-        bs_engine_answer(&s->engine, l);
-        if ((l->out.len && ((s->tx.len > BS_PRE + 1 && bs_buf_append(&s->tx, ",", 1)) ||
-                            bs_buf_append(&s->tx, l->out.ptr, l->out.len))) ||
-            bs_buf_append(&s->tx, "]", 1))
+        while (c && c->queue.len && take_frames(s, c, SIZE_MAX, s->tx.len > BS_PRE + 1))
+            ;
+        if (bs_buf_append(&s->tx, "]", 1))
             return -1;
         return http_respond(s, wsi, l, 200, "application/json", (unsigned char *)s->tx.ptr + BS_PRE,
                             s->tx.len - BS_PRE);
@@ -602,8 +610,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         link_close(s, l);
         return 0;
-    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        return upgrade_allowed(s, wsi) ? 0 : 1;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        if (upgrade_allowed(s, wsi))
+            return 0;
+        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
+        return 1;
     case LWS_CALLBACK_ESTABLISHED:
         link_open(l, wsi, BS_VIA_WS);
         if (bs_log_verbose(s)) {
