@@ -63,6 +63,7 @@ struct bs_server {
     int forgotten;
     int stop_requested;                     /* atomic */
     int destroying;                         /* service thread: the context is being destroyed */
+    int lock_ready;
     bs_stats_t conn_stats;                  /* connections, bytes_out: atomics */
 
     pthread_mutex_t lock;
@@ -747,6 +748,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         return NULL;
     }
     pthread_mutex_init(&s->lock, NULL);
+    s->lock_ready = 1;
     s->protocols[0] = (struct lws_protocols){
         .name = "bayeux",
         .callback = callback,
@@ -896,7 +898,7 @@ void bs_server_free(bs_server_t *s)
         return;
     }
     bs_server_stop(s);
-    if (s->started)
+    if (s->lock_ready)
         pthread_mutex_destroy(&s->lock);
     free(s->host);
     free(s->mount);
@@ -922,7 +924,9 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
 
     if (!s->started || s->forgotten || s->pid != getpid())
         return BS_ESTOPPED;
-    if (!bs_channel_valid_name(channel, chlen))
+    /* /meta/ belongs to the protocol; nobody may subscribe to /service/. */
+    if (!bs_channel_valid_name(channel, chlen) || (chlen > 6 && memcmp(channel, "/meta/", 6) == 0) ||
+        (chlen > 9 && memcmp(channel, "/service/", 9) == 0))
         return BS_EINVAL;
     if (len > s->cfg.max_message_size)
         return BS_ETOOBIG;
