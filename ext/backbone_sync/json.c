@@ -25,6 +25,8 @@ enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT };
 typedef struct parse {
     bs_batch_t *b;
     const char *json;
+    size_t len;
+    int completing;               /* inside yajl_complete_parse */
     yajl_handle h;
     int depth;
     int max_depth;
@@ -64,9 +66,11 @@ static bs_msg_t *cur(parse_t *p)
     return &p->b->msgs[p->b->n - 1];
 }
 
+/* A number ending the input is only emitted by yajl_complete_parse, whose
+ * byte count starts again at 0; by then the whole input has been read. */
 static size_t consumed(parse_t *p)
 {
-    return yajl_get_bytes_consumed(p->h);
+    return p->completing ? p->len : yajl_get_bytes_consumed(p->h);
 }
 
 /* The bytes of a value, from just past its key (or the previous member) to
@@ -76,6 +80,8 @@ static bs_span_t span_from(parse_t *p, size_t start)
     size_t end = consumed(p);
     const char *s = p->json;
 
+    if (start > end)
+        start = end;
     while (start < end && (s[start] == ' ' || s[start] == '\t' || s[start] == '\n' ||
                            s[start] == '\r' || s[start] == ':' || s[start] == ','))
         start++;
@@ -209,8 +215,9 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
             }
             return ext_member_done(p);
         }
+        /* Only ever used to shorten the hold: anything past a day is a day. */
         if (p->field == F_ADVICE && p->xkey == X_TIMEOUT && !is_string && num >= 0)
-            m->advice_timeout = (int64_t)num;
+            m->advice_timeout = num < 86400000.0 ? (int64_t)num : 86400000;
         return 1;
     }
     /* Deeper values belong to a captured span; nothing to collect. */
@@ -411,7 +418,7 @@ static void fix_pointers(bs_batch_t *b)
 
 int bs_batch_parse(bs_batch_t *b, const char *json, size_t len, int max_depth, int max_batch)
 {
-    parse_t p = { .b = b, .json = json, .max_depth = max_depth, .max_batch = max_batch };
+    parse_t p = { .b = b, .json = json, .len = len, .max_depth = max_depth, .max_batch = max_batch };
     yajl_status st;
 
     memset(b, 0, sizeof(*b));
@@ -421,8 +428,10 @@ int bs_batch_parse(bs_batch_t *b, const char *json, size_t len, int max_depth, i
         return -1;
     }
     st = yajl_parse(p.h, (const unsigned char *)json, len);
-    if (st == yajl_status_ok)
+    if (st == yajl_status_ok) {
+        p.completing = 1;
         st = yajl_complete_parse(p.h);
+    }
     yajl_free(p.h);
     if (st != yajl_status_ok || p.error) {
         b->error = p.error ? p.error : "malformed JSON";
