@@ -66,6 +66,9 @@ typedef struct bs_server_config {
     int max_queue;                       /* messages queued for one client before it is dropped; 1000 */
     const char *client_js;               /* browser client bytes, served at <mount>.js and <mount>/client.js */
     size_t client_js_len;
+    int history_size;                    /* messages kept per channel for recovery; 100; -1: no history */
+    int history_ttl;                     /* seconds a kept message stays recoverable; 300 */
+    size_t history_memory;               /* bytes of history over all channels; 64 MiB */
     int log_fd;                          /* -1, or the write end of a pipe: lines "<L> <text>\n", L in E W I D */
     int verbose;                         /* 1: log connections, subscriptions and publishes at I */
 } bs_server_config_t;

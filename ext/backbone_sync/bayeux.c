@@ -79,13 +79,14 @@ static int clients_grow(bs_engine_t *e)
     return 0;
 }
 
-/* 32 base-36 digits (about 165 bits) from the kernel's CSPRNG. */
-static int random_id(bs_engine_t *e, char *out)
+/* Base-36 digits from the kernel's CSPRNG: 32 of them (about 165 bits) make
+ * a client id. */
+int bs_random_id(bs_engine_t *e, char *out, size_t n)
 {
     static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-    int i = 0;
+    size_t i = 0;
 
-    while (i < BS_ID_LEN) {
+    while (i < n) {
         unsigned char r;
 
         if (e->rnd_used == 0 || e->rnd_used >= sizeof(e->rnd)) {
@@ -97,7 +98,7 @@ static int random_id(bs_engine_t *e, char *out)
         if (r < 252)                              /* 252 = 7 * 36: no modulo bias */
             out[i++] = digits[r % 36];
     }
-    out[BS_ID_LEN] = '\0';
+    out[n] = '\0';
     return 0;
 }
 
@@ -111,7 +112,7 @@ static bs_client_t *client_create(bs_engine_t *e)
     if (!c)
         return NULL;
     do {
-        if (random_id(e, c->id)) {
+        if (bs_random_id(e, c->id, BS_ID_LEN)) {
             free(c);
             return NULL;
         }
@@ -304,10 +305,26 @@ static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *j
     BS_STAT_ADD(e, errors, 1);
 }
 
+/* Where an exact channel's stream stands, and, when the client asked with
+ * ext.since, whether everything it missed is queued for it. */
+static void recovery_ext(bs_buf_t *out, const bs_history_t *h, int asked, int recovered)
+{
+    char tmp[96];
+
+    snprintf(tmp, sizeof(tmp), ",\"ext\":{\"epoch\":\"%s\",\"offset\":%llu", h->epoch,
+             (unsigned long long)h->offset);
+    bs_buf_append_str(out, tmp);
+    if (asked)
+        bs_buf_append_str(out, recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+    bs_buf_append(out, "}", 1);
+}
+
 static void subscription_reply(bs_buf_t *out, const bs_msg_t *m, const char *json,
-                               const bs_client_t *c)
+                               const bs_client_t *c, const bs_history_t *h, int recovered)
 {
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
+    if (h)
+        recovery_ext(out, h, m->has_since, recovered);
     bs_buf_append(out, "}", 1);
     add_subscription(out, m, json);
 }
@@ -456,6 +473,8 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
     bs_client_t *c = known_client(e, out, m, json);
     const char *s;
     uint32_t i, fresh = 0;
+    bs_history_t *h = NULL;
+    int recovered = 0;
 
     if (!c)
         return;
@@ -483,6 +502,10 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
     if (on && c->nsubs + fresh > (uint32_t)e->cfg->max_subscriptions)
         return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
                     "Too many subscriptions for one client (max_subscriptions)");
+    /* One exact channel: report its epoch and offset, and replay from since. */
+    if (on && m->nsubs == 1 && e->cfg->history_size > 0 &&
+        bs_channel_valid_name(m->subs, strlen(m->subs)))
+        h = bs_history_get(e, m->subs, strlen(m->subs));
     for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
         if (!on) {
             bs_channels_unsubscribe(e, c, s, strlen(s));
@@ -492,7 +515,13 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
         if (bs_log_verbose(e->server))
             bs_log(e->server, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
     }
-    subscription_reply(out, m, json, c);
+    if (h && m->has_since && m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0)
+        recovered = bs_history_replay(e, h, m->since_offset, c) == 0;
+    if (h && m->has_since && bs_log_verbose(e->server))
+        bs_log(e->server, 'I', "recovery for client %s on %s from offset %llu: %s", c->id, m->subs,
+               (unsigned long long)m->since_offset, recovered ? "complete" : "not possible");
+    subscription_reply(out, m, json, c, h, recovered);
+    reap_doomed(e);
 }
 
 static void disconnect(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json)
@@ -533,14 +562,59 @@ static int public_channel(const bs_engine_t *e, const char *ch, size_t len)
     return 0;
 }
 
-void bs_engine_publish(bs_engine_t *e, const char *channel, size_t len, bs_frame_t *f)
+int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const char *data,
+                      size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen)
 {
-    BS_STAT_ADD(e, messages_in, 1);
+    bs_history_t *h = NULL;
+    bs_buf_t *b = &e->build;
+    bs_frame_t *f;
+    char tail[80];
+
     /* /service/ messages are for the server only; nobody may subscribe to them. */
-    if (len >= 9 && memcmp(channel, "/service/", 9) == 0)
-        return;
-    bs_channels_fanout(e, channel, len, f);
+    if (chlen >= 9 && memcmp(channel, "/service/", 9) == 0)
+        return 0;
+    if (e->cfg->history_size > 0 && !(h = bs_history_get(e, channel, chlen)))
+        return -1;
+    bs_buf_reset(b);
+    bs_buf_append(b, "[{\"channel\":", 12);
+    bs_json_str(b, channel, chlen);
+    bs_buf_append(b, ",\"data\":", 8);
+    bs_buf_append(b, data, dlen);
+    if (id) {
+        bs_buf_append(b, ",\"id\":", 6);
+        bs_buf_append(b, id, idlen);
+    }
+    if (h) {
+        /* The publisher's ext, if any, gains the offset and the epoch. */
+        bs_buf_append(b, ",\"ext\":", 7);
+        if (ext && extlen > 2) {
+            bs_buf_append(b, ext, extlen - 1);
+            bs_buf_append(b, ",", 1);
+        } else {
+            bs_buf_append(b, "{", 1);
+        }
+        snprintf(tail, sizeof(tail), "\"offset\":%llu,\"epoch\":\"%s\"}",
+                 (unsigned long long)(h->offset + 1), h->epoch);
+        bs_buf_append_str(b, tail);
+    } else if (ext) {
+        bs_buf_append(b, ",\"ext\":", 7);
+        bs_buf_append(b, ext, extlen);
+    }
+    if (bs_buf_append(b, "}]", 2) || !(f = bs_frame_new(b->len)))
+        return -1;
+    memcpy(BS_FRAME_DATA(f), b->ptr, b->len);
+    if (h) {
+        h->offset++;
+        if (bs_history_append(e, h, f)) {
+            h->offset--;
+            bs_frame_unref(f);
+            return -1;
+        }
+    }
+    bs_channels_fanout(e, channel, chlen, f);
+    bs_frame_unref(f);
     reap_doomed(e);
+    return 0;
 }
 
 static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json,
@@ -548,8 +622,6 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
 {
     const char *client_id = m->client_id && client_find(e, m->client_id, m->client_id_len)
                             ? m->client_id : NULL;
-    bs_buf_t msg;
-    bs_frame_t *f;
 
     if (!bs_channel_valid_name(m->channel, m->channel_len))
         return fail(e, out, m, json, client_id, 405, m->channel, m->channel_len, "Invalid channel");
@@ -561,30 +633,13 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
             bs_log(e->server, 'W', "publish refused on %s: no valid secret", m->channel);
         return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len, "Forbidden channel");
     }
-    /* The delivery: the message as published, less clientId and the secret. */
-    bs_buf_init(&msg);
-    bs_buf_append(&msg, "[{\"channel\":", 12);
-    bs_json_str(&msg, m->channel, m->channel_len);
-    bs_buf_append(&msg, ",\"data\":", 8);
-    bs_buf_append(&msg, json + m->raw_data.off, m->raw_data.len);
-    if (m->has_id) {
-        bs_buf_append(&msg, ",\"id\":", 6);
-        bs_buf_append(&msg, json + m->raw_id.off, m->raw_id.len);
-    }
-    if (m->has_ext) {
-        bs_buf_append(&msg, ",\"ext\":", 7);
-        bs_buf_append(&msg, b->ext.ptr + m->raw_ext.off, m->raw_ext.len);
-    }
-    if (bs_buf_append(&msg, "}]", 2) || !(f = bs_frame_new(msg.len))) {
-        bs_buf_free(&msg);
-        return fail(e, out, m, json, client_id, 500, "", 0, "Internal server error");
-    }
-    memcpy(BS_FRAME_DATA(f), msg.ptr, msg.len);
-    bs_buf_free(&msg);
+    /* The delivery is the message as published, less clientId and the secret. */
     if (bs_log_verbose(e->server))
         bs_log(e->server, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
-    bs_engine_publish(e, m->channel, m->channel_len, f);
-    bs_frame_unref(f);
+    if (bs_engine_publish(e, m->channel, m->channel_len, json + m->raw_data.off, m->raw_data.len,
+                          m->has_id ? json + m->raw_id.off : NULL, m->raw_id.len,
+                          m->has_ext ? b->ext.ptr + m->raw_ext.off : NULL, m->raw_ext.len))
+        return fail(e, out, m, json, client_id, 500, "", 0, "Internal server error");
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, client_id, 1);
     bs_buf_append(out, "}", 1);
 }
@@ -663,6 +718,10 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
     int64_t expiry = (int64_t)e->cfg->timeout * 1600;
     bs_client_t *c, *next;
 
+    if (e->nhistories && now - e->last_history_sweep >= 1000) {
+        bs_history_sweep(e, now);
+        e->last_history_sweep = now;
+    }
     for (c = e->all; c; c = next) {
         next = c->next;
         if (c->link && c->link->held) {
@@ -682,6 +741,7 @@ void bs_engine_init(bs_engine_t *e, const bs_server_config_t *cfg, void *server)
     e->cfg = cfg;
     e->server = server;
     bs_buf_init(&e->scratch);
+    bs_buf_init(&e->build);
 }
 
 void bs_engine_free(bs_engine_t *e)
@@ -691,6 +751,8 @@ void bs_engine_free(bs_engine_t *e)
     free(e->clients);
     e->clients = NULL;
     e->cbuckets = 0;
+    bs_history_free_all(e);
     bs_channels_free(e);
     bs_buf_free(&e->scratch);
+    bs_buf_free(&e->build);
 }

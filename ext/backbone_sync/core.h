@@ -120,6 +120,32 @@ struct bs_link {
     char origin[256];                      /* HTTP: the Origin header, for CORS */
 };
 
+/* ---- history: offsets, epochs and recent messages per channel (history.c) -- */
+
+#define BS_EPOCH_LEN 16
+
+typedef struct bs_entry {
+    uint64_t offset;
+    int64_t at;                            /* ms */
+    bs_frame_t *frame;
+} bs_entry_t;
+
+typedef struct bs_history bs_history_t;
+struct bs_history {
+    bs_history_t *hnext;
+    bs_history_t *lru_prev, *lru_next;     /* most recently published first */
+    int in_lru;
+    uint32_t hash;
+    bs_entry_t *ring;
+    uint32_t head, len, cap;
+    uint64_t offset;                       /* the last one given out */
+    size_t bytes;
+    int64_t last_used;                     /* ms */
+    char epoch[BS_EPOCH_LEN + 1];
+    size_t name_len;
+    char *name;                            /* stored after the struct */
+};
+
 /* ---- the engine: Bayeux state of one server ------------------------------ */
 
 typedef struct bs_engine {
@@ -135,6 +161,13 @@ typedef struct bs_engine {
     uint32_t npatterns;                    /* wildcard entries: skip expansion when 0 */
     uint64_t stamp;
     uint32_t ndoomed;                      /* clients to free after the current fan-out */
+    bs_history_t **histories;              /* hash table by channel name */
+    uint32_t hist_buckets;
+    uint32_t nhistories;
+    bs_history_t *lru_head, *lru_tail;
+    size_t hist_bytes;
+    bs_buf_t build;                        /* a frame being composed */
+    int64_t last_history_sweep;            /* ms */
     bs_buf_t scratch;
     unsigned char rnd[256];                /* random bytes for client ids */
     size_t rnd_used;
@@ -179,6 +212,9 @@ typedef struct bs_msg {
     const char *secret;
     const char *token;
     const char *subs;                      /* nsubs NUL-separated names */
+    const char *since_epoch;               /* ext.since of a subscribe, or NULL */
+    uint64_t since_offset;
+    int has_since;
     uint32_t nsubs;
     uint32_t conn_types;                   /* BS_CT_* bits offered by a handshake */
     int has_conn_types;
@@ -216,8 +252,14 @@ void bs_engine_free(bs_engine_t *e);
  * batch was refused (out then holds one error object). */
 int bs_engine_receive(bs_engine_t *e, bs_link_t *link, int via, const char *json, size_t len,
                       bs_buf_t *out);
-/* An in-process publish: f is '[' message ']' for `channel`. */
-void bs_engine_publish(bs_engine_t *e, const char *channel, size_t len, bs_frame_t *f);
+/* Publishes data (JSON text) to channel: composes the delivery once, with
+ * its offset and epoch in ext, keeps it in the channel's history and queues
+ * it for every subscriber. id and ext (an object without the secret) may be
+ * NULL. Returns 0, or -1 when memory ran out. */
+int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const char *data,
+                      size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen);
+/* Fills out[0..n) with random base-36 digits and a NUL. Returns 0 or -1. */
+int bs_random_id(bs_engine_t *e, char *out, size_t n);
 /* 1 when the connect held on link should be answered now. */
 int bs_engine_due(bs_engine_t *e, bs_link_t *link, int64_t now);
 /* Appends the reply to link's held /meta/connect to link->out and clears it;
@@ -230,6 +272,18 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now);
 /* Queues f for c; drops c (counted as slow) when its queue is full. */
 void bs_engine_deliver(bs_engine_t *e, bs_client_t *c, bs_frame_t *f);
 int64_t bs_now_ms(void);
+
+/* history.c */
+bs_history_t *bs_history_find(bs_engine_t *e, const char *name, size_t len);
+/* Finds or creates (with a fresh epoch) the history of a channel; NULL on OOM. */
+bs_history_t *bs_history_get(bs_engine_t *e, const char *name, size_t len);
+/* Keeps f as the entry for h->offset. Returns 0, or -1 when memory ran out. */
+int bs_history_append(bs_engine_t *e, bs_history_t *h, bs_frame_t *f);
+/* Queues for c every kept message after `since`. Returns 0, or -1 when some
+ * of them are no longer kept (or since is ahead of the channel). */
+int bs_history_replay(bs_engine_t *e, bs_history_t *h, uint64_t since, bs_client_t *c);
+void bs_history_sweep(bs_engine_t *e, int64_t now);
+void bs_history_free_all(bs_engine_t *e);
 
 /* server.c: what the engine asks of the transport */
 void bs_link_wake(void *server, bs_link_t *link);

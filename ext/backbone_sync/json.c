@@ -20,7 +20,8 @@ enum field {
     F_NONE, F_CHANNEL, F_CLIENT_ID, F_CONNECTION_TYPE, F_VERSION, F_ID, F_DATA,
     F_SUBSCRIPTION, F_TYPES, F_EXT, F_ADVICE, F_OTHER
 };
-enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT };
+enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT, X_SINCE };
+enum since_key { S_OTHER, S_OFFSET, S_EPOCH };
 
 typedef struct parse {
     bs_batch_t *b;
@@ -36,6 +37,9 @@ typedef struct parse {
     size_t value_start;           /* offset just past the current key */
     /* ext and advice members */
     enum ext_key xkey;
+    enum since_key skey;
+    const char *num;              /* the raw text of the current number */
+    size_t numlen;
     size_t member_start;
     int ext_members;
     size_t ext_start;
@@ -220,6 +224,21 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
             m->advice_timeout = num < 86400000.0 ? (int64_t)num : 86400000;
         return 1;
     }
+    if (p->depth == p->msg_depth + 2 && p->field == F_EXT && p->xkey == X_SINCE) {
+        if (p->skey == S_EPOCH && is_string) {
+            if ((off = arena_put(p, str, len)) < 0)
+                return 0;
+            m->since_epoch = (const char *)(uintptr_t)(off + 1);
+        } else if (p->skey == S_OFFSET && !is_string && p->num && p->numlen < 21) {
+            char tmp[24], *end;
+
+            memcpy(tmp, p->num, p->numlen);
+            tmp[p->numlen] = '\0';
+            m->since_offset = strtoull(tmp, &end, 10);
+            m->has_since = *end == '\0' && tmp[0] != '-';
+        }
+        return 1;
+    }
     /* Deeper values belong to a captured span; nothing to collect. */
     if (p->depth == p->msg_depth + 2 && p->field == F_SUBSCRIPTION)
         m->bad = 1;
@@ -239,15 +258,21 @@ static int cb_boolean(void *ctx, int v)
 
 static int cb_number(void *ctx, const char *s, size_t len)
 {
+    parse_t *p = ctx;
     char tmp[32];
     double v = -1;
+    int rc;
 
     if (len < sizeof(tmp)) {
         memcpy(tmp, s, len);
         tmp[len] = '\0';
         v = strtod(tmp, NULL);
     }
-    return scalar(ctx, NULL, 0, 0, v);
+    p->num = s;
+    p->numlen = len;
+    rc = scalar(ctx, NULL, 0, 0, v);
+    p->num = NULL;
+    return rc;
 }
 
 static int cb_string(void *ctx, const unsigned char *s, size_t len)
@@ -388,9 +413,11 @@ static int cb_map_key(void *ctx, const unsigned char *k, size_t len)
         p->value_start = consumed(p);
     } else if (p->msg_depth && p->depth == p->msg_depth + 1) {
         if (p->field == F_EXT)
-            p->xkey = KEY("secret") ? X_SECRET : KEY("token") ? X_TOKEN : X_OTHER;
+            p->xkey = KEY("secret") ? X_SECRET : KEY("token") ? X_TOKEN : KEY("since") ? X_SINCE : X_OTHER;
         else if (p->field == F_ADVICE)
             p->xkey = KEY("timeout") ? X_TIMEOUT : X_OTHER;
+    } else if (p->msg_depth && p->depth == p->msg_depth + 2 && p->field == F_EXT && p->xkey == X_SINCE) {
+        p->skey = KEY("offset") ? S_OFFSET : KEY("epoch") ? S_EPOCH : S_OTHER;
     }
 #undef KEY
     return 1;
@@ -411,7 +438,7 @@ static void fix_pointers(bs_batch_t *b)
         bs_msg_t *m = &b->msgs[i];
 
         FIX(channel); FIX(client_id); FIX(connection_type); FIX(version);
-        FIX(secret); FIX(token); FIX(subs);
+        FIX(secret); FIX(token); FIX(subs); FIX(since_epoch);
     }
 #undef FIX
 }

@@ -38,11 +38,13 @@ _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
 enum route { R_NONE, R_BAYEUX, R_JS, R_STATS, R_PREFLIGHT, R_STATUS };
 
+/* An in-process publish on its way to the service thread. */
 typedef struct pending {
     struct pending *next;
-    bs_frame_t *frame;
     size_t chlen;
-    char *channel;                          /* stored after the struct */
+    size_t len;
+    char *channel;                          /* NUL-terminated, stored after the struct */
+    char *data;                             /* the encoded data, after the channel */
 } pending_t;
 
 struct bs_server {
@@ -64,6 +66,7 @@ struct bs_server {
     int stop_requested;                     /* atomic */
     int destroying;                         /* service thread: the context is being destroyed */
     int lock_ready;
+    int alive_for_drain;                    /* service thread: the engine can take publishes */
     bs_stats_t conn_stats;                  /* connections, bytes_out: atomics */
 
     pthread_mutex_t lock;
@@ -553,10 +556,15 @@ static void drain_publishes(bs_server_t *s)
     pthread_mutex_unlock(&s->lock);
     for (; p; p = next) {
         next = p->next;
-        if (bs_log_verbose(s))
-            bs_log(s, 'I', "publish: %s (%u bytes, in-process)", p->channel, p->frame->len);
-        bs_engine_publish(&s->engine, p->channel, p->chlen, p->frame);
-        bs_frame_unref(p->frame);
+        if (s->alive_for_drain) {
+            if (bs_log_verbose(s))
+                bs_log(s, 'I', "publish: %s (%zu bytes, in-process)", p->channel, p->len);
+            BS_STAT_ADD(&s->engine, messages_in, 1);
+            if (bs_engine_publish(&s->engine, p->channel, p->chlen, p->data, p->len, NULL, 0, NULL, 0)) {
+                BS_STAT_ADD(&s->engine, errors, 1);
+                bs_log(s, 'E', "publish to %s lost: out of memory", p->channel);
+            }
+        }
         free(p);
     }
 }
@@ -645,6 +653,7 @@ static void *service_main(void *arg)
     int n = 0;
 
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
+    s->alive_for_drain = 1;
     while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
         n = lws_service(s->ctx, 0);
     pthread_mutex_lock(&s->lock);
@@ -657,7 +666,8 @@ static void *service_main(void *arg)
     s->ctx = NULL;
     __atomic_store_n(&s->conn_stats.connections, 0, __ATOMIC_RELAXED);
     bs_engine_free(&s->engine);
-    drain_publishes(s);                     /* nobody is subscribed now: just frees */
+    s->alive_for_drain = 0;
+    drain_publishes(s);                     /* the engine is gone: just frees */
     bs_buf_free(&s->tx);
     return NULL;
 }
@@ -740,6 +750,12 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         s->cfg.max_subscriptions = 100;
     if (!s->cfg.max_queue)
         s->cfg.max_queue = 1000;
+    if (!s->cfg.history_size)
+        s->cfg.history_size = 100;
+    if (!s->cfg.history_ttl)
+        s->cfg.history_ttl = 300;
+    if (!s->cfg.history_memory)
+        s->cfg.history_memory = 64u << 20;
     if (!s->host || !s->mount || !s->js_path || !s->js_path2 ||
         (cfg->key_path && !s->key) || (cfg->cert_path && !s->cert) ||
         (cfg->client_js_len && !s->js) || (cfg->signed_channels && !s->signed_channels) ||
@@ -916,11 +932,7 @@ void bs_server_free(bs_server_t *s)
 
 int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const char *json, size_t len)
 {
-    static const char head[] = "[{\"channel\":\"", mid[] = "\",\"data\":", tail[] = "}]";
-    size_t flen = sizeof(head) - 1 + chlen + sizeof(mid) - 1 + len + sizeof(tail) - 1;
-    bs_frame_t *f;
     pending_t *p;
-    unsigned char *d;
 
     if (!s->started || s->forgotten || s->pid != getpid())
         return BS_ESTOPPED;
@@ -930,36 +942,26 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
         return BS_EINVAL;
     if (len > s->cfg.max_message_size)
         return BS_ETOOBIG;
-    /* Encoded once here; every subscriber gets a reference to these bytes. */
-    if (!(f = bs_frame_new(flen)))
+    /* The service thread turns this into one frame that every subscriber shares. */
+    if (!(p = malloc(sizeof(*p) + chlen + 1 + len)))
         return BS_ENOMEM;
-    d = BS_FRAME_DATA(f);
-    memcpy(d, head, sizeof(head) - 1), d += sizeof(head) - 1;
-    memcpy(d, channel, chlen), d += chlen;
-    memcpy(d, mid, sizeof(mid) - 1), d += sizeof(mid) - 1;
-    memcpy(d, json, len), d += len;
-    memcpy(d, tail, sizeof(tail) - 1);
-    if (!(p = malloc(sizeof(*p) + chlen + 1))) {
-        bs_frame_unref(f);
-        return BS_ENOMEM;
-    }
     p->next = NULL;
-    p->frame = f;
     p->chlen = chlen;
+    p->len = len;
     p->channel = (char *)(p + 1);
     memcpy(p->channel, channel, chlen);
     p->channel[chlen] = '\0';
+    p->data = p->channel + chlen + 1;
+    memcpy(p->data, json, len);
 
     pthread_mutex_lock(&s->lock);
     if (!s->alive) {
         pthread_mutex_unlock(&s->lock);
-        bs_frame_unref(f);
         free(p);
         return BS_ESTOPPED;
     }
-    if (s->npending >= MAX_PENDING || s->pending_bytes + flen > MAX_PENDING_BYTES) {
+    if (s->npending >= MAX_PENDING || s->pending_bytes + len > MAX_PENDING_BYTES) {
         pthread_mutex_unlock(&s->lock);
-        bs_frame_unref(f);
         free(p);
         return BS_EFULL;
     }
@@ -969,7 +971,7 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
         s->head = p;
     s->tail = p;
     s->npending++;
-    s->pending_bytes += flen;
+    s->pending_bytes += len;
     /* One wakeup per batch: the loop drains everything queued by then. */
     if (s->npending == 1)
         lws_cancel_service(s->ctx);
