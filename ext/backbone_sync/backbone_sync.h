@@ -69,6 +69,12 @@ typedef struct bs_server_config {
     int history_size;                    /* messages kept per channel for recovery; 100; -1: no history */
     int history_ttl;                     /* seconds a kept message stays recoverable; 300 */
     size_t history_memory;               /* bytes of history over all channels; 64 MiB */
+    const char *redis_host;              /* Redis backplane, or NULL for a single node */
+    int redis_port;                      /* 6379 */
+    const char *redis_password;          /* or NULL */
+    int redis_db;
+    const char *redis_script;            /* the text of lib/backbone_sync/publish.lua */
+    const char *redis_prefix;            /* key prefix; "backbone_sync:" */
     int log_fd;                          /* -1, or the write end of a pipe: lines "<L> <text>\n", L in E W I D */
     int verbose;                         /* 1: log connections, subscriptions and publishes at I */
 } bs_server_config_t;
@@ -83,6 +89,9 @@ typedef struct bs_stats {
     uint64_t bytes_out;                  /* bytes written to sockets */
     uint64_t slow_clients_dropped;
     uint64_t errors;                     /* Bayeux error replies and protocol violations */
+    uint64_t backplane_up;               /* 1 while connected to Redis (0 without a backplane) */
+    uint64_t backplane_queued;           /* publishes waiting for Redis */
+    uint64_t backplane_refused;          /* publishes refused because that queue was full */
 } bs_stats_t;
 
 enum {

@@ -305,12 +305,27 @@ static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *j
     BS_STAT_ADD(e, errors, 1);
 }
 
+/* 1 when h holds every message after the client's since. */
+static int covered(const bs_history_t *h, const bs_msg_t *m)
+{
+    uint64_t oldest = h->len ? h->ring[h->head].offset : h->offset + 1;
+
+    return m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0 && m->since_offset <= h->offset &&
+           m->since_offset + 1 >= oldest;
+}
+
 /* Where an exact channel's stream stands, and, when the client asked with
  * ext.since, whether everything it missed is queued for it. */
 static void recovery_ext(bs_buf_t *out, const bs_history_t *h, int asked, int recovered)
 {
     char tmp[96];
 
+    if (!h->epoch[0]) {
+        /* Unknown while Redis is away: the client can only refetch. */
+        if (asked)
+            bs_buf_append_str(out, ",\"ext\":{\"recovered\":false}");
+        return;
+    }
     snprintf(tmp, sizeof(tmp), ",\"ext\":{\"epoch\":\"%s\",\"offset\":%llu", h->epoch,
              (unsigned long long)h->offset);
     bs_buf_append_str(out, tmp);
@@ -474,6 +489,7 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
     const char *s;
     uint32_t i, fresh = 0;
     bs_history_t *h = NULL;
+    bs_sub_t *sub = NULL;
     int recovered = 0;
 
     if (!c)
@@ -504,19 +520,30 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
                     "Too many subscriptions for one client (max_subscriptions)");
     /* One exact channel: report its epoch and offset, and replay from since. */
     if (on && m->nsubs == 1 && e->cfg->history_size > 0 &&
-        bs_channel_valid_name(m->subs, strlen(m->subs)))
+        bs_channel_valid_name(m->subs, strlen(m->subs))) {
+        int fresh_h = !bs_history_find(e, m->subs, strlen(m->subs));
+
         h = bs_history_get(e, m->subs, strlen(m->subs));
+        /* With Redis, the truth is there: load what this node does not know. */
+        if (h && e->backplane && (fresh_h || !h->epoch[0] || (m->has_since && !covered(h, m))) &&
+            bs_backplane_load(e->backplane, e, h))
+            bs_history_reset(e, h, "", h->offset);
+    }
     for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
         if (!on) {
             bs_channels_unsubscribe(e, c, s, strlen(s));
-        } else if (bs_channels_subscribe(e, c, s, strlen(s))) {
+        } else if (!(sub = bs_channels_subscribe(e, c, s, strlen(s)))) {
             return fail(e, out, m, json, c->id, 500, "", 0, "Internal server error");
         }
         if (bs_log_verbose(e->server))
             bs_log(e->server, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
     }
-    if (h && m->has_since && m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0)
+    if (h && h->epoch[0] && m->has_since && m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0)
         recovered = bs_history_replay(e, h, m->since_offset, c) == 0;
+    /* Whatever reaches this node later with an offset up to here, the
+     * client has had or did not ask for. */
+    if (h && sub)
+        sub->floor = h->offset;
     if (h && m->has_since && bs_log_verbose(e->server))
         bs_log(e->server, 'I', "recovery for client %s on %s from offset %llu: %s", c->id, m->subs,
                (unsigned long long)m->since_offset, recovered ? "complete" : "not possible");
@@ -562,6 +589,26 @@ static int public_channel(const bs_engine_t *e, const char *ch, size_t len)
     return 0;
 }
 
+int bs_delivery_head(bs_buf_t *b, const char *channel, size_t chlen, const char *data, size_t dlen,
+                     const char *id, size_t idlen, const char *ext, size_t extlen)
+{
+    bs_buf_append(b, "[{\"channel\":", 12);
+    bs_json_str(b, channel, chlen);
+    bs_buf_append(b, ",\"data\":", 8);
+    bs_buf_append(b, data, dlen);
+    if (id) {
+        bs_buf_append(b, ",\"id\":", 6);
+        bs_buf_append(b, id, idlen);
+    }
+    /* The publisher's ext, if any, gains the offset and the epoch. */
+    bs_buf_append(b, ",\"ext\":", 7);
+    if (ext && extlen > 2) {
+        bs_buf_append(b, ext, extlen - 1);
+        return bs_buf_append(b, ",", 1);
+    }
+    return bs_buf_append(b, "{", 1);
+}
+
 int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const char *data,
                       size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen)
 {
@@ -573,34 +620,26 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
     /* /service/ messages are for the server only; nobody may subscribe to them. */
     if (chlen >= 9 && memcmp(channel, "/service/", 9) == 0)
         return 0;
+    bs_buf_reset(b);
+    if (bs_delivery_head(b, channel, chlen, data, dlen, id, idlen, ext, extlen))
+        return -1;
+    /* With a backplane, Redis numbers the message and every node, this one
+     * included, fans it out when it comes back (bs_engine_remote). */
+    if (e->backplane)
+        return bs_backplane_publish(e->backplane, channel, chlen, b->ptr, b->len) == BS_OK ? 0 : -2;
     if (e->cfg->history_size > 0 && !(h = bs_history_get(e, channel, chlen)))
         return -1;
-    bs_buf_reset(b);
-    bs_buf_append(b, "[{\"channel\":", 12);
-    bs_json_str(b, channel, chlen);
-    bs_buf_append(b, ",\"data\":", 8);
-    bs_buf_append(b, data, dlen);
-    if (id) {
-        bs_buf_append(b, ",\"id\":", 6);
-        bs_buf_append(b, id, idlen);
-    }
     if (h) {
-        /* The publisher's ext, if any, gains the offset and the epoch. */
-        bs_buf_append(b, ",\"ext\":", 7);
-        if (ext && extlen > 2) {
-            bs_buf_append(b, ext, extlen - 1);
-            bs_buf_append(b, ",", 1);
-        } else {
-            bs_buf_append(b, "{", 1);
-        }
-        snprintf(tail, sizeof(tail), "\"offset\":%llu,\"epoch\":\"%s\"}",
+        snprintf(tail, sizeof(tail), "\"offset\":%llu,\"epoch\":\"%s\"}}]",
                  (unsigned long long)(h->offset + 1), h->epoch);
-        bs_buf_append_str(b, tail);
-    } else if (ext) {
-        bs_buf_append(b, ",\"ext\":", 7);
-        bs_buf_append(b, ext, extlen);
+    } else if (b->ptr[b->len - 1] == ',') {
+        b->len--;                               /* close the publisher's ext as it was */
+        snprintf(tail, sizeof(tail), "}}]");
+    } else {
+        b->len -= 8;                            /* no ext at all: drop ,"ext":{ */
+        snprintf(tail, sizeof(tail), "}]");
     }
-    if (bs_buf_append(b, "}]", 2) || !(f = bs_frame_new(b->len)))
+    if (bs_buf_append_str(b, tail) || !(f = bs_frame_new(b->len)))
         return -1;
     memcpy(BS_FRAME_DATA(f), b->ptr, b->len);
     if (h) {
@@ -611,10 +650,53 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
             return -1;
         }
     }
-    bs_channels_fanout(e, channel, chlen, f);
+    bs_channels_fanout(e, channel, chlen, f, h ? h->offset : 0);
     bs_frame_unref(f);
     reap_doomed(e);
     return 0;
+}
+
+void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_t offset,
+                      const char *epoch, size_t elen, const char *frame, size_t flen)
+{
+    bs_history_t *h = NULL;
+    bs_frame_t *f;
+    char ep[BS_EPOCH_LEN + 1];
+
+    BS_STAT_ADD(e, messages_in, 1);
+    if (!bs_channel_valid_name(channel, chlen) || !(f = bs_frame_new(flen)))
+        return;
+    memcpy(BS_FRAME_DATA(f), frame, flen);
+    if (e->cfg->history_size > 0 && (h = bs_history_get(e, channel, chlen))) {
+        /* This node's copy of the channel's history follows Redis. */
+        if (elen > BS_EPOCH_LEN)
+            elen = BS_EPOCH_LEN;
+        memcpy(ep, epoch, elen);
+        ep[elen] = '\0';
+        if (strcmp(ep, h->epoch) != 0)
+            bs_history_reset(e, h, ep, offset - 1);
+        bs_history_put(e, h, offset, f);
+    }
+    bs_channels_fanout(e, channel, chlen, f, offset);
+    bs_frame_unref(f);
+    reap_doomed(e);
+}
+
+void bs_engine_resync(bs_engine_t *e)
+{
+    uint32_t i;
+    unsigned n = 0;
+
+    while (e->all) {
+        client_destroy(e, e->all, 1);
+        n++;
+    }
+    /* What this node kept may have gaps now: reload from Redis when asked. */
+    for (i = 0; i < e->hist_buckets; i++)
+        for (bs_history_t *h = e->histories[i]; h; h = h->hnext)
+            bs_history_reset(e, h, "", h->offset);
+    bs_log(e->server, 'W', "Redis was unreachable for a while: %u clients were asked to reconnect and recover",
+           n);
 }
 
 static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json,
@@ -636,10 +718,17 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
     /* The delivery is the message as published, less clientId and the secret. */
     if (bs_log_verbose(e->server))
         bs_log(e->server, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
-    if (bs_engine_publish(e, m->channel, m->channel_len, json + m->raw_data.off, m->raw_data.len,
-                          m->has_id ? json + m->raw_id.off : NULL, m->raw_id.len,
-                          m->has_ext ? b->ext.ptr + m->raw_ext.off : NULL, m->raw_ext.len))
+    switch (bs_engine_publish(e, m->channel, m->channel_len, json + m->raw_data.off, m->raw_data.len,
+                              m->has_id ? json + m->raw_id.off : NULL, m->raw_id.len,
+                              m->has_ext ? b->ext.ptr + m->raw_ext.off : NULL, m->raw_ext.len)) {
+    case 0:
+        break;
+    case -2:
+        return fail(e, out, m, json, client_id, 407, m->channel, m->channel_len,
+                    "Failed to publish: Redis is unreachable and the publishes waiting for it are at their bound");
+    default:
         return fail(e, out, m, json, client_id, 500, "", 0, "Internal server error");
+    }
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, client_id, 1);
     bs_buf_append(out, "}", 1);
 }

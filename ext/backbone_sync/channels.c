@@ -294,7 +294,7 @@ static void channel_destroy(bs_engine_t *e, bs_channel_t *c)
     free(c);
 }
 
-int bs_channels_subscribe(bs_engine_t *e, bs_client_t *cl, const char *name, size_t len)
+bs_sub_t *bs_channels_subscribe(bs_engine_t *e, bs_client_t *cl, const char *name, size_t len)
 {
     bs_channel_t *c = bs_channels_find(e, name, len);
     uint32_t i;
@@ -302,9 +302,9 @@ int bs_channels_subscribe(bs_engine_t *e, bs_client_t *cl, const char *name, siz
     if (c) {
         for (i = 0; i < cl->nsubs; i++)
             if (cl->subs[i].channel == c)
-                return 0;
+                return &cl->subs[i];
     } else if (!(c = channel_create(e, name, len))) {
-        return -1;
+        return NULL;
     }
     if (cl->nsubs == cl->subs_cap) {
         uint32_t cap = cl->subs_cap ? cl->subs_cap * 2 : 2;
@@ -329,11 +329,11 @@ int bs_channels_subscribe(bs_engine_t *e, bs_client_t *cl, const char *name, siz
     c->nmembers++;
     cl->nsubs++;
     BS_STAT_ADD(e, subscriptions, 1);
-    return 0;
+    return &cl->subs[cl->nsubs - 1];
 fail:
     if (c->nmembers == 0)
         channel_destroy(e, c);
-    return -1;
+    return NULL;
 }
 
 /* Removes cl's sub at index i from both arrays by moving each array's last
@@ -379,28 +379,28 @@ void bs_channels_unsubscribe_all(bs_engine_t *e, bs_client_t *cl)
     cl->subs_cap = 0;
 }
 
-static void deliver_members(bs_engine_t *e, bs_channel_t *c, bs_frame_t *f)
+static void deliver_members(bs_engine_t *e, bs_channel_t *c, bs_frame_t *f, uint64_t offset)
 {
     uint32_t i;
 
     for (i = 0; i < c->nmembers; i++) {
         bs_client_t *cl = c->members[i].client;
 
-        if (cl->stamp == e->stamp)
+        if (cl->stamp == e->stamp || (offset && cl->subs[c->members[i].slot].floor >= offset))
             continue;
         cl->stamp = e->stamp;
         bs_engine_deliver(e, cl, f);
     }
 }
 
-void bs_channels_fanout(bs_engine_t *e, const char *name, size_t len, bs_frame_t *f)
+void bs_channels_fanout(bs_engine_t *e, const char *name, size_t len, bs_frame_t *f, uint64_t offset)
 {
     bs_channel_t *c;
     size_t i;
 
     e->stamp++;
     if ((c = bs_channels_find(e, name, len)))
-        deliver_members(e, c, f);
+        deliver_members(e, c, f, offset);
     if (!e->npatterns)
         return;
     /* "/a/b/c" is also reached through the patterns "/" "**", "/a/" "**",
@@ -414,10 +414,10 @@ void bs_channels_fanout(bs_engine_t *e, const char *name, size_t len, bs_frame_t
             continue;
         memcpy(e->scratch.ptr + i, "/**", 3);
         if ((c = bs_channels_find(e, e->scratch.ptr, i + 3)))
-            deliver_members(e, c, f);
+            deliver_members(e, c, f, 0);
         if (!memchr(name + i + 1, '/', len - i - 1) &&
             (c = bs_channels_find(e, e->scratch.ptr, i + 2)))
-            deliver_members(e, c, f);
+            deliver_members(e, c, f, 0);
         memcpy(e->scratch.ptr + i, name + i, len - i < 3 ? len - i : 3);
     }
 }

@@ -71,6 +71,7 @@ typedef struct bs_member {                 /* in a channel: who, and where it ke
 typedef struct bs_sub {                    /* in a client: which channel, and where */
     bs_channel_t *channel;
     uint32_t pos;
+    uint64_t floor;                        /* offsets up to this one were given already */
 } bs_sub_t;
 
 struct bs_channel {
@@ -167,6 +168,7 @@ typedef struct bs_engine {
     bs_history_t *lru_head, *lru_tail;
     size_t hist_bytes;
     bs_buf_t build;                        /* a frame being composed */
+    struct bs_backplane *backplane;        /* Redis, or NULL for a single node */
     int64_t last_history_sweep;            /* ms */
     bs_buf_t scratch;
     unsigned char rnd[256];                /* random bytes for client ids */
@@ -182,12 +184,14 @@ enum { BS_VIA_HTTP = 1, BS_VIA_WS = 2 };
 
 /* channels.c */
 bs_channel_t *bs_channels_find(bs_engine_t *e, const char *name, size_t len);
-/* Returns 0, -1 on memory exhaustion. Subscribing twice is a no-op. */
-int bs_channels_subscribe(bs_engine_t *e, bs_client_t *c, const char *name, size_t len);
+/* Returns the client's subscription (an existing one when subscribed
+ * already), or NULL when memory ran out. */
+bs_sub_t *bs_channels_subscribe(bs_engine_t *e, bs_client_t *c, const char *name, size_t len);
 void bs_channels_unsubscribe(bs_engine_t *e, bs_client_t *c, const char *name, size_t len);
 void bs_channels_unsubscribe_all(bs_engine_t *e, bs_client_t *c);
-/* Queues f for every subscriber of `name` and of every pattern matching it. */
-void bs_channels_fanout(bs_engine_t *e, const char *name, size_t len, bs_frame_t *f);
+/* Queues f for every subscriber of `name` and of every pattern matching it;
+ * a subscriber of `name` whose floor is at `offset` or past it is skipped. */
+void bs_channels_fanout(bs_engine_t *e, const char *name, size_t len, bs_frame_t *f, uint64_t offset);
 /* 1 when name (a channel or pattern) is matched by pattern. */
 int bs_channel_matches(const char *pattern, const char *name, size_t len);
 /* 1 when pattern p and subscription s (each a name or pattern) can share a channel. */
@@ -260,6 +264,15 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
                       size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen);
 /* Fills out[0..n) with random base-36 digits and a NUL. Returns 0 or -1. */
 int bs_random_id(bs_engine_t *e, char *out, size_t n);
+/* Any thread: appends the delivery up to its ext object, as publish.lua
+ * expects it: [{"channel":..,"data":..[,"id":..],"ext":{[members,] */
+int bs_delivery_head(bs_buf_t *b, const char *channel, size_t chlen, const char *data, size_t dlen,
+                     const char *id, size_t idlen, const char *ext, size_t extlen);
+/* A message that came through the backplane, with its offset and epoch. */
+void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_t offset,
+                      const char *epoch, size_t elen, const char *frame, size_t flen);
+/* After a backplane outage: every client starts again and recovers. */
+void bs_engine_resync(bs_engine_t *e);
 /* 1 when the connect held on link should be answered now. */
 int bs_engine_due(bs_engine_t *e, bs_link_t *link, int64_t now);
 /* Appends the reply to link's held /meta/connect to link->out and clears it;
@@ -282,8 +295,30 @@ int bs_history_append(bs_engine_t *e, bs_history_t *h, bs_frame_t *f);
 /* Queues for c every kept message after `since`. Returns 0, or -1 when some
  * of them are no longer kept (or since is ahead of the channel). */
 int bs_history_replay(bs_engine_t *e, bs_history_t *h, uint64_t since, bs_client_t *c);
+/* Forgets h's entries and takes a new epoch (an empty one: unknown) and offset. */
+void bs_history_reset(bs_engine_t *e, bs_history_t *h, const char *epoch, uint64_t offset);
+/* Keeps f as the entry for `offset`, if it comes after the last kept one. */
+void bs_history_put(bs_engine_t *e, bs_history_t *h, uint64_t offset, bs_frame_t *f);
 void bs_history_sweep(bs_engine_t *e, int64_t now);
 void bs_history_free_all(bs_engine_t *e);
+
+/* backplane.c */
+typedef struct bs_backplane bs_backplane_t;
+bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, void *server);
+int bs_backplane_start(bs_backplane_t *b);
+void bs_backplane_stop(bs_backplane_t *b);
+void bs_backplane_free(bs_backplane_t *b);
+int bs_backplane_up(bs_backplane_t *b);
+void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st);
+/* Any thread: queues a publish for Redis. Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
+int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen);
+/* Service thread: loads h's epoch, offset and history from Redis. 0, or -1. */
+int bs_backplane_load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h);
+
+/* server.c: what the backplane hands to the service thread (from its own thread) */
+void bs_server_remote(void *server, const char *channel, size_t chlen, uint64_t offset,
+                      const char *epoch, size_t elen, const char *frame, size_t flen);
+void bs_server_resync(void *server);
 
 /* server.c: what the engine asks of the transport */
 void bs_link_wake(void *server, bs_link_t *link);

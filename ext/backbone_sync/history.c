@@ -182,6 +182,37 @@ int bs_history_append(bs_engine_t *e, bs_history_t *h, bs_frame_t *f)
     return 0;
 }
 
+void bs_history_reset(bs_engine_t *e, bs_history_t *h, const char *epoch, uint64_t offset)
+{
+    size_t n = strlen(epoch);
+
+    while (h->len)
+        drop_oldest(e, h);
+    if (n > BS_EPOCH_LEN)
+        n = BS_EPOCH_LEN;
+    memcpy(h->epoch, epoch, n);
+    h->epoch[n] = '\0';
+    h->offset = offset;
+}
+
+void bs_history_put(bs_engine_t *e, bs_history_t *h, uint64_t offset, bs_frame_t *f)
+{
+    uint64_t last = h->len ? entry_at(h, h->len - 1)->offset : 0;
+    uint64_t keep = h->offset;
+
+    if (h->len && offset <= last)
+        return;
+    if (h->len && offset != last + 1) {
+        /* The kept entries must be consecutive for replay to be exact. */
+        while (h->len)
+            drop_oldest(e, h);
+    }
+    h->offset = offset;
+    bs_history_append(e, h, f);
+    if (keep > h->offset)
+        h->offset = keep;
+}
+
 int bs_history_replay(bs_engine_t *e, bs_history_t *h, uint64_t since, bs_client_t *c)
 {
     uint32_t i;

@@ -38,13 +38,21 @@ _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
 enum route { R_NONE, R_BAYEUX, R_JS, R_STATS, R_PREFLIGHT, R_STATUS };
 
-/* An in-process publish on its way to the service thread. */
+/* Work for the service thread from other threads: an in-process publish
+ * (its encoded data), a message from the backplane (a whole frame, with its
+ * offset and epoch), or the backplane's word that clients must resync. */
+enum { P_LOCAL, P_REMOTE, P_RESYNC };
+
 typedef struct pending {
     struct pending *next;
+    int kind;
     size_t chlen;
     size_t len;
+    uint64_t offset;
+    size_t elen;
+    char epoch[BS_EPOCH_LEN + 1];
     char *channel;                          /* NUL-terminated, stored after the struct */
-    char *data;                             /* the encoded data, after the channel */
+    char *data;                             /* after the channel */
 } pending_t;
 
 struct bs_server {
@@ -75,6 +83,7 @@ struct bs_server {
     size_t npending, pending_bytes;         /* lock */
 
     bs_engine_t engine;                     /* service thread */
+    bs_backplane_t *backplane;              /* Redis, or NULL */
     bs_buf_t tx;                            /* service thread: outgoing bytes being assembled */
 };
 
@@ -556,7 +565,13 @@ static void drain_publishes(bs_server_t *s)
     pthread_mutex_unlock(&s->lock);
     for (; p; p = next) {
         next = p->next;
-        if (s->alive_for_drain) {
+        if (!s->alive_for_drain) {
+            /* the engine is gone: only free */
+        } else if (p->kind == P_REMOTE) {
+            bs_engine_remote(&s->engine, p->channel, p->chlen, p->offset, p->epoch, p->elen, p->data, p->len);
+        } else if (p->kind == P_RESYNC) {
+            bs_engine_resync(&s->engine);
+        } else {
             if (bs_log_verbose(s))
                 bs_log(s, 'I', "publish: %s (%zu bytes, in-process)", p->channel, p->len);
             BS_STAT_ADD(&s->engine, messages_in, 1);
@@ -779,6 +794,15 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     };
     bs_engine_init(&s->engine, &s->cfg, s);
     bs_buf_init(&s->tx);
+    if (cfg->redis_host && cfg->redis_host[0]) {
+        if (!cfg->redis_script || !(s->backplane = bs_backplane_new(&s->cfg, s))) {
+            bs_server_free(s);
+            return NULL;
+        }
+        s->engine.backplane = s->backplane;
+    }
+    /* The backplane keeps its own copies. */
+    s->cfg.redis_host = s->cfg.redis_password = s->cfg.redis_script = s->cfg.redis_prefix = NULL;
     s->cfg.log_fd = cfg->log_fd;
     return s;
 }
@@ -858,6 +882,11 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     pthread_mutex_lock(&s->lock);
     s->alive = 1;
     pthread_mutex_unlock(&s->lock);
+    if (s->backplane && bs_backplane_start(s->backplane)) {
+        snprintf(err, errlen, "could not start the Redis backplane thread");
+        bs_backplane_free(s->backplane);
+        s->backplane = s->engine.backplane = NULL;
+    }
     /* Signals belong to Ruby: the service thread is born with all blocked. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -892,6 +921,8 @@ void bs_server_stop(bs_server_t *s)
     if (!s->started || s->forgotten || s->pid != getpid())
         return;
     if (!__atomic_exchange_n(&s->stop_requested, 1, __ATOMIC_ACQ_REL)) {
+        /* First the backplane, so nothing new arrives from Redis. */
+        bs_backplane_stop(s->backplane);
         pthread_mutex_lock(&s->lock);
         if (s->alive)
             lws_cancel_service(s->ctx);
@@ -927,7 +958,80 @@ void bs_server_free(bs_server_t *s)
     free(s->js_path);
     free(s->js_path2);
     bs_buf_free(&s->tx);
+    bs_backplane_free(s->backplane);
     free(s);
+}
+
+/* Hands p to the service thread. Returns BS_OK, BS_ESTOPPED or BS_EFULL;
+ * p is freed unless BS_OK. */
+static int enqueue(bs_server_t *s, pending_t *p)
+{
+    pthread_mutex_lock(&s->lock);
+    if (!s->alive) {
+        pthread_mutex_unlock(&s->lock);
+        free(p);
+        return BS_ESTOPPED;
+    }
+    if (p->kind == P_LOCAL &&
+        (s->npending >= MAX_PENDING || s->pending_bytes + p->len > MAX_PENDING_BYTES)) {
+        pthread_mutex_unlock(&s->lock);
+        free(p);
+        return BS_EFULL;
+    }
+    if (s->tail)
+        s->tail->next = p;
+    else
+        s->head = p;
+    s->tail = p;
+    s->npending++;
+    s->pending_bytes += p->len;
+    /* One wakeup per batch: the loop drains everything queued by then. */
+    if (s->npending == 1)
+        lws_cancel_service(s->ctx);
+    pthread_mutex_unlock(&s->lock);
+    return BS_OK;
+}
+
+static pending_t *pending_new(int kind, const char *channel, size_t chlen, const char *data, size_t len)
+{
+    pending_t *p = malloc(sizeof(*p) + chlen + 1 + len);
+
+    if (!p)
+        return NULL;
+    memset(p, 0, sizeof(*p));
+    p->kind = kind;
+    p->chlen = chlen;
+    p->len = len;
+    p->channel = (char *)(p + 1);
+    memcpy(p->channel, channel, chlen);
+    p->channel[chlen] = '\0';
+    p->data = p->channel + chlen + 1;
+    memcpy(p->data, data, len);
+    return p;
+}
+
+/* Backplane thread: the service thread takes it from here. Messages from
+ * Redis are not refused at the bound: Redis already accepted them. */
+void bs_server_remote(void *server, const char *channel, size_t chlen, uint64_t offset,
+                      const char *epoch, size_t elen, const char *frame, size_t flen)
+{
+    bs_server_t *s = server;
+    pending_t *p = pending_new(P_REMOTE, channel, chlen, frame, flen);
+
+    if (!p)
+        return;
+    p->offset = offset;
+    p->elen = elen > BS_EPOCH_LEN ? BS_EPOCH_LEN : elen;
+    memcpy(p->epoch, epoch, p->elen);
+    enqueue(s, p);
+}
+
+void bs_server_resync(void *server)
+{
+    pending_t *p = pending_new(P_RESYNC, "", 0, "", 0);
+
+    if (p)
+        enqueue(server, p);
 }
 
 int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const char *json, size_t len)
@@ -942,41 +1046,25 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
         return BS_EINVAL;
     if (len > s->cfg.max_message_size)
         return BS_ETOOBIG;
-    /* The service thread turns this into one frame that every subscriber shares. */
-    if (!(p = malloc(sizeof(*p) + chlen + 1 + len)))
-        return BS_ENOMEM;
-    p->next = NULL;
-    p->chlen = chlen;
-    p->len = len;
-    p->channel = (char *)(p + 1);
-    memcpy(p->channel, channel, chlen);
-    p->channel[chlen] = '\0';
-    p->data = p->channel + chlen + 1;
-    memcpy(p->data, json, len);
+    if (s->backplane) {
+        /* Straight to Redis, from this thread: numbered there, fanned out
+         * by every node when it comes back. */
+        bs_buf_t head;
+        int rc;
 
-    pthread_mutex_lock(&s->lock);
-    if (!s->alive) {
-        pthread_mutex_unlock(&s->lock);
-        free(p);
-        return BS_ESTOPPED;
+        bs_buf_init(&head);
+        if (bs_delivery_head(&head, channel, chlen, json, len, NULL, 0, NULL, 0)) {
+            bs_buf_free(&head);
+            return BS_ENOMEM;
+        }
+        rc = bs_backplane_publish(s->backplane, channel, chlen, head.ptr, head.len);
+        bs_buf_free(&head);
+        return rc;
     }
-    if (s->npending >= MAX_PENDING || s->pending_bytes + len > MAX_PENDING_BYTES) {
-        pthread_mutex_unlock(&s->lock);
-        free(p);
-        return BS_EFULL;
-    }
-    if (s->tail)
-        s->tail->next = p;
-    else
-        s->head = p;
-    s->tail = p;
-    s->npending++;
-    s->pending_bytes += len;
-    /* One wakeup per batch: the loop drains everything queued by then. */
-    if (s->npending == 1)
-        lws_cancel_service(s->ctx);
-    pthread_mutex_unlock(&s->lock);
-    return BS_OK;
+    /* The service thread turns this into one frame that every subscriber shares. */
+    if (!(p = pending_new(P_LOCAL, channel, chlen, json, len)))
+        return BS_ENOMEM;
+    return enqueue(s, p);
 }
 
 void bs_server_stats(bs_server_t *s, bs_stats_t *out)
@@ -993,5 +1081,8 @@ void bs_server_stats(bs_server_t *s, bs_stats_t *out)
     out->messages_out = LOAD(e, messages_out);
     out->slow_clients_dropped = LOAD(e, slow_clients_dropped);
     out->errors = LOAD(e, errors);
+    out->backplane_up = out->backplane_queued = out->backplane_refused = 0;
+    if (s->backplane)
+        bs_backplane_stats(s->backplane, out);
 #undef LOAD
 }

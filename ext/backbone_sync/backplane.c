@@ -1,0 +1,534 @@
+/*
+ * backplane.c: the Redis backplane, so that several servers act as one.
+ *
+ * Every publish goes through lib/backbone_sync/publish.lua, run in Redis: it
+ * gives the message its channel's next offset and the channel's epoch, keeps
+ * it in the channel's history (a sorted set by offset), and PUBLISHes it on
+ * <prefix>fanout. Every node, the publishing one included, subscribes there
+ * and fans each message out to its own subscribers: once per node, in offset
+ * order. Ruby processes publish with the same script, straight into Redis.
+ *
+ * Threads: the backplane thread owns two connections, `sub` (SUBSCRIBE) and
+ * `cmd` (EVALSHA), reconnects with backoff, and hands what arrives to the
+ * service thread through bs_server_remote(). Any thread may queue a publish
+ * (bs_backplane_publish); the queue is bounded, and while Redis is away it
+ * holds publishes until Redis is back, then refuses. The service thread owns
+ * a third connection, `reader`, with short timeouts, used only to load a
+ * channel's history it does not know yet (bs_backplane_load).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "core.h"
+
+#define MAX_OUT 10000                       /* publishes waiting for Redis */
+#define MAX_OUT_BYTES (16u << 20)
+#define PIPELINE 256                        /* EVALSHAs sent before reading replies */
+
+typedef struct out {
+    struct out *next;
+    size_t chlen, hlen;
+    char epoch[BS_EPOCH_LEN + 1];           /* proposed, for a channel Redis does not know */
+    char *channel;                          /* NUL-terminated, after the struct */
+    char *head;                             /* after the channel */
+} out_t;
+
+struct bs_backplane {
+    void *server;
+    char *host, *password, *script, *prefix;
+    int port, db, history_size, history_ttl;
+    char sha[41];
+
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    out_t *head, *tail;                     /* lock */
+    size_t nout, out_bytes;                 /* lock */
+    int stop;                               /* lock */
+    int wake[2];                            /* a byte here wakes the backplane thread */
+
+    redisContext *sub, *cmd;                /* backplane thread */
+    redisContext *reader;                   /* service thread */
+    int64_t reader_retry_at;                /* service thread: ms */
+
+    int up;                                 /* atomic */
+    uint64_t refused;                       /* atomic */
+};
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void random_epoch(char *out)
+{
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    unsigned char r[BS_EPOCH_LEN * 2];
+    size_t i = 0, j = 0;
+
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        memset(r, 0, sizeof(r));
+    while (i < BS_EPOCH_LEN && j < sizeof(r)) {
+        if (r[j] < 252)
+            out[i++] = digits[r[j] % 36];
+        j++;
+    }
+    while (i < BS_EPOCH_LEN)
+        out[i++] = '0';
+    out[BS_EPOCH_LEN] = '\0';
+}
+
+bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, void *server)
+{
+    bs_backplane_t *b = calloc(1, sizeof(*b));
+
+    if (!b)
+        return NULL;
+    b->server = server;
+    b->host = dup_or_null(cfg->redis_host);
+    b->password = dup_or_null(cfg->redis_password);
+    b->script = dup_or_null(cfg->redis_script);
+    b->prefix = dup_or_null(cfg->redis_prefix ? cfg->redis_prefix : "backbone_sync:");
+    b->port = cfg->redis_port ? cfg->redis_port : 6379;
+    b->db = cfg->redis_db;
+    b->history_size = cfg->history_size > 0 ? cfg->history_size : 0;
+    b->history_ttl = cfg->history_ttl;
+    b->wake[0] = b->wake[1] = -1;
+    pthread_mutex_init(&b->lock, NULL);
+    if (!b->host || !b->script || !b->prefix || (cfg->redis_password && !b->password) ||
+        pipe2(b->wake, O_CLOEXEC | O_NONBLOCK)) {
+        bs_backplane_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* ---- connections ------------------------------------------------------------ */
+
+static redisContext *connect_redis(bs_backplane_t *b, int timeout_ms, char *why, size_t whylen)
+{
+    struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+    redisContext *c = redisConnectWithTimeout(b->host, b->port, tv);
+    redisReply *r;
+
+    if (!c || c->err) {
+        snprintf(why, whylen, "%s", c ? c->errstr : "out of memory");
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    redisEnableKeepAlive(c);
+    if (b->password) {
+        r = redisCommand(c, "AUTH %s", b->password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "AUTH failed: %s", r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    if (b->db) {
+        r = redisCommand(c, "SELECT %d", b->db);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "SELECT %d failed: %s", b->db, r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    return c;
+fail:
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return NULL;
+}
+
+static void disconnect(bs_backplane_t *b)
+{
+    if (b->sub)
+        redisFree(b->sub);
+    if (b->cmd)
+        redisFree(b->cmd);
+    b->sub = b->cmd = NULL;
+    __atomic_store_n(&b->up, 0, __ATOMIC_RELEASE);
+}
+
+/* Both connections, the script loaded, the fan-out channel subscribed. */
+static int connect_both(bs_backplane_t *b, char *why, size_t whylen)
+{
+    struct timeval none = { 0, 0 };
+    redisReply *r;
+
+    if (!(b->cmd = connect_redis(b, 2000, why, whylen)) ||
+        !(b->sub = connect_redis(b, 2000, why, whylen)))
+        goto fail;
+    r = redisCommand(b->cmd, "SCRIPT LOAD %s", b->script);
+    if (!r || r->type != REDIS_REPLY_STRING || r->len != 40) {
+        snprintf(why, whylen, "SCRIPT LOAD failed: %s", r && r->str ? r->str : b->cmd->errstr);
+        if (r)
+            freeReplyObject(r);
+        goto fail;
+    }
+    memcpy(b->sha, r->str, 40);
+    b->sha[40] = '\0';
+    freeReplyObject(r);
+    r = redisCommand(b->sub, "SUBSCRIBE %sfanout", b->prefix);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        snprintf(why, whylen, "SUBSCRIBE failed: %s", b->sub->errstr);
+        if (r)
+            freeReplyObject(r);
+        goto fail;
+    }
+    freeReplyObject(r);
+    /* From here `sub` is read only when poll() says so. */
+    redisSetTimeout(b->sub, none);
+    return 0;
+fail:
+    disconnect(b);
+    return -1;
+}
+
+/* ---- the backplane thread ------------------------------------------------------- */
+
+/* "<channel>\n<offset>\n<epoch>\n<frame>", as publish.lua sends it. */
+static void handle_message(bs_backplane_t *b, const char *p, size_t len)
+{
+    const char *end = p + len, *ch = p, *nl1, *nl2, *nl3;
+    unsigned long long offset;
+    char *stop;
+
+    if (!(nl1 = memchr(ch, '\n', len)) || !(nl2 = memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1))) ||
+        !(nl3 = memchr(nl2 + 1, '\n', (size_t)(end - nl2 - 1))))
+        return;
+    offset = strtoull(nl1 + 1, &stop, 10);
+    if (stop != nl2 || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2)
+        return;
+    bs_server_remote(b->server, ch, (size_t)(nl1 - ch), offset, nl2 + 1, (size_t)(nl3 - nl2 - 1),
+                     nl3 + 1, (size_t)(end - nl3 - 1));
+}
+
+static int read_sub(bs_backplane_t *b)
+{
+    void *reply;
+
+    if (redisBufferRead(b->sub) != REDIS_OK)
+        return -1;
+    for (;;) {
+        redisReply *r;
+
+        if (redisGetReplyFromReader(b->sub, &reply) != REDIS_OK)
+            return -1;
+        if (!(r = reply))
+            return 0;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_STRING &&
+            strcmp(r->element[0]->str, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING)
+            handle_message(b, r->element[2]->str, r->element[2]->len);
+        freeReplyObject(r);
+    }
+}
+
+/* Sends what is queued, PIPELINE at a time; an item leaves the queue only
+ * once Redis has answered for it. Returns -1 when the connection failed. */
+static int flush_out(bs_backplane_t *b)
+{
+    for (;;) {
+        out_t *batch[PIPELINE];
+        size_t n = 0, i;
+        char size[16], ttl[16];
+
+        pthread_mutex_lock(&b->lock);
+        for (out_t *o = b->head; o && n < PIPELINE; o = o->next)
+            batch[n++] = o;
+        pthread_mutex_unlock(&b->lock);
+        if (!n)
+            return 0;
+        snprintf(size, sizeof(size), "%d", b->history_size);
+        snprintf(ttl, sizeof(ttl), "%d", b->history_ttl);
+        for (i = 0; i < n; i++) {
+            const char *argv[] = { "EVALSHA", b->sha, "0", b->prefix, batch[i]->channel, batch[i]->head,
+                                   size, ttl, batch[i]->epoch };
+            size_t lens[] = { 7, 40, 1, strlen(b->prefix), batch[i]->chlen, batch[i]->hlen,
+                              strlen(size), strlen(ttl), BS_EPOCH_LEN };
+
+            redisAppendCommandArgv(b->cmd, 9, argv, lens);
+        }
+        for (i = 0; i < n; i++) {
+            void *reply;
+            redisReply *r;
+
+            if (redisGetReply(b->cmd, &reply) != REDIS_OK)
+                return -1;
+            r = reply;
+            if (r->type == REDIS_REPLY_ERROR)
+                bs_log(b->server, 'E', "Redis refused a publish to %s: %s", batch[i]->channel, r->str);
+            freeReplyObject(r);
+        }
+        pthread_mutex_lock(&b->lock);
+        for (i = 0; i < n; i++) {
+            out_t *o = b->head;
+
+            b->head = o->next;
+            b->nout--;
+            b->out_bytes -= o->hlen;
+            free(o);
+        }
+        if (!b->head)
+            b->tail = NULL;
+        pthread_mutex_unlock(&b->lock);
+    }
+}
+
+static int stopping(bs_backplane_t *b)
+{
+    int stop;
+
+    pthread_mutex_lock(&b->lock);
+    stop = b->stop;
+    pthread_mutex_unlock(&b->lock);
+    return stop;
+}
+
+static void drain_wake(bs_backplane_t *b)
+{
+    char buf[64];
+
+    while (read(b->wake[0], buf, sizeof(buf)) > 0)
+        ;
+}
+
+static void *backplane_main(void *arg)
+{
+    bs_backplane_t *b = arg;
+    int backoff = 100, was_up = 0;
+    char why[256];
+
+    while (!stopping(b)) {
+        if (!b->sub) {
+            if (connect_both(b, why, sizeof(why))) {
+                struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
+
+                bs_log(b->server, 'W', "Redis at %s:%d unreachable (%s); retrying in %d ms",
+                       b->host, b->port, why, backoff);
+                poll(&pfd, 1, backoff);
+                drain_wake(b);
+                backoff = backoff >= 5000 ? 5000 : backoff * 2;
+                continue;
+            }
+            backoff = 100;
+            __atomic_store_n(&b->up, 1, __ATOMIC_RELEASE);
+            bs_log(b->server, 'I', "Redis backplane connected at %s:%d", b->host, b->port);
+            /* Messages may have passed while we were away: every client
+             * starts again and recovers from the history in Redis. */
+            if (was_up)
+                bs_server_resync(b->server);
+            was_up = 1;
+        }
+        if (flush_out(b)) {
+            bs_log(b->server, 'W', "Redis connection lost while publishing; publishes are held until it is back");
+            disconnect(b);
+            continue;
+        }
+        {
+            struct pollfd pfd[2] = { { .fd = b->sub->fd, .events = POLLIN },
+                                     { .fd = b->wake[0], .events = POLLIN } };
+
+            if (poll(pfd, 2, 1000) < 0 && errno != EINTR) {
+                disconnect(b);
+                continue;
+            }
+            if (pfd[1].revents)
+                drain_wake(b);
+            if ((pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) && read_sub(b)) {
+                bs_log(b->server, 'W', "Redis subscription lost; reconnecting");
+                disconnect(b);
+            }
+        }
+    }
+    disconnect(b);
+    return NULL;
+}
+
+int bs_backplane_start(bs_backplane_t *b)
+{
+    sigset_t all, old;
+    int rc;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&b->thread, NULL, backplane_main, b);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc)
+        return -1;
+    b->started = 1;
+    return 0;
+}
+
+void bs_backplane_stop(bs_backplane_t *b)
+{
+    if (!b || !b->started)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->stop = 1;
+    pthread_mutex_unlock(&b->lock);
+    if (write(b->wake[1], "x", 1) < 0) {
+        /* the pipe is full: the thread is awake anyway */
+    }
+    pthread_join(b->thread, NULL);
+    b->started = 0;
+}
+
+void bs_backplane_free(bs_backplane_t *b)
+{
+    out_t *o, *next;
+
+    if (!b)
+        return;
+    bs_backplane_stop(b);
+    for (o = b->head; o; o = next) {
+        next = o->next;
+        free(o);
+    }
+    if (b->reader)
+        redisFree(b->reader);
+    if (b->wake[0] >= 0)
+        close(b->wake[0]);
+    if (b->wake[1] >= 0)
+        close(b->wake[1]);
+    pthread_mutex_destroy(&b->lock);
+    free(b->host);
+    free(b->password);
+    free(b->script);
+    free(b->prefix);
+    free(b);
+}
+
+int bs_backplane_up(bs_backplane_t *b)
+{
+    return __atomic_load_n(&b->up, __ATOMIC_ACQUIRE);
+}
+
+void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st)
+{
+    pthread_mutex_lock(&b->lock);
+    st->backplane_queued = b->nout;
+    pthread_mutex_unlock(&b->lock);
+    st->backplane_up = (uint64_t)bs_backplane_up(b);
+    st->backplane_refused = __atomic_load_n(&b->refused, __ATOMIC_RELAXED);
+}
+
+int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen)
+{
+    out_t *o = malloc(sizeof(*o) + chlen + 1 + hlen);
+    int was_empty;
+
+    if (!o)
+        return BS_ENOMEM;
+    o->next = NULL;
+    o->chlen = chlen;
+    o->hlen = hlen;
+    o->channel = (char *)(o + 1);
+    memcpy(o->channel, channel, chlen);
+    o->channel[chlen] = '\0';
+    o->head = o->channel + chlen + 1;
+    memcpy(o->head, head, hlen);
+    random_epoch(o->epoch);
+    pthread_mutex_lock(&b->lock);
+    if (b->stop || b->nout >= MAX_OUT || b->out_bytes + hlen > MAX_OUT_BYTES) {
+        int stop = b->stop;
+
+        pthread_mutex_unlock(&b->lock);
+        free(o);
+        if (stop)
+            return BS_ESTOPPED;
+        __atomic_fetch_add(&b->refused, 1, __ATOMIC_RELAXED);
+        return BS_EFULL;
+    }
+    was_empty = b->head == NULL;
+    if (b->tail)
+        b->tail->next = o;
+    else
+        b->head = o;
+    b->tail = o;
+    b->nout++;
+    b->out_bytes += hlen;
+    pthread_mutex_unlock(&b->lock);
+    if (was_empty && write(b->wake[1], "x", 1) < 0) {
+        /* full pipe: a wakeup is pending already */
+    }
+    return BS_OK;
+}
+
+/* ---- history loads, in the service thread -------------------------------------- */
+
+int bs_backplane_load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h)
+{
+    redisReply *r = NULL;
+    char why[256];
+    size_t i;
+    int64_t now = bs_now_ms();
+
+    if (!bs_backplane_up(b))
+        return -1;
+    if (!b->reader) {
+        if (now < b->reader_retry_at)
+            return -1;
+        /* Short timeouts: this blocks the service thread while it waits. */
+        if (!(b->reader = connect_redis(b, 200, why, sizeof(why)))) {
+            b->reader_retry_at = now + 1000;
+            return -1;
+        }
+    }
+    /* Agree on an epoch first: ours, unless Redis has one. */
+    r = redisCommand(b->reader, "SET %sepoch:%b %s NX EX %d", b->prefix, h->name, h->name_len,
+                     h->epoch, b->history_ttl > 86400 ? b->history_ttl : 86400);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        goto fail;
+    freeReplyObject(r);
+    r = redisCommand(b->reader, "MGET %sepoch:%b %soffset:%b", b->prefix, h->name, h->name_len,
+                     b->prefix, h->name, h->name_len);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN)
+        goto fail;
+    bs_history_reset(e, h, r->element[0]->str,
+                     r->element[1]->type == REDIS_REPLY_STRING ? strtoull(r->element[1]->str, NULL, 10) : 0);
+    freeReplyObject(r);
+    if (b->history_size <= 0)
+        return 0;
+    r = redisCommand(b->reader, "ZRANGE %shistory:%b 0 -1 WITHSCORES", b->prefix, h->name, h->name_len);
+    if (!r || r->type != REDIS_REPLY_ARRAY)
+        goto fail;
+    for (i = 0; i + 1 < r->elements; i += 2) {
+        redisReply *frame = r->element[i], *score = r->element[i + 1];
+        uint64_t offset = strtoull(score->str, NULL, 10);
+        bs_frame_t *f;
+
+        if (frame->type != REDIS_REPLY_STRING || offset > h->offset || !(f = bs_frame_new(frame->len)))
+            continue;
+        memcpy(BS_FRAME_DATA(f), frame->str, frame->len);
+        bs_history_put(e, h, offset, f);
+        bs_frame_unref(f);
+    }
+    freeReplyObject(r);
+    return 0;
+fail:
+    bs_log(b->server, 'W', "could not load the history of %s from Redis: %s", h->name,
+           r && r->type == REDIS_REPLY_ERROR ? r->str : b->reader->errstr);
+    if (r)
+        freeReplyObject(r);
+    redisFree(b->reader);
+    b->reader = NULL;
+    b->reader_retry_at = now + 1000;
+    return -1;
+}
