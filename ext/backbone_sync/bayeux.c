@@ -561,6 +561,14 @@ static void disconnect(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const c
     memcpy(id, c->id, sizeof(id));
     if (bs_log_verbose(e->server))
         bs_log(e->server, 'I', "disconnect: client %s", id);
+    /* A connect still held is answered as usual, not with "Unknown client":
+     * the client is leaving, not to be sent back to handshake. */
+    if (c->link && c->link->held) {
+        bs_link_t *l = c->link;
+
+        bs_engine_answer(e, l);
+        bs_link_wake(e->server, l);
+    }
     client_destroy(e, c, 0);
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, id, 1);
     bs_buf_append(out, "}", 1);

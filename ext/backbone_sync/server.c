@@ -141,6 +141,31 @@ static void lws_emit(int level, const char *line)
 
 /* ---- links ------------------------------------------------------------------ */
 
+/* lws's per-session memory: the engine's view of the link, and a timer that
+ * fires when the connect held on it is due. */
+typedef struct link {
+    bs_link_t core;                         /* first: the engine's bs_link_t * is ours too */
+    lws_sorted_usec_list_t due;
+} link_t;
+
+static void on_due(lws_sorted_usec_list_t *sul)
+{
+    link_t *lk = lws_container_of(sul, link_t, due);
+
+    lws_callback_on_writable(lk->core.wsi);
+}
+
+/* After a batch: a held connect gets a timer for its deadline. */
+static void arm_due(bs_server_t *s, bs_link_t *l)
+{
+    link_t *lk = (link_t *)l;
+    int64_t wait = l->held_until - bs_now_ms();
+
+    if (!l->held)
+        return;
+    lws_sul_schedule(s->ctx, 0, &lk->due, on_due, (wait > 0 ? wait : 0) * LWS_US_PER_MS);
+}
+
 static void link_open(bs_link_t *l, struct lws *wsi, int via)
 {
     l->wsi = wsi;
@@ -151,6 +176,7 @@ static void link_close(bs_server_t *s, bs_link_t *l)
 {
     if (!l)
         return;
+    lws_sul_cancel(&((link_t *)l)->due);
     bs_engine_unlink(&s->engine, l);
     bs_buf_free(&l->rx);
     bs_buf_free(&l->out);
@@ -231,6 +257,7 @@ static int ws_receive(bs_server_t *s, struct lws *wsi, bs_link_t *l, const void 
     }
     if (l->out.len || (l->held && bs_engine_due(&s->engine, l, bs_now_ms())))
         lws_callback_on_writable(wsi);
+    arm_due(s, l);
     return 0;
 }
 
@@ -443,10 +470,12 @@ static int http_body_done(bs_server_t *s, struct lws *wsi, bs_link_t *l)
     }
     l->status = bs_engine_receive(&s->engine, l, BS_VIA_HTTP, l->rx.ptr, (size_t)len, &l->out);
     bs_buf_free(&l->rx);
-    if (l->status != 200 || !l->held || bs_engine_due(&s->engine, l, bs_now_ms()))
+    if (l->status != 200 || !l->held || bs_engine_due(&s->engine, l, bs_now_ms())) {
         lws_callback_on_writable(wsi);
-    else
+    } else {
         lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, s->cfg.timeout + 30);
+        arm_due(s, l);
+    }
     return 0;
 }
 
@@ -783,7 +812,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     s->protocols[0] = (struct lws_protocols){
         .name = "bayeux",
         .callback = callback,
-        .per_session_data_size = sizeof(bs_link_t),
+        .per_session_data_size = sizeof(link_t),
         .rx_buffer_size = RX_BUFFER,
     };
     /* lws pings a quiet WebSocket a little after a connect should have come,
