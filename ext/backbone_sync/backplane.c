@@ -472,15 +472,29 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
 
 /* ---- history loads, in the service thread -------------------------------------- */
 
+static int load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h, int *stale);
+
 int bs_backplane_load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h)
+{
+    int stale = 0;
+
+    if (!bs_backplane_up(b))
+        return -1;
+    /* A kept connection may have died with a Redis restart: once more, fresh. */
+    if (load(b, e, h, &stale) == 0)
+        return 0;
+    return stale ? load(b, e, h, &stale) : -1;
+}
+
+static int load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h, int *stale)
 {
     redisReply *r = NULL;
     char why[256];
     size_t i;
     int64_t now = bs_now_ms();
+    int kept = b->reader != NULL;
 
-    if (!bs_backplane_up(b))
-        return -1;
+    *stale = 0;
     if (!b->reader) {
         if (now < b->reader_retry_at)
             return -1;
@@ -523,12 +537,16 @@ int bs_backplane_load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h)
     freeReplyObject(r);
     return 0;
 fail:
-    bs_log(b->server, 'W', "could not load the history of %s from Redis: %s", h->name,
-           r && r->type == REDIS_REPLY_ERROR ? r->str : b->reader->errstr);
+    if (kept && !r) {
+        *stale = 1;
+    } else {
+        bs_log(b->server, 'W', "could not load the history of %s from Redis: %s", h->name,
+               r && r->type == REDIS_REPLY_ERROR ? r->str : b->reader->errstr);
+        b->reader_retry_at = now + 1000;
+    }
     if (r)
         freeReplyObject(r);
     redisFree(b->reader);
     b->reader = NULL;
-    b->reader_retry_at = now + 1000;
     return -1;
 }

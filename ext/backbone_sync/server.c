@@ -129,6 +129,16 @@ int bs_log_verbose(void *server)
     return s->cfg.verbose && s->cfg.log_fd >= 0;
 }
 
+/* The owner is closing its pipe: lws must not write into whatever reuses
+ * the descriptor number. Another server's newer sink stays. */
+static void release_log_fd(bs_server_t *s)
+{
+    int fd = s->cfg.log_fd;
+
+    if (fd >= 0)
+        __atomic_compare_exchange_n(&g_lws_log_fd, &fd, -1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
 static void lws_emit(int level, const char *line)
 {
     int fd = __atomic_load_n(&g_lws_log_fd, __ATOMIC_RELAXED);
@@ -517,18 +527,20 @@ static int http_respond(bs_server_t *s, struct lws *wsi, bs_link_t *l, int statu
 static int stats_json(bs_server_t *s)
 {
     bs_stats_t st;
-    char tmp[512];
+    char tmp[768];
 
     bs_server_stats(s, &st);
     snprintf(tmp, sizeof(tmp),
              "{\"connections\":%llu,\"clients\":%llu,\"channels\":%llu,\"subscriptions\":%llu,"
              "\"messages_in\":%llu,\"messages_out\":%llu,\"bytes_out\":%llu,"
-             "\"slow_clients_dropped\":%llu,\"errors\":%llu}",
+             "\"slow_clients_dropped\":%llu,\"errors\":%llu,\"backplane_up\":%llu,"
+             "\"backplane_queued\":%llu,\"backplane_refused\":%llu}",
              (unsigned long long)st.connections, (unsigned long long)st.clients,
              (unsigned long long)st.channels, (unsigned long long)st.subscriptions,
              (unsigned long long)st.messages_in, (unsigned long long)st.messages_out,
              (unsigned long long)st.bytes_out, (unsigned long long)st.slow_clients_dropped,
-             (unsigned long long)st.errors);
+             (unsigned long long)st.errors, (unsigned long long)st.backplane_up,
+             (unsigned long long)st.backplane_queued, (unsigned long long)st.backplane_refused);
     return bs_buf_append_str(&s->tx, tmp);
 }
 
@@ -713,6 +725,7 @@ static void *service_main(void *arg)
     s->alive_for_drain = 0;
     drain_publishes(s);                     /* the engine is gone: just frees */
     bs_buf_free(&s->tx);
+    release_log_fd(s);
     return NULL;
 }
 
@@ -875,10 +888,10 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
                  s->cfg.port, s->host);
         return -1;
     }
-    if (s->cfg.log_fd >= 0) {
+    if (s->cfg.log_fd >= 0)
         fcntl(s->cfg.log_fd, F_SETFL, fcntl(s->cfg.log_fd, F_GETFL) | O_NONBLOCK);
-        __atomic_store_n(&g_lws_log_fd, s->cfg.log_fd, __ATOMIC_RELAXED);
-    }
+    /* lws has one log sink per process: the newest server's pipe, or none. */
+    __atomic_store_n(&g_lws_log_fd, s->cfg.log_fd, __ATOMIC_RELAXED);
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
 
     memset(&info, 0, sizeof(info));
@@ -899,6 +912,7 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     info.keepalive_timeout = 5;
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
+        release_log_fd(s);
         snprintf(err, errlen, "could not listen on %s:%d%s (see the log for libwebsockets' reason)",
                  s->host, s->cfg.port, s->key ? " with TLS: check that key: and cert: are readable PEM files" : "");
         return -1;
