@@ -1,0 +1,405 @@
+/*
+ * ruby_server.c: BackboneSync::Server's private primitives over bs_server_t.
+ * Every function here runs in a Ruby thread; the GVL is held except inside
+ * the _nogvl helpers, which touch no Ruby object. lib/backbone_sync/server.rb
+ * validates arguments and serialises start/stop with a Mutex.
+ */
+#include "ruby_bindings.h"
+
+static VALUE eStartError = Qnil, eNotRunning = Qnil, eOverloaded = Qnil,
+             eChannelError = Qnil;
+
+typedef struct server_wrapper {
+    bs_server_t *srv;                    /* NULL until _configure */
+    int forgotten;                       /* set by _forget in a forked child */
+} server_wrapper_t;
+
+static void server_free(void *p)
+{
+    server_wrapper_t *w = p;
+
+    /* Stops (joins the service pthread, which never takes the GVL, so this
+     * cannot deadlock) only when Ruby dropped a running server without stop. */
+    if (w->srv)
+        bs_server_free(w->srv);
+    xfree(w);
+}
+
+static size_t server_size(const void *p)
+{
+    (void)p;
+    /* the core's own allocations are not visible from here */
+    return sizeof(server_wrapper_t);
+}
+
+static const rb_data_type_t server_type = {
+    .wrap_struct_name = "BackboneSync::Server",
+    .function = {
+        .dmark = NULL,                   /* holds no Ruby objects */
+        .dfree = server_free,
+        .dsize = server_size,
+        .dcompact = NULL,
+        .reserved = { 0 },
+    },
+    .parent = NULL,
+    .data = NULL,
+    .flags = RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static VALUE server_alloc(VALUE klass)
+{
+    server_wrapper_t *w;
+
+    return TypedData_Make_Struct(klass, server_wrapper_t, &server_type, w);
+}
+
+static server_wrapper_t *unwrap(VALUE self)
+{
+    server_wrapper_t *w;
+
+    TypedData_Get_Struct(self, server_wrapper_t, &server_type, w);
+    return w;
+}
+
+static bs_server_t *configured(VALUE self)
+{
+    server_wrapper_t *w = unwrap(self);
+
+    if (!w->srv)
+        rb_raise(eNotRunning, "the server was never started: call start first");
+    return w->srv;
+}
+
+/* ---- _configure -------------------------------------------------------- */
+
+static VALUE opt(VALUE hash, const char *key)
+{
+    return rb_hash_aref(hash, ID2SYM(rb_intern(key)));
+}
+
+static const char *opt_cstr(VALUE hash, const char *key)
+{
+    VALUE v = opt(hash, key);
+
+    return NIL_P(v) ? NULL : StringValueCStr(v);
+}
+
+static int opt_int(VALUE hash, const char *key, int dflt)
+{
+    VALUE v = opt(hash, key);
+
+    return NIL_P(v) ? dflt : NUM2INT(v);
+}
+
+/* A NULL-terminated array of C strings from an Array of Strings. It lives in
+ * a Ruby String (*keep, which the caller guards) so an exception half-way
+ * leaks nothing; the pointers point into the Strings the hash keeps alive. */
+static const char *const *opt_patterns(VALUE hash, const char *key, VALUE *keep)
+{
+    VALUE ary = opt(hash, key);
+    const char **list;
+    long i, n;
+
+    if (NIL_P(ary))
+        return NULL;
+    Check_Type(ary, T_ARRAY);
+    n = RARRAY_LEN(ary);
+    *keep = rb_str_buf_new((long)sizeof(const char *) * (n + 1));
+    list = (const char **)RSTRING_PTR(*keep);
+    for (i = 0; i < n; i++) {
+        VALUE s = RARRAY_AREF(ary, i);
+        list[i] = StringValueCStr(s);
+    }
+    list[n] = NULL;
+    return list;
+}
+
+/*
+ * call-seq:
+ *   _configure(options) -> self
+ *
+ * Builds the C server from a Hash with symbol keys (see server.rb). Replaces
+ * a previous configuration when the server is not running.
+ */
+static VALUE Server_configure(VALUE self, VALUE hash)
+{
+    server_wrapper_t *w = unwrap(self);
+    bs_server_config_t cfg;
+    VALUE keep_signed = Qnil, keep_public = Qnil;
+    VALUE signed_opt, client_js;
+    bs_server_t *srv;
+
+    Check_Type(hash, T_HASH);
+    if (w->srv && bs_server_running(w->srv))
+        rb_raise(rb_eRuntimeError, "cannot reconfigure a running server: call stop first");
+
+    signed_opt = opt(hash, "signed_subscriptions");
+    client_js = opt(hash, "client_js");
+    if (!NIL_P(client_js))
+        StringValue(client_js);
+
+    cfg = (bs_server_config_t){
+        .host = opt_cstr(hash, "host"),
+        .port = opt_int(hash, "port", 9292),
+        .mount = opt_cstr(hash, "mount"),
+        .timeout = opt_int(hash, "timeout", 45),
+        .key_path = opt_cstr(hash, "key"),
+        .cert_path = opt_cstr(hash, "cert"),
+        .secret = opt_cstr(hash, "secret"),
+        .signed_subscriptions = RTEST(signed_opt) && !RB_TYPE_P(signed_opt, T_ARRAY),
+        .signed_channels = RB_TYPE_P(signed_opt, T_ARRAY)
+                               ? opt_patterns(hash, "signed_subscriptions", &keep_signed) : NULL,
+        .public_channels = opt_patterns(hash, "public_channels", &keep_public),
+        .max_message_size = NUM2SIZET(rb_hash_lookup2(hash, ID2SYM(rb_intern("max_message_size")),
+                                                      INT2FIX(65536))),
+        .max_depth = opt_int(hash, "max_depth", 32),
+        .max_batch = opt_int(hash, "max_batch", 100),
+        .max_subscriptions = opt_int(hash, "max_subscriptions", 100),
+        .max_queue = opt_int(hash, "max_queue", 1000),
+        .client_js = NIL_P(client_js) ? NULL : RSTRING_PTR(client_js),
+        .client_js_len = NIL_P(client_js) ? 0 : (size_t)RSTRING_LEN(client_js),
+        /* 0 / NULL: the core's defaults; server.rb sets these only when given */
+        .history_size = opt_int(hash, "history_size", 0),
+        .history_ttl = opt_int(hash, "history_ttl", 0),
+        .history_memory = NUM2SIZET(rb_hash_lookup2(hash, ID2SYM(rb_intern("history_memory")),
+                                                    INT2FIX(0))),
+        .redis_host = opt_cstr(hash, "redis_host"),
+        .redis_port = opt_int(hash, "redis_port", 0),
+        .redis_password = opt_cstr(hash, "redis_password"),
+        .redis_db = opt_int(hash, "redis_db", 0),
+        .redis_script = opt_cstr(hash, "redis_script"),
+        .redis_prefix = opt_cstr(hash, "redis_prefix"),
+        .log_fd = opt_int(hash, "log_fd", -1),
+        .verbose = RTEST(opt(hash, "verbose")),
+    };
+    if (!cfg.host)
+        cfg.host = "127.0.0.1";
+    if (!cfg.mount)
+        cfg.mount = "/faye";
+
+    /* bs_server_new copies every string, so the Ruby ones may go after this */
+    srv = bs_server_new(&cfg);
+    RB_GC_GUARD(hash);
+    RB_GC_GUARD(client_js);
+    RB_GC_GUARD(keep_signed);
+    RB_GC_GUARD(keep_public);
+    if (!srv)
+        rb_memerror();
+
+    if (w->srv)
+        bs_server_free(w->srv);
+    w->srv = srv;
+    w->forgotten = 0;
+    return self;
+}
+
+/* ---- _start / _stop ---------------------------------------------------- */
+
+/*
+ * call-seq:
+ *   _start -> self
+ *
+ * Binds and starts the service thread; returns once listening. Raises
+ * BackboneSync::StartError with the core's explanation.
+ */
+static VALUE Server_start(VALUE self)
+{
+    bs_server_t *srv = configured(self);
+    char err[512] = "";
+
+    /* Binding is quick and must not race a concurrent stop, so the GVL stays
+     * held; the core's log lines go to a non-blocking pipe and cannot block. */
+    if (bs_server_start(srv, err, sizeof(err)) != 0)
+        rb_raise(eStartError, "%s", err[0] ? err : "the server could not start");
+    return self;
+}
+
+static void *stop_nogvl(void *arg)
+{
+    bs_server_stop(arg);
+    return NULL;
+}
+
+/*
+ * call-seq:
+ *   _stop -> nil
+ *
+ * Stops the service thread and closes every connection; idempotent. Other
+ * Ruby threads keep running while it waits.
+ */
+static VALUE Server_stop(VALUE self)
+{
+    server_wrapper_t *w = unwrap(self);
+
+    if (!w->srv)
+        return Qnil;
+    if (w->forgotten) {
+        /* a forked child owns no service thread: nothing to join */
+        return Qnil;
+    }
+    /* No unblock function: bs_server_stop is bounded, and abandoning it
+     * half-way would leave the context half destroyed. */
+    rb_thread_call_without_gvl(stop_nogvl, w->srv, NULL, NULL);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   _forget -> nil
+ *
+ * In a forked child: mark the inherited server stopped without touching the
+ * parent's thread, sockets or locks.
+ */
+static VALUE Server_forget(VALUE self)
+{
+    server_wrapper_t *w = unwrap(self);
+
+    if (w->srv)
+        bs_server_forget(w->srv);
+    w->forgotten = 1;
+    return Qnil;
+}
+
+/* ---- _publish ---------------------------------------------------------- */
+
+/*
+ * call-seq:
+ *   _publish(channel, data) -> nil
+ *
+ * Encodes +data+ as JSON in this thread and queues it for +channel+'s
+ * subscribers. Raises EncodeError, ChannelError, NotRunning, Overloaded.
+ */
+static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
+{
+    server_wrapper_t *w = unwrap(self);
+    bs_buf_t buf;
+    int rc;
+
+    StringValue(channel);
+    if (w->forgotten)
+        rb_raise(eNotRunning,
+                 "this server runs in the parent process, not in this forked child; "
+                 "publish over HTTP with BackboneSync::Publisher.new(url, secret: ...)");
+    if (!w->srv)
+        rb_raise(eNotRunning, "the server was never started: call start before publish");
+
+    bs_buf_init(&buf);
+    bs_ruby_json_encode(data, &buf); /* frees buf itself if it raises */
+    rc = bs_server_publish(w->srv, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
+                           buf.ptr, buf.len);
+    bs_buf_free(&buf);
+    RB_GC_GUARD(channel);
+
+    switch (rc) {
+    case BS_OK:
+        return Qnil;
+    case BS_ESTOPPED:
+        rb_raise(eNotRunning, "the server is not running: call start before publish");
+    case BS_EFULL:
+        rb_raise(eOverloaded, "the publish queue is full (subscribers are not keeping up); "
+                              "publish less often, or retry after a pause");
+    case BS_EINVAL:
+        rb_raise(eChannelError,
+                 "invalid channel %" PRIsVALUE ": use /segment/segment with letters, "
+                 "digits and -_!~()$@ (no wildcards, no /meta/ or /service/)",
+                 rb_inspect(channel));
+    case BS_ETOOBIG:
+        rb_raise(rb_eArgError, "the message for %" PRIsVALUE " is larger than max_message_size; "
+                               "publish less data (an id to fetch), or raise max_message_size",
+                 rb_inspect(channel));
+    case BS_ENOMEM:
+        rb_memerror();
+    default:
+        rb_raise(rb_eRuntimeError, "publish failed with unknown code %d; this is a bug in "
+                                   "backbone_sync, please report it", rc);
+    }
+    UNREACHABLE_RETURN(Qnil);
+}
+
+/* ---- queries ----------------------------------------------------------- */
+
+/*
+ * call-seq:
+ *   _stats -> Hash
+ *
+ * A snapshot of the server's counters, with symbol keys and Integer values.
+ */
+static VALUE Server_stats(VALUE self)
+{
+    server_wrapper_t *w = unwrap(self);
+    bs_stats_t st = { 0 };
+    VALUE h = rb_hash_new();
+
+    if (w->srv && !w->forgotten)
+        bs_server_stats(w->srv, &st);
+#define STAT(name) rb_hash_aset(h, ID2SYM(rb_intern(#name)), ULL2NUM(st.name))
+    STAT(connections);
+    STAT(clients);
+    STAT(channels);
+    STAT(subscriptions);
+    STAT(messages_in);
+    STAT(messages_out);
+    STAT(bytes_out);
+    STAT(slow_clients_dropped);
+    STAT(errors);
+    STAT(backplane_up);
+    STAT(backplane_queued);
+    STAT(backplane_refused);
+#undef STAT
+    return h;
+}
+
+static VALUE Server_running_p(VALUE self)
+{
+    server_wrapper_t *w = unwrap(self);
+
+    return (w->srv && !w->forgotten && bs_server_running(w->srv)) ? Qtrue : Qfalse;
+}
+
+static VALUE Server_port(VALUE self)
+{
+    server_wrapper_t *w = unwrap(self);
+
+    return w->srv ? INT2NUM(bs_server_port(w->srv)) : Qnil;
+}
+
+/* ---- channel names, for argument validation in Ruby -------------------- */
+
+static VALUE BackboneSync_valid_channel_name_p(VALUE self, VALUE name)
+{
+    (void)self;
+    StringValue(name);
+    return bs_channel_valid_name(RSTRING_PTR(name), (size_t)RSTRING_LEN(name)) ? Qtrue : Qfalse;
+}
+
+static VALUE BackboneSync_valid_channel_pattern_p(VALUE self, VALUE name)
+{
+    (void)self;
+    StringValue(name);
+    return bs_channel_valid_pattern(RSTRING_PTR(name), (size_t)RSTRING_LEN(name)) ? Qtrue : Qfalse;
+}
+
+void Init_BackboneSync_Server(VALUE mBackboneSync)
+{
+    VALUE cServer = rb_define_class_under(mBackboneSync, "Server", rb_cObject);
+
+    eStartError = bs_ruby_error_class("StartError");
+    eNotRunning = bs_ruby_error_class("NotRunning");
+    eOverloaded = bs_ruby_error_class("Overloaded");
+    eChannelError = bs_ruby_error_class("ChannelError");
+
+    rb_define_alloc_func(cServer, server_alloc);
+    rb_define_private_method(cServer, "_configure", Server_configure, 1);
+    rb_define_private_method(cServer, "_start", Server_start, 0);
+    rb_define_private_method(cServer, "_stop", Server_stop, 0);
+    rb_define_private_method(cServer, "_forget", Server_forget, 0);
+    rb_define_private_method(cServer, "_publish", Server_publish, 2);
+    rb_define_private_method(cServer, "_stats", Server_stats, 0);
+    rb_define_private_method(cServer, "_running?", Server_running_p, 0);
+    rb_define_private_method(cServer, "_port", Server_port, 0);
+
+    rb_define_private_method(rb_singleton_class(mBackboneSync), "_valid_channel_name?",
+                             BackboneSync_valid_channel_name_p, 1);
+    rb_define_private_method(rb_singleton_class(mBackboneSync), "_valid_channel_pattern?",
+                             BackboneSync_valid_channel_pattern_p, 1);
+}

@@ -1,0 +1,71 @@
+# frozen_string_literal: true
+
+require "openssl"
+
+require_relative "backbone_sync/version"
+require_relative "backbone_sync/errors"
+
+# BACKBONE_SYNC_EXT_DIR loads the extension from another build, such as the
+# sanitizer build that `rake spec:asan` makes in tmp/asan.
+if (ext_dir = ENV["BACKBONE_SYNC_EXT_DIR"]) && !ext_dir.empty?
+  require File.join(File.expand_path(ext_dir), "backbone_sync")
+else
+  require_relative "backbone_sync/backbone_sync"
+end
+
+require_relative "backbone_sync/server"
+require_relative "backbone_sync/publisher"
+
+module BackboneSync
+  autoload :RedisPublisher, File.expand_path("backbone_sync/redis_publisher", __dir__)
+end
+
+module BackboneSync
+  class << self
+    attr_writer :secret
+
+    # The secret shared by the server and the processes that publish over
+    # HTTP: set explicitly, else $BACKBONE_SYNC_SECRET, else derived from the
+    # Rails app's secret_key_base, else nil.
+    def secret
+      return @secret if defined?(@secret) && @secret
+
+      env = ENV["BACKBONE_SYNC_SECRET"]
+      return env unless env.nil? || env.empty?
+
+      rails_secret
+    end
+
+    # A subscription token for +channel+, valid for +expires_in+ seconds:
+    # "<expires>.<hex HMAC-SHA256(secret, "#{channel}\n#{expires}")>".
+    # Give it to the browser, which sends it as ext.token when subscribing.
+    def sign(channel, expires_in: 3600, secret: self.secret, now: Time.now)
+      unless channel.is_a?(String) && _valid_channel_name?(channel)
+        raise ChannelError, "cannot sign #{channel.inspect}: a token is for one channel " \
+                            "such as \"/sync/users\" (no wildcards)"
+      end
+      if secret.nil? || secret.to_s.empty?
+        raise ArgumentError, "no secret to sign with: pass secret:, set BackboneSync.secret " \
+                             "or the BACKBONE_SYNC_SECRET environment variable"
+      end
+      unless expires_in.is_a?(Integer) && expires_in.positive?
+        raise ArgumentError, "expires_in must be a positive Integer (seconds), got #{expires_in.inspect}"
+      end
+
+      expires = now.to_i + expires_in
+      hex = OpenSSL::HMAC.hexdigest("SHA256", secret.to_s, "#{channel}\n#{expires}")
+      "#{expires}.#{hex}"
+    end
+
+    private
+
+    def rails_secret
+      return nil unless defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+
+      base = ::Rails.application.secret_key_base
+      return nil if base.nil? || base.empty?
+
+      OpenSSL::HMAC.hexdigest("SHA256", base, "backbone_sync secret")
+    end
+  end
+end

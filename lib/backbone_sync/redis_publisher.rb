@@ -1,0 +1,84 @@
+# frozen_string_literal: true
+
+require "json"
+require "securerandom"
+
+module BackboneSync
+  # Publishes straight into the Redis backplane, from any process, with the
+  # same script the servers run (publish.lua): Redis numbers the message and
+  # every server node fans it out. No HTTP hop, and it does not matter which
+  # nodes are up. Needs the redis-client gem. Safe to share between threads.
+  #
+  #   publisher = BackboneSync::RedisPublisher.new("redis://127.0.0.1:6379/0")
+  #   publisher.publish("/sync/users", { "id" => 1 })   # => the message's offset
+  class RedisPublisher
+    SCRIPT = File.read(File.expand_path("publish.lua", __dir__)).freeze
+    PREFIX = "backbone_sync:"
+
+    attr_reader :url
+
+    def initialize(url = ENV["BACKBONE_SYNC_REDIS_URL"], prefix: PREFIX, history_size: 100,
+                   history_ttl: 300, timeout: 2)
+      begin
+        require "redis-client"
+      rescue LoadError
+        raise LoadError, "BackboneSync::RedisPublisher needs the redis-client gem: add " \
+                         "gem \"redis-client\" to your Gemfile and run bundle install"
+      end
+      if url.nil? || url.to_s.empty?
+        raise ArgumentError, "give the Redis URL, such as \"redis://127.0.0.1:6379/0\", " \
+                             "or set BACKBONE_SYNC_REDIS_URL"
+      end
+
+      @url = url.to_s
+      @prefix = prefix.to_s
+      @history_size = Integer(history_size)
+      @history_ttl = Integer(history_ttl)
+      @client = RedisClient.config(url: @url, timeout: timeout, reconnect_attempts: 2).new_client
+      @sha = nil
+      @lock = Mutex.new
+    end
+
+    # Publishes +data+ to +channel+ on every node. Returns the message's
+    # offset in its channel. Raises ChannelError, EncodeError, or
+    # PublishError when Redis cannot be reached.
+    def publish(channel, data)
+      channel = channel.to_s if channel.is_a?(Symbol)
+      unless channel.is_a?(String) && BackboneSync.send(:_valid_channel_name?, channel) &&
+             !channel.start_with?("/meta/", "/service/")
+        raise ChannelError, "cannot publish to #{channel.inspect}: use a channel such as " \
+                            "\"/sync/users\" (no wildcards, no /meta/ or /service/)"
+      end
+
+      # The delivery up to its ext; the script adds the offset and the epoch.
+      head = +"[{\"channel\":#{JSON.generate(channel)},\"data\":"
+      head << BackboneSync.encode_json(data) << ",\"ext\":{"
+      args = [@prefix, channel, head, @history_size, @history_ttl, fresh_epoch]
+      @lock.synchronize { run(args) }
+    rescue RedisClient::Error => e
+      raise PublishError, "could not publish to #{channel} through Redis at #{@url}: #{e.message} " \
+                          "(is redis-server running and reachable?)"
+    end
+
+    def close
+      @lock.synchronize { @client.close }
+    end
+
+    private
+
+    def run(args)
+      @sha ||= @client.call("SCRIPT", "LOAD", SCRIPT)
+      @client.call("EVALSHA", @sha, 0, *args)
+    rescue RedisClient::CommandError => e
+      raise unless e.message.start_with?("NOSCRIPT")
+
+      # Redis restarted and forgot the script.
+      @sha = nil
+      @client.call("EVAL", SCRIPT, 0, *args)
+    end
+
+    def fresh_epoch
+      SecureRandom.random_number(36**16).to_s(36).rjust(16, "0")
+    end
+  end
+end

@@ -1,0 +1,33 @@
+# frozen_string_literal: true
+
+# rake faye:start [port=9292] [host=127.0.0.1] [mount=/faye] [timeout=45]
+#                 [secret=S] [key=K cert=C] [verbose=1]
+namespace :faye do
+  desc "Run the backbone_sync server in the foreground until INT/TERM " \
+       "(port= host= mount= timeout= secret= key= cert= verbose=1)"
+  task :start do
+    require "backbone_sync"
+    require "backbone_sync/launcher"
+
+    arg = ->(name) { v = ENV[name] || ENV[name.upcase]; v unless v.nil? || v.empty? }
+    integer = lambda do |name|
+      v = arg.(name)
+      next nil unless v
+      Integer(v, 10)
+    rescue ArgumentError
+      abort "rake faye:start: #{name}=#{v.inspect} is not a number"
+    end
+
+    options = {
+      host: arg.("host"), port: integer.("port"), mount: arg.("mount"),
+      timeout: integer.("timeout"), secret: arg.("secret"), key: arg.("key"), cert: arg.("cert"),
+      verbose: %w[1 true yes].include?(arg.("verbose").to_s.downcase)
+    }.reject { |_, v| v.nil? }
+
+    begin
+      BackboneSync::Launcher.run(**options)
+    rescue ArgumentError, BackboneSync::Error => e
+      abort "rake faye:start: #{e.message}"
+    end
+  end
+end

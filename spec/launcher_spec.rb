@@ -1,0 +1,122 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "open3"
+require "rbconfig"
+
+# bin/backbone_sync and `rake faye:start`, run as real processes.
+RSpec.describe "the standalone launcher" do
+  root = File.expand_path("..", __dir__)
+  bin = File.join(root, "bin", "backbone_sync")
+
+  # Starts argv, waits (bounded) for the listening line and yields
+  # [pid, url, lines, stdout]; always kills the process group afterwards.
+  def with_launched(argv, env: {})
+    stdin, stdout, stderr, wait = Open3.popen3(env, *argv, pgroup: true)
+    stdin.close
+    lines = []
+    deadline = monotonic + 30
+    until lines.last&.start_with?("backbone_sync listening on ")
+      raise "no listening line within 30s: #{lines.inspect} #{stderr.read_nonblock(10_000, exception: false)}" if monotonic > deadline
+      next unless stdout.wait_readable(0.2)
+
+      line = stdout.gets or raise "exited before listening: #{stderr.read}"
+      lines << line.chomp
+    end
+    url = lines.last.delete_prefix("backbone_sync listening on ")
+    yield wait.pid, url, lines, stdout, stderr, wait
+  ensure
+    begin
+      Process.kill("KILL", -wait.pid) if wait&.alive?
+    rescue Errno::ESRCH
+      nil
+    end
+    wait&.join(10)
+    [stdout, stderr].each { |io| io&.close }
+  end
+
+  def exit_status(wait, within: 15)
+    expect(wait.join(within)).to be_truthy, "the process did not exit within #{within}s"
+    wait.value
+  end
+
+  it "prints its URL and a generated secret, accepts publishes with it, and exits 0 on SIGTERM" do
+    env = { "BACKBONE_SYNC_SECRET" => nil }
+    with_launched([RbConfig.ruby, bin, "--port", "0"], env: env) do |pid, url, _lines, stdout, _err, wait|
+      expect(url).to match(%r{\Ahttp://127\.0\.0\.1:\d+/faye\z})
+      secret_line = stdout.gets.to_s.chomp
+      expect(secret_line).to match(/\Asecret: [0-9a-f]{64}\z/)
+      secret = secret_line.delete_prefix("secret: ")
+
+      ws, = ws_session(url, ["/launched"])
+      begin
+        BackboneSync::Publisher.new(url, secret: secret).publish("/launched", { "hi" => 1 })
+        expect(ws.wait_for { |m| m["channel"] == "/launched" && m.key?("data") }["data"]).to eq("hi" => 1)
+        expect { BackboneSync::Publisher.new(url, secret: "wrong").publish("/launched", 2) }
+          .to raise_error(BackboneSync::PublishError, /403/)
+      ensure
+        ws&.close
+      end
+
+      Process.kill("TERM", pid)
+      expect(exit_status(wait).exitstatus).to eq(0)
+    end
+  end
+
+  it "takes the secret and the other options from the command line, and exits 0 on SIGINT" do
+    argv = [RbConfig.ruby, bin, "--host", "127.0.0.1", "--port", "0", "--mount", "/live", "--timeout", "5",
+            "--secret", "cli-secret", "--public", "/chat/**", "--signed-subscriptions"]
+    with_launched(argv) do |pid, url, lines, _out, _err, wait|
+      expect(lines.size).to eq(1)
+      expect(url).to end_with("/live")
+      session = BackboneSyncSpec::BayeuxHTTP::Session.new(url)
+      session.handshake!
+      expect(session.subscribe("/secret/room").first["error"]).to eq("403:/secret/room:Forbidden channel")
+      token = BackboneSync.sign("/secret/room", secret: "cli-secret")
+      expect(session.subscribe("/secret/room", ext: { token: token }).first["successful"]).to be(true)
+      # a public channel: a browser may publish without the secret
+      expect(session.publish("/chat/x", "hello").first["successful"]).to be(true)
+      Process.kill("INT", pid)
+      expect(exit_status(wait).exitstatus).to eq(0)
+    end
+  end
+
+  it "prints help and the version" do
+    out, status = Open3.capture2(RbConfig.ruby, bin, "--help")
+    expect(status.exitstatus).to eq(0)
+    expect(out).to include("Usage: backbone_sync", "--port PORT", "--public PATTERN", "--signed-subscriptions")
+    out, = Open3.capture2(RbConfig.ruby, bin, "--version")
+    expect(out.strip).to eq(BackboneSync::VERSION)
+  end
+
+  it "exits 1 with a message for bad options and a taken port" do
+    _, err, status = Open3.capture3(RbConfig.ruby, bin, "--port", "nope")
+    expect(status.exitstatus).to eq(1)
+    expect(err).to match(/invalid argument: --port nope; see --help/)
+
+    _, err, status = Open3.capture3(RbConfig.ruby, bin, "--public", "bad pattern")
+    expect(status.exitstatus).to eq(1)
+    expect(err).to match(/is not a channel pattern/)
+
+    holder = TCPServer.new("127.0.0.1", 0)
+    begin
+      _, err, status = Open3.capture3(RbConfig.ruby, bin, "--port", holder.addr[1].to_s)
+      expect(status.exitstatus).to eq(1)
+      expect(err).to match(/already in use/)
+    ensure
+      holder.close
+    end
+  end
+
+  it "rake faye:start prints the same line and stops on SIGINT" do
+    rake = Gem.bin_path("rake", "rake")
+    argv = [RbConfig.ruby, rake, "-f", File.join(root, "Rakefile"), "faye:start", "port=0", "secret=rake-secret",
+            "mount=/rk"]
+    with_launched(argv) do |pid, url, lines, _out, _err, wait|
+      expect(lines.last).to match(%r{\Abackbone_sync listening on http://127\.0\.0\.1:\d+/rk\z})
+      expect(BackboneSync::Publisher.new(url, secret: "rake-secret").publish("/x", 1)).to be(true)
+      Process.kill("INT", pid)
+      expect(exit_status(wait, within: 30).exitstatus).to eq(0)
+    end
+  end
+end
