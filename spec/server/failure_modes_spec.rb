@@ -1,0 +1,110 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Named after what goes wrong in production: clients that vanish mid-request,
+# stop with work in flight, queues that overflow while nobody polls.
+RSpec.describe BackboneSync::Server, "failure modes" do
+  it "stop returns promptly while a long-poll connect is held, and the poller gets an answer or a closed socket" do
+    server = described_class.new(host: "127.0.0.1", port: 0, timeout: 60)
+    server.start
+    s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url, timeout: 30)
+    s.handshake!
+    poll = Thread.new do
+      s.connect(timeout: 30)
+    rescue StandardError => e
+      e
+    end
+    begin
+      sleep 0.3 # let the connect be held
+      t0 = monotonic
+      stop_bounded(server, within: 10)
+      expect(monotonic - t0).to be < 5
+      expect(poll.join(10)).to be_truthy
+      result = poll.value
+      # Either a reply or a dropped connection; never a 30 s hang.
+      expect(result).to be_an(Array).or be_a(StandardError)
+      expect(result).not_to be_a(Net::ReadTimeout)
+    ensure
+      poll.kill
+      stop_bounded(server)
+    end
+  end
+
+  it "stop returns promptly with 50 WebSocket clients connected, and closes all of them" do
+    server = described_class.new(host: "127.0.0.1", port: 0)
+    server.start
+    clients = []
+    begin
+      50.times { clients << ws_session(server.url, ["/many"]).first }
+      t0 = monotonic
+      stop_bounded(server, within: 10)
+      expect(monotonic - t0).to be < 5
+      clients.each { |ws| expect(ws.eof_within?(5)).to be(true) }
+    ensure
+      clients.each(&:close_socket)
+      stop_bounded(server)
+    end
+  end
+
+  it "delivers one publish to 200 WebSocket subscribers" do
+    with_server do |server|
+      clients = []
+      begin
+        200.times { clients << ws_session(server.url, ["/crowd"]).first }
+        expect(server.stats[:subscriptions]).to eq(200)
+        server.publish("/crowd", { "all" => true })
+        got = clients.count { |ws| ws.wait_for(timeout: 10) { |m| delivery?(m) }["data"] == { "all" => true } }
+        expect(got).to eq(200)
+      ensure
+        clients.each(&:close_socket)
+      end
+    end
+  end
+
+  it "drops a long-polling client whose queue overflows between connects, and keeps memory bounded" do
+    with_server(max_queue: 50, timeout: 5) do |server|
+      s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      s.handshake!
+      s.subscribe!("/pile")
+      rss = rss_kb
+      500.times { |i| server.publish("/pile", { "i" => i, "pad" => "p" * 1000 }) }
+      eventually(what: "the overflowing client to be dropped") { server.stats[:slow_clients_dropped] >= 1 }
+      expect(s.connect(timeout: 8).first["error"]).to eq("401:#{s.client_id}:Unknown client")
+      expect(server.stats[:clients]).to eq(0)
+      expect_rss_growth_below(32 * 1024, rss_kb - rss)
+    end
+  end
+
+  it "survives clients that vanish mid-request (half a header, half a body)" do
+    with_server do |server|
+      half_header = TCPSocket.new("127.0.0.1", server.port)
+      half_header.write("POST /faye HTTP/1.1\r\nHost: x\r\nContent-Le")
+      half_body = TCPSocket.new("127.0.0.1", server.port)
+      half_body.write("POST /faye HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+                      "Content-Length: 1000\r\n\r\n[{\"channel\":")
+      half_ws = TCPSocket.new("127.0.0.1", server.port)
+      half_ws.write("GET /faye HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+      sleep 0.1
+      [half_header, half_body, half_ws].each(&:close)
+      hs = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url).handshake.first
+      expect(hs["successful"]).to be(true)
+      eventually(what: "the abandoned connections to be closed") { server.stats[:connections] <= 1 }
+    end
+  end
+
+  it "keeps working through 20 connects and disconnects of the same WebSocket subscriber" do
+    with_server do |server|
+      20.times do |i|
+        ws, = ws_session(server.url, ["/churn"])
+        begin
+          server.publish("/churn", { "i" => i })
+          expect(ws.wait_for { |m| delivery?(m) }["data"]).to eq({ "i" => i })
+        ensure
+          ws.close
+        end
+      end
+      eventually(timeout: 15, what: "subscriptions of closed sockets to go") { server.stats[:subscriptions].zero? }
+    end
+  end
+end

@@ -1,0 +1,50 @@
+# frozen_string_literal: true
+
+module BackboneSyncSpec
+  # Shared checks on Bayeux replies and deliveries.
+  module BayeuxExpectations
+    # Deliveries are messages with a channel and data and no `successful` key.
+    def delivery?(msg)
+      msg.is_a?(Hash) && msg.key?("data") && !msg.key?("successful") && !msg["channel"].to_s.start_with?("/meta/")
+    end
+
+    # Publishes a control message in-process and reads `ws` until it arrives;
+    # returns every other delivery seen before it. The server fans out in
+    # order, so anything wrongly delivered earlier shows up here without a
+    # sleep-and-hope. With an Array of sockets, returns one Array per socket.
+    def deliveries_before_control(server, ws, channel, timeout: 5)
+      marker = "control-#{rand(1 << 30)}"
+      server.publish(channel, { "control" => marker })
+      return ws.map { |w| deliveries_until_marker(w, marker, timeout) } if ws.is_a?(Array)
+
+      deliveries_until_marker(ws, marker, timeout)
+    end
+
+    def deliveries_until_marker(ws, marker, timeout)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+      seen = []
+      loop do
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        m = ws.next_bayeux(timeout: [left, 0].max)
+        next unless delivery?(m)
+        return seen if m["data"].is_a?(Hash) && m["data"]["control"] == marker
+
+        seen << m
+      end
+    end
+
+    # The documented "400 Bayeux error": HTTP status 400 and a JSON array
+    # reply whose message is unsuccessful with an error code 400.
+    def expect_bayeux_400(res)
+      aggregate_failures("400 Bayeux error (got HTTP #{res.status}, body #{res.body.inspect})") do
+        expect(res.status).to eq(400)
+        reply = JSON.parse(res.body)
+        expect(reply).to be_an(Array)
+        expect(reply.first).to include("successful" => false)
+        expect(reply.first["error"]).to match(/\A400:/)
+      end
+    end
+  end
+end
+
+RSpec.configure { |c| c.include BackboneSyncSpec::BayeuxExpectations } if defined?(RSpec) && RSpec.respond_to?(:configure)
