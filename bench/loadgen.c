@@ -1,0 +1,1863 @@
+/*
+ * loadgen.c: the load generator behind bin/bench. One thread, one epoll set,
+ * non-blocking loopback sockets, so that it stays cheaper per delivery than
+ * the server it measures (bin/bench pins it to a different core).
+ *
+ * It speaks Bayeux as a Faye client does: HTTP POST /meta/handshake, then a
+ * WebSocket at the same path (no subprotocol, masked frames), /meta/connect
+ * and /meta/subscribe over the socket, and a new /meta/connect whenever the
+ * held one is answered. One extra client publishes with ext.secret.
+ *
+ * Phases: connect N subscribers -> idle (server RSS per connection) -> warm-up
+ * message -> throughput (at most `window` messages not yet delivered to every
+ * subscriber) -> latency (fixed total delivery rate) -> optional hold -> loss
+ * accounting. Results go to stdout as "key value" lines for bin/bench.
+ *
+ * Build: cc -O2 -Wall -Wextra -o loadgen bench/loadgen.c
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHANNEL "/bench/fanout"
+#define MAX_WS_MESSAGE (16u << 20)   /* a frame bigger than this is a server bug */
+
+/* ---- options -------------------------------------------------------------- */
+
+static struct {
+    int port;
+    int subs;
+    int messages;
+    int window;
+    double latency_seconds;
+    double latency_rate;      /* total deliveries per second in the latency phase */
+    double hold_seconds;
+    int server_pid;
+    const char *secret;
+    const char *mount;
+    int msg_size;
+    int setup_concurrency;
+    double phase_timeout;     /* hard deadline of each phase, seconds */
+    double stall_timeout;     /* a phase ends when nothing arrives for this long */
+} opt = {
+    .port = 0, .subs = 100, .messages = 1000, .window = 64,
+    .latency_seconds = 5, .latency_rate = 5000, .hold_seconds = 0,
+    .server_pid = 0, .secret = NULL, .mount = "/faye", .msg_size = 200,
+    .setup_concurrency = 128, .phase_timeout = 120, .stall_timeout = 5,
+};
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int64_t t_origin;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - t_origin;
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("loadgen: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(2);
+}
+
+static void warnx_(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("loadgen: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+typedef struct buf {
+    char *p;
+    size_t off, len, cap;     /* live bytes are p[off .. off+len) */
+} buf_t;
+
+static void buf_reserve(buf_t *b, size_t extra)
+{
+    if (b->off + b->len + extra <= b->cap)
+        return;
+    if (b->off > 0) {
+        memmove(b->p, b->p + b->off, b->len);
+        b->off = 0;
+        if (b->len + extra <= b->cap)
+            return;
+    }
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        die("out of memory");
+    b->p = p;
+    b->cap = cap;
+}
+
+static void buf_append(buf_t *b, const void *data, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->p + b->off + b->len, data, n);
+    b->len += n;
+}
+
+static void buf_consume(buf_t *b, size_t n)
+{
+    b->off += n;
+    b->len -= n;
+    if (b->len == 0)
+        b->off = 0;
+}
+
+/* ---- server process probes (/proc) ---------------------------------------- */
+
+static int64_t server_stat_cpu_us(void);
+
+static long server_rss_kib(void)
+{
+    char path[64], line[256];
+    long kib = -1;
+    if (!opt.server_pid)
+        return -1;
+    snprintf(path, sizeof path, "/proc/%d/status", opt.server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kib;
+}
+
+/* CPU time of the whole process, in microseconds: the sum of its threads'
+ * schedstat run times (nanosecond resolution), else utime+stime from
+ * /proc/PID/stat (clock ticks, 10 ms). Short phases need the former. */
+static int64_t server_cpu_us(void)
+{
+    char path[64];
+    if (!opt.server_pid)
+        return -1;
+    snprintf(path, sizeof path, "/proc/%d/task", opt.server_pid);
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        int64_t total = 0;
+        int ok = 1;
+        while (ok && (e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            char sp[320];
+            unsigned long long ns;
+            snprintf(sp, sizeof sp, "/proc/%d/task/%s/schedstat", opt.server_pid, e->d_name);
+            FILE *f = fopen(sp, "r");
+            if (f && fscanf(f, "%llu", &ns) == 1)
+                total += (int64_t)(ns / 1000);
+            else
+                ok = 0;
+            if (f)
+                fclose(f);
+        }
+        closedir(d);
+        if (ok)
+            return total;
+    }
+    return server_stat_cpu_us();
+}
+
+static int64_t server_stat_cpu_us(void)
+{
+    char path[64], data[2048];
+    if (!opt.server_pid)
+        return -1;
+    snprintf(path, sizeof path, "/proc/%d/stat", opt.server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(data, 1, sizeof data - 1, f);
+    fclose(f);
+    data[n] = 0;
+    /* comm may contain spaces and parentheses: fields start after the last ')'.
+     * After it come field 3 (state), ..., field 14 (utime), field 15 (stime). */
+    char *s = strrchr(data, ')');
+    if (!s)
+        return -1;
+    unsigned long long utime = 0, stime = 0;
+    char *save = NULL;
+    int field = 3;
+    for (char *tok = strtok_r(s + 1, " ", &save); tok; tok = strtok_r(NULL, " ", &save), field++) {
+        if (field == 14)
+            utime = strtoull(tok, NULL, 10);
+        if (field == 15) {
+            stime = strtoull(tok, NULL, 10);
+            break;
+        }
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    return (int64_t)((utime + stime) * 1000000ull / (unsigned long long)hz);
+}
+
+static int64_t self_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
+           (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+}
+
+/* ---- a minimal JSON reader for Bayeux messages --------------------------- */
+
+typedef struct jp {
+    const char *p, *end;
+    int err;
+} jp_t;
+
+typedef struct bmsg {
+    char channel[128];
+    char client_id[96];
+    char error[192];
+    char reconnect[32];       /* advice.reconnect */
+    int successful;           /* -1 absent, 0 false, 1 true */
+    int has_data;
+    int has_seq, has_t;
+    int64_t seq, t;
+} bmsg_t;
+
+static void jws(jp_t *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static int jfail(jp_t *j)
+{
+    j->err = 1;
+    return -1;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int jhex4(jp_t *j, uint32_t *out)
+{
+    if (j->end - j->p < 4)
+        return jfail(j);
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(j->p[i]);
+        if (h < 0)
+            return jfail(j);
+        v = v * 16 + (uint32_t)h;
+    }
+    j->p += 4;
+    *out = v;
+    return 0;
+}
+
+static int utf8_put(char *o, uint32_t v)
+{
+    if (v < 0x80) {
+        o[0] = (char)v;
+        return 1;
+    }
+    if (v < 0x800) {
+        o[0] = (char)(0xC0 | (v >> 6));
+        o[1] = (char)(0x80 | (v & 63));
+        return 2;
+    }
+    if (v < 0x10000) {
+        o[0] = (char)(0xE0 | (v >> 12));
+        o[1] = (char)(0x80 | ((v >> 6) & 63));
+        o[2] = (char)(0x80 | (v & 63));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (v >> 18));
+    o[1] = (char)(0x80 | ((v >> 12) & 63));
+    o[2] = (char)(0x80 | ((v >> 6) & 63));
+    o[3] = (char)(0x80 | (v & 63));
+    return 4;
+}
+
+/* Writes s as the inside of a JSON string (no quotes); 0, or -1 when it does not fit. */
+static int json_escape(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char tmp[8];
+        size_t k;
+        if (c == '"' || c == '\\') {
+            tmp[0] = '\\';
+            tmp[1] = (char)c;
+            k = 2;
+        } else if (c < 0x20) {
+            k = (size_t)snprintf(tmp, sizeof tmp, "\\u%04x", c);
+        } else {
+            tmp[0] = (char)c;
+            k = 1;
+        }
+        if (n + k >= cap)
+            return -1;
+        memcpy(out + n, tmp, k);
+        n += k;
+    }
+    out[n] = 0;
+    return 0;
+}
+
+/* Reads a string at j->p (which must be '"'), unescaping into out (truncated
+ * to cap-1 bytes, NUL-terminated; out may be NULL to skip). */
+static int jstring(jp_t *j, char *out, size_t cap)
+{
+    size_t n = 0;
+    if (j->p >= j->end || *j->p != '"')
+        return jfail(j);
+    j->p++;
+    while (j->p < j->end) {
+        unsigned char c = (unsigned char)*j->p++;
+        if (c == '"') {
+            if (out)
+                out[n < cap ? n : cap - 1] = 0;
+            return 0;
+        }
+        if (c < 0x20)
+            return jfail(j);
+        if (c == '\\') {
+            if (j->p >= j->end)
+                return jfail(j);
+            char e = *j->p++;
+            switch (e) {
+            case '"': case '\\': case '/': c = (unsigned char)e; break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                uint32_t v;
+                if (jhex4(j, &v))
+                    return -1;
+                if (v >= 0xD800 && v < 0xDC00) {     /* a surrogate pair */
+                    uint32_t lo;
+                    if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
+                        return jfail(j);
+                    j->p += 2;
+                    if (jhex4(j, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                        return jfail(j);
+                    v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00);
+                }
+                char u[4];
+                int un = utf8_put(u, v);
+                for (int i = 0; i < un - 1; i++)
+                    if (out && n + 1 < cap)
+                        out[n++] = u[i];
+                c = (unsigned char)u[un - 1];
+                break;
+            }
+            default:
+                return jfail(j);
+            }
+        }
+        if (out && n + 1 < cap)
+            out[n++] = (char)c;
+    }
+    return jfail(j);
+}
+
+static int jliteral(jp_t *j, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0)
+        return jfail(j);
+    j->p += n;
+    return 0;
+}
+
+static int jnumber(jp_t *j, int64_t *out, int *is_int)
+{
+    const char *s = j->p;
+    int integral = 1;
+    int64_t v = 0;
+    int neg = 0;
+    if (j->p < j->end && *j->p == '-') {
+        neg = 1;
+        j->p++;
+    }
+    if (j->p >= j->end || *j->p < '0' || *j->p > '9')
+        return jfail(j);
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        v = v * 10 + (*j->p - '0');
+        j->p++;
+    }
+    if (j->p < j->end && *j->p == '.') {
+        integral = 0;
+        j->p++;
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+            j->p++;
+    }
+    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+        integral = 0;
+        j->p++;
+        if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
+            j->p++;
+        while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+            j->p++;
+    }
+    if (j->p == s)
+        return jfail(j);
+    if (out)
+        *out = neg ? -v : v;
+    if (is_int)
+        *is_int = integral;
+    return 0;
+}
+
+static int jskip(jp_t *j, int depth)
+{
+    if (depth > 64)
+        return jfail(j);
+    jws(j);
+    if (j->p >= j->end)
+        return jfail(j);
+    char c = *j->p;
+    if (c == '"')
+        return jstring(j, NULL, 0);
+    if (c == 't')
+        return jliteral(j, "true");
+    if (c == 'f')
+        return jliteral(j, "false");
+    if (c == 'n')
+        return jliteral(j, "null");
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        j->p++;
+        jws(j);
+        if (j->p < j->end && *j->p == close) {
+            j->p++;
+            return 0;
+        }
+        for (;;) {
+            if (c == '{') {
+                jws(j);
+                if (jstring(j, NULL, 0))
+                    return -1;
+                jws(j);
+                if (j->p >= j->end || *j->p != ':')
+                    return jfail(j);
+                j->p++;
+            }
+            if (jskip(j, depth + 1))
+                return -1;
+            jws(j);
+            if (j->p >= j->end)
+                return jfail(j);
+            if (*j->p == ',') {
+                j->p++;
+                continue;
+            }
+            if (*j->p == close) {
+                j->p++;
+                return 0;
+            }
+            return jfail(j);
+        }
+    }
+    return jnumber(j, NULL, NULL);
+}
+
+/* Iterates the members of the object at j->p; calls fn(key) positioned at
+ * the value, which fn must consume. */
+typedef int (*jmember_fn)(jp_t *j, const char *key, void *ctx);
+
+static int jobject(jp_t *j, jmember_fn fn, void *ctx)
+{
+    char key[64];
+    jws(j);
+    if (j->p >= j->end || *j->p != '{')
+        return jfail(j);
+    j->p++;
+    jws(j);
+    if (j->p < j->end && *j->p == '}') {
+        j->p++;
+        return 0;
+    }
+    for (;;) {
+        jws(j);
+        if (jstring(j, key, sizeof key))
+            return -1;
+        jws(j);
+        if (j->p >= j->end || *j->p != ':')
+            return jfail(j);
+        j->p++;
+        jws(j);
+        if (fn(j, key, ctx))
+            return -1;
+        jws(j);
+        if (j->p >= j->end)
+            return jfail(j);
+        if (*j->p == ',') {
+            j->p++;
+            continue;
+        }
+        if (*j->p == '}') {
+            j->p++;
+            return 0;
+        }
+        return jfail(j);
+    }
+}
+
+static int data_member(jp_t *j, const char *key, void *ctx)
+{
+    bmsg_t *m = ctx;
+    int is_int = 0;
+    if (strcmp(key, "seq") == 0 && j->p < j->end && (*j->p == '-' || (*j->p >= '0' && *j->p <= '9'))) {
+        if (jnumber(j, &m->seq, &is_int))
+            return -1;
+        m->has_seq = is_int;
+        return 0;
+    }
+    if (strcmp(key, "t") == 0 && j->p < j->end && (*j->p == '-' || (*j->p >= '0' && *j->p <= '9'))) {
+        if (jnumber(j, &m->t, &is_int))
+            return -1;
+        m->has_t = is_int;
+        return 0;
+    }
+    return jskip(j, 2);
+}
+
+static int advice_member(jp_t *j, const char *key, void *ctx)
+{
+    bmsg_t *m = ctx;
+    if (strcmp(key, "reconnect") == 0 && j->p < j->end && *j->p == '"')
+        return jstring(j, m->reconnect, sizeof m->reconnect);
+    return jskip(j, 2);
+}
+
+static int msg_member(jp_t *j, const char *key, void *ctx)
+{
+    bmsg_t *m = ctx;
+    char c = j->p < j->end ? *j->p : 0;
+    if (strcmp(key, "channel") == 0 && c == '"')
+        return jstring(j, m->channel, sizeof m->channel);
+    if (strcmp(key, "clientId") == 0 && c == '"')
+        return jstring(j, m->client_id, sizeof m->client_id);
+    if (strcmp(key, "error") == 0 && c == '"')
+        return jstring(j, m->error, sizeof m->error);
+    if (strcmp(key, "successful") == 0 && (c == 't' || c == 'f')) {
+        m->successful = c == 't';
+        return jliteral(j, c == 't' ? "true" : "false");
+    }
+    if (strcmp(key, "data") == 0) {
+        m->has_data = 1;
+        if (c == '{')
+            return jobject(j, data_member, m);
+        return jskip(j, 1);
+    }
+    if (strcmp(key, "advice") == 0 && c == '{')
+        return jobject(j, advice_member, m);
+    return jskip(j, 1);
+}
+
+typedef void (*bmsg_fn)(void *ctx, const bmsg_t *m);
+
+/* A Bayeux payload: an array of message objects, or one bare object.
+ * Returns the number of messages, or -1 when the JSON is malformed. */
+static int parse_bayeux(const char *p, size_t len, bmsg_fn fn, void *ctx)
+{
+    jp_t j = { p, p + len, 0 };
+    bmsg_t m;
+    int count = 0;
+    jws(&j);
+    if (j.p < j.end && *j.p == '{') {
+        memset(&m, 0, sizeof m);
+        m.successful = -1;
+        if (jobject(&j, msg_member, &m))
+            return -1;
+        fn(ctx, &m);
+        count = 1;
+    } else {
+        if (j.p >= j.end || *j.p != '[')
+            return -1;
+        j.p++;
+        jws(&j);
+        if (j.p < j.end && *j.p == ']') {
+            j.p++;
+        } else {
+            for (;;) {
+                jws(&j);
+                if (j.p < j.end && *j.p == '{') {
+                    memset(&m, 0, sizeof m);
+                    m.successful = -1;
+                    if (jobject(&j, msg_member, &m))
+                        return -1;
+                    fn(ctx, &m);
+                    count++;
+                } else if (jskip(&j, 1)) {
+                    return -1;
+                }
+                jws(&j);
+                if (j.p < j.end && *j.p == ',') {
+                    j.p++;
+                    continue;
+                }
+                if (j.p < j.end && *j.p == ']') {
+                    j.p++;
+                    break;
+                }
+                return -1;
+            }
+        }
+    }
+    jws(&j);
+    return j.p == j.end ? count : -1;
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+enum cstate {
+    C_IDLE, C_HS_CONNECTING, C_HS_READING, C_WS_CONNECTING, C_WS_UPGRADING,
+    C_OPEN, C_DEAD
+};
+
+typedef struct conn {
+    int fd;
+    int index;                /* subscriber index, or -1 for the publisher */
+    enum cstate state;
+    int ready;                /* subscriber: subscribed; publisher: socket open */
+    int want_out;             /* EPOLLOUT currently requested */
+    int closing;              /* we sent a close frame */
+    char client_id[200];      /* JSON-escaped */
+    uint32_t next_id;         /* Bayeux message id counter */
+    buf_t rbuf, wbuf, frag;
+    int frag_open;
+    uint32_t received;        /* distinct benchmark deliveries */
+    int64_t rx_ns;            /* kernel receive time of the last read (now_ns clock), 0 if unknown */
+    uint8_t *seen;            /* bitmap over sequence numbers */
+} conn_t;
+
+static int epfd;
+static struct sockaddr_in server_addr;
+static conn_t *subs;
+static conn_t pub;
+static int shutting_down;
+
+static struct {
+    int setups_active;
+    int next_setup;
+    int ready;
+    int setup_failures;
+    int unexpected_closes;    /* after being ready */
+    uint64_t bayeux_errors;
+    char first_error[512];
+    uint64_t malformed;
+    uint64_t connect_replies;
+    uint64_t pub_acks, pub_nacks;
+    uint64_t deliveries, dups, bogus;
+    uint64_t no_rx_stamp;
+    uint64_t sub_rx_bytes;    /* WebSocket message bytes received by subscribers */     /* latency samples without a kernel receive time */
+    int64_t last_delivery_ns;
+} st;
+
+/* per sequence number */
+static int total_seqs;        /* capacity */
+static int published;         /* next sequence number */
+static uint32_t *remaining;   /* subscribers that still have to receive it */
+static int inflight;          /* published, not yet delivered to every ready subscriber */
+static int phase_first;       /* first sequence number of the current phase */
+static int phase_done;        /* messages of this phase delivered to every ready subscriber */
+static int lat_first_seq = -1;
+
+/* Latency samples in microseconds, two clocks: lat_app ends when the loadgen
+ * parses the delivery; lat_arr ends when the kernel queued the bytes on the
+ * subscriber's socket (SO_TIMESTAMPNS), so it leaves out the time the load
+ * generator itself took to get round to reading 5,000 sockets. */
+static uint32_t *lat_app, *lat_arr;
+static size_t lat_n, lat_cap;
+static int64_t *first_rx, *last_rx;   /* per sequence number, arrival clock */
+static int64_t realtime_offset;   /* CLOCK_REALTIME - CLOCK_MONOTONIC, ns */
+
+/* epoll tag: slot (0 = publisher, i+1 = subscriber i) and fd */
+static uint64_t ev_tag(const conn_t *c, int fd)
+{
+    return ((uint64_t)(uint32_t)fd << 32) | (uint32_t)(c->index + 1);
+}
+
+static void record_error(const char *what, const char *detail)
+{
+    st.bayeux_errors++;
+    if (!st.first_error[0])
+        snprintf(st.first_error, sizeof st.first_error, "%s: %s", what, detail);
+}
+
+static void conn_events(conn_t *c, int out)
+{
+    if (c->fd < 0 || c->want_out == out)
+        return;
+    struct epoll_event ev = { .events = EPOLLIN | (out ? EPOLLOUT : 0), .data.u64 = ev_tag(c, c->fd) };
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0)
+        c->want_out = out;
+}
+
+static void conn_close_fd(conn_t *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+    c->want_out = 0;
+    c->rbuf.off = c->rbuf.len = 0;
+    c->wbuf.off = c->wbuf.len = 0;
+    c->frag.off = c->frag.len = 0;
+    c->frag_open = 0;
+}
+
+static void start_next_setups(void);
+
+static void setup_done(conn_t *c, int ok, const char *why)
+{
+    if (c->index < 0)
+        return;
+    st.setups_active--;
+    if (ok) {
+        st.ready++;
+    } else {
+        st.setup_failures++;
+        if (why)
+            record_error("setup", why);
+        conn_close_fd(c);
+        c->state = C_DEAD;
+    }
+    start_next_setups();
+}
+
+/* The connection died under us (or the server refused something during setup). */
+static void conn_lost(conn_t *c, const char *why)
+{
+    enum cstate was = c->state;
+    conn_close_fd(c);
+    c->state = C_DEAD;
+    if (was == C_DEAD || shutting_down)
+        return;
+    if (c->index >= 0 && !c->ready) {        /* a subscriber still setting up */
+        setup_done(c, 0, why);
+        return;
+    }
+    if (c->index < 0 && was != C_OPEN) {      /* the publisher never got going */
+        record_error("publisher setup", why);
+        return;
+    }
+    st.unexpected_closes++;
+    if (st.unexpected_closes <= 3)
+        warnx_("%s %d closed: %s", c->index < 0 ? "publisher" : "subscriber", c->index, why);
+}
+
+static void conn_flush(conn_t *c)
+{
+    while (c->wbuf.len > 0) {
+        ssize_t n = write(c->fd, c->wbuf.p + c->wbuf.off, c->wbuf.len);
+        if (n > 0) {
+            buf_consume(&c->wbuf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            conn_events(c, 1);
+            return;
+        }
+        conn_lost(c, n < 0 ? strerror(errno) : "write returned 0");
+        return;
+    }
+    conn_events(c, 0);
+}
+
+static int conn_open_socket(conn_t *c)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.u64 = ev_tag(c, fd) };
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    c->fd = fd;
+    c->want_out = 1;
+    return 0;
+}
+
+static void conn_begin(conn_t *c)
+{
+    c->fd = -1;
+    c->next_id = 1;
+    if (conn_open_socket(c) < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "connect: %s", strerror(errno));
+        c->state = C_DEAD;
+        if (c->index >= 0)
+            setup_done(c, 0, why);
+        else
+            record_error("publisher setup", why);
+        return;
+    }
+    c->state = C_HS_CONNECTING;
+}
+
+static void start_next_setups(void)
+{
+    while (!shutting_down && st.setups_active < opt.setup_concurrency && st.next_setup < opt.subs) {
+        conn_t *c = &subs[st.next_setup++];
+        st.setups_active++;
+        conn_begin(c);
+    }
+}
+
+/* ---- WebSocket framing (client side: masked) ----------------------------- */
+
+static void ws_send(conn_t *c, int opcode, const char *payload, size_t len)
+{
+    uint8_t hdr[14];
+    size_t h = 0;
+    hdr[h++] = (uint8_t)(0x80 | opcode);
+    if (len < 126) {
+        hdr[h++] = (uint8_t)(0x80 | len);
+    } else if (len < 65536) {
+        hdr[h++] = 0x80 | 126;
+        hdr[h++] = (uint8_t)(len >> 8);
+        hdr[h++] = (uint8_t)len;
+    } else {
+        hdr[h++] = 0x80 | 127;
+        for (int i = 7; i >= 0; i--)
+            hdr[h++] = (uint8_t)((uint64_t)len >> (8 * i));
+    }
+    uint32_t key = rnd32();
+    uint8_t mask[4] = { (uint8_t)key, (uint8_t)(key >> 8), (uint8_t)(key >> 16), (uint8_t)(key >> 24) };
+    memcpy(hdr + h, mask, 4);
+    h += 4;
+    buf_append(&c->wbuf, hdr, h);
+    buf_reserve(&c->wbuf, len);
+    char *dst = c->wbuf.p + c->wbuf.off + c->wbuf.len;
+    for (size_t i = 0; i < len; i++)
+        dst[i] = (char)(payload[i] ^ mask[i & 3]);
+    c->wbuf.len += len;
+}
+
+static void send_connect(conn_t *c)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof msg,
+                     "[{\"channel\":\"/meta/connect\",\"clientId\":\"%s\",\"connectionType\":\"websocket\",\"id\":\"%x\"}]",
+                     c->client_id, c->next_id++);
+    ws_send(c, 1, msg, (size_t)n);
+}
+
+/* ---- Bayeux message handling ---------------------------------------------- */
+
+static void on_delivery(conn_t *c, const bmsg_t *m)
+{
+    int64_t now = now_ns();
+    if (!m->has_seq || m->seq < 0 || m->seq >= published || c->index < 0) {
+        st.bogus++;
+        return;
+    }
+    int seq = (int)m->seq;
+    uint8_t bit = (uint8_t)(1u << (seq & 7));
+    if (c->seen[seq >> 3] & bit) {
+        st.dups++;
+        return;
+    }
+    c->seen[seq >> 3] |= bit;
+    c->received++;
+    st.deliveries++;
+    st.last_delivery_ns = now;
+    if (remaining[seq] > 0 && --remaining[seq] == 0) {
+        inflight--;
+        if (seq >= phase_first)
+            phase_done++;
+    }
+    if (lat_first_seq >= 0 && seq >= lat_first_seq && m->has_t) {
+        if (lat_n == lat_cap) {
+            lat_cap = lat_cap ? lat_cap * 2 : 65536;
+            lat_app = realloc(lat_app, lat_cap * sizeof *lat_app);
+            lat_arr = realloc(lat_arr, lat_cap * sizeof *lat_arr);
+            if (!lat_app || !lat_arr)
+                die("out of memory");
+        }
+        int64_t d = (now - m->t) / 1000;
+        int64_t a = ((c->rx_ns > 0 && c->rx_ns <= now ? c->rx_ns : now) - m->t) / 1000;
+        lat_app[lat_n] = d < 0 ? 0 : (uint32_t)d;
+        lat_arr[lat_n] = a < 0 ? 0 : (uint32_t)a;
+        lat_n++;
+        int64_t at = a * 1000 + m->t;
+        if (!first_rx[seq] || at < first_rx[seq])
+            first_rx[seq] = at;
+        if (at > last_rx[seq])
+            last_rx[seq] = at;
+        if (c->rx_ns <= 0)
+            st.no_rx_stamp++;
+    }
+}
+
+static void on_message(void *ctx, const bmsg_t *m)
+{
+    conn_t *c = ctx;
+    if (strcmp(m->channel, "/meta/connect") == 0) {
+        st.connect_replies++;
+        if (m->successful == 1) {
+            if (!shutting_down && c->state == C_OPEN)
+                send_connect(c);
+        } else {
+            record_error("/meta/connect", m->error[0] ? m->error : "unsuccessful");
+        }
+        return;
+    }
+    if (strcmp(m->channel, "/meta/subscribe") == 0) {
+        if (m->successful == 1 && c->index >= 0 && !c->ready) {
+            c->ready = 1;
+            setup_done(c, 1, NULL);
+        } else if (m->successful != 1) {
+            char why[300];
+            snprintf(why, sizeof why, "/meta/subscribe: %s", m->error);
+            if (c->index >= 0 && !c->ready)
+                setup_done(c, 0, why);
+            else
+                record_error("/meta/subscribe", m->error);
+        }
+        return;
+    }
+    if (strcmp(m->channel, CHANNEL) == 0) {
+        if (m->successful >= 0) {        /* a reply to a publish */
+            if (m->successful == 1) {
+                st.pub_acks++;
+            } else {
+                st.pub_nacks++;
+                record_error("publish", m->error);
+            }
+            return;
+        }
+        if (m->has_data) {
+            on_delivery(c, m);
+            return;
+        }
+    }
+    if (m->successful == 0)
+        record_error(m->channel, m->error);
+}
+
+static void on_ws_message(conn_t *c, const char *p, size_t len)
+{
+    if (c->index >= 0)
+        st.sub_rx_bytes += len;
+    if (parse_bayeux(p, len, on_message, c) < 0) {
+        st.malformed++;
+        if (st.malformed <= 3)
+            warnx_("malformed frame (%zu bytes): %.*s", len, (int)(len > 300 ? 300 : len), p);
+    }
+}
+
+/* Consumes complete frames from rbuf. */
+static void ws_read_frames(conn_t *c)
+{
+    while (c->fd >= 0) {
+        uint8_t *p = (uint8_t *)c->rbuf.p + c->rbuf.off;
+        size_t avail = c->rbuf.len;
+        if (avail < 2)
+            return;
+        int fin = p[0] & 0x80, op = p[0] & 0x0f, masked = p[1] & 0x80;
+        if (p[0] & 0x70) {
+            conn_lost(c, "frame with RSV bits set (no extension was negotiated)");
+            return;
+        }
+        uint64_t len = p[1] & 0x7f;
+        size_t h = 2;
+        if (len == 126) {
+            if (avail < 4)
+                return;
+            len = ((uint64_t)p[2] << 8) | p[3];
+            h = 4;
+        } else if (len == 127) {
+            if (avail < 10)
+                return;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = (len << 8) | p[2 + i];
+            h = 10;
+        }
+        if (len > MAX_WS_MESSAGE) {
+            conn_lost(c, "frame too large");
+            return;
+        }
+        size_t mh = masked ? 4 : 0;
+        if (avail < h + mh + len)
+            return;
+        char *payload = (char *)p + h + mh;
+        if (masked)
+            for (uint64_t i = 0; i < len; i++)
+                payload[i] ^= p[h + (i & 3)];
+        if (op >= 8) {
+            if (!fin || len > 125) {
+                conn_lost(c, "bad control frame");
+                return;
+            }
+            if (op == 9) {
+                ws_send(c, 0xA, payload, len);
+            } else if (op == 8) {
+                if (!c->closing) {
+                    ws_send(c, 8, payload, len < 2 ? len : 2);
+                    c->closing = 1;
+                }
+                conn_flush(c);
+                conn_lost(c, "server sent a close frame");
+                return;
+            }
+        } else if (op == 0) {
+            if (!c->frag_open) {
+                conn_lost(c, "continuation frame without a start");
+                return;
+            }
+            if (c->frag.len + len > MAX_WS_MESSAGE) {
+                conn_lost(c, "fragmented message too large");
+                return;
+            }
+            buf_append(&c->frag, payload, len);
+            if (fin) {
+                c->frag_open = 0;
+                on_ws_message(c, c->frag.p + c->frag.off, c->frag.len);
+                c->frag.off = c->frag.len = 0;
+            }
+        } else if (op == 1 || op == 2) {
+            if (c->frag_open) {
+                conn_lost(c, "new data frame inside a fragmented message");
+                return;
+            }
+            if (fin) {
+                on_ws_message(c, payload, len);
+            } else {
+                c->frag_open = 1;
+                buf_append(&c->frag, payload, len);
+            }
+        } else {
+            conn_lost(c, "unknown opcode");
+            return;
+        }
+        if (c->fd < 0)
+            return;
+        buf_consume(&c->rbuf, h + mh + len);
+    }
+}
+
+/* ---- HTTP: the handshake POST and the upgrade ----------------------------- */
+
+static const char *find_crlf2(const char *p, size_t len)
+{
+    return memmem(p, len, "\r\n\r\n", 4);
+}
+
+/* Finds a header value (case-insensitive name) inside the header block. */
+static int header_value(const char *hdrs, size_t hlen, const char *name, char *out, size_t cap)
+{
+    size_t nlen = strlen(name);
+    const char *p = hdrs, *end = hdrs + hlen;
+    while (p < end) {
+        const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+        if (!eol)
+            eol = end;
+        if ((size_t)(eol - p) > nlen && strncasecmp(p, name, nlen) == 0 && p[nlen] == ':') {
+            const char *v = p + nlen + 1;
+            while (v < eol && (*v == ' ' || *v == '\t'))
+                v++;
+            size_t n = (size_t)(eol - v);
+            if (n >= cap)
+                n = cap - 1;
+            memcpy(out, v, n);
+            out[n] = 0;
+            return 1;
+        }
+        p = eol + 2;
+    }
+    return 0;
+}
+
+/* Decodes a chunked body in place. Returns its length, -1 if incomplete, -2 if malformed. */
+static long dechunk(char *p, size_t len)
+{
+    size_t in = 0, out = 0;
+    for (;;) {
+        const char *eol = memmem(p + in, len - in, "\r\n", 2);
+        if (!eol)
+            return -1;
+        char *end;
+        unsigned long n = strtoul(p + in, &end, 16);
+        if (end == p + in)
+            return -2;
+        in = (size_t)(eol - p) + 2;
+        if (n == 0)
+            return (long)out;
+        if (len - in < n + 2)
+            return -1;
+        memmove(p + out, p + in, n);
+        out += n;
+        in += n + 2;
+    }
+}
+
+static void on_handshake_reply(void *ctx, const bmsg_t *m)
+{
+    conn_t *c = ctx;
+    if (strcmp(m->channel, "/meta/handshake") == 0) {
+        /* kept JSON-escaped: it is only ever pasted into outgoing messages */
+        if (m->successful == 1 && m->client_id[0] &&
+            json_escape(c->client_id, sizeof c->client_id, m->client_id) == 0)
+            ;
+        else
+            record_error("/meta/handshake", m->error[0] ? m->error : "no clientId");
+    }
+}
+
+/* Returns 1 once the handshake response is complete and handled. */
+static int http_handshake_read(conn_t *c, int eof)
+{
+    char *p = c->rbuf.p + c->rbuf.off;
+    size_t len = c->rbuf.len;
+    const char *hend = find_crlf2(p, len);
+    if (!hend)
+        return eof ? -1 : 0;
+    size_t hlen = (size_t)(hend - p) + 4;
+    char val[64];
+    long body_len = -1;
+    if (header_value(p, hlen, "Transfer-Encoding", val, sizeof val) && strcasestr(val, "chunked")) {
+        body_len = dechunk(p + hlen, len - hlen);
+        if (body_len == -2)
+            return -1;
+        if (body_len == -1)
+            return eof ? -1 : 0;
+    } else if (header_value(p, hlen, "Content-Length", val, sizeof val)) {
+        body_len = atol(val);
+        if ((long)(len - hlen) < body_len)
+            return eof ? -1 : 0;
+    } else {
+        if (!eof)
+            return 0;
+        body_len = (long)(len - hlen);
+    }
+    if (strncmp(p, "HTTP/1.1 200", 12) != 0 && strncmp(p, "HTTP/1.0 200", 12) != 0) {
+        record_error("handshake status", p);
+        return -1;
+    }
+    c->client_id[0] = 0;
+    if (parse_bayeux(p + hlen, (size_t)body_len, on_handshake_reply, c) < 0) {
+        st.malformed++;
+        return -1;
+    }
+    return c->client_id[0] ? 1 : -1;
+}
+
+static void send_handshake(conn_t *c)
+{
+    static const char body[] =
+        "[{\"channel\":\"/meta/handshake\",\"version\":\"1.0\",\"supportedConnectionTypes\":"
+        "[\"websocket\",\"eventsource\",\"long-polling\",\"cross-origin-long-polling\",\"callback-polling\"],\"id\":\"1\"}]";
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     opt.mount, opt.port, sizeof body - 1, body);
+    buf_append(&c->wbuf, req, (size_t)n);
+    c->next_id = 2;
+}
+
+static void send_upgrade(conn_t *c)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t raw[18] = { 0 };
+    char key[25];
+    for (int i = 0; i < 16; i++)
+        raw[i] = (uint8_t)rnd32();
+    for (int i = 0, o = 0; i < 18; i += 3) {
+        uint32_t v = ((uint32_t)raw[i] << 16) | ((uint32_t)raw[i + 1] << 8) | raw[i + 2];
+        key[o++] = b64[(v >> 18) & 63];
+        key[o++] = b64[(v >> 12) & 63];
+        key[o++] = b64[(v >> 6) & 63];
+        key[o++] = b64[v & 63];
+    }
+    key[22] = key[23] = '=';
+    key[24] = 0;
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     opt.mount, opt.port, key);
+    buf_append(&c->wbuf, req, (size_t)n);
+}
+
+static void on_ws_open(conn_t *c)
+{
+    c->state = C_OPEN;
+    send_connect(c);
+    if (c->index >= 0) {
+        char msg[512];
+        int n = snprintf(msg, sizeof msg,
+                         "[{\"channel\":\"/meta/subscribe\",\"clientId\":\"%s\",\"subscription\":\"%s\",\"id\":\"%x\"}]",
+                         c->client_id, CHANNEL, c->next_id++);
+        ws_send(c, 1, msg, (size_t)n);
+    } else {
+        c->ready = 1;
+    }
+}
+
+/* ---- the event loop ------------------------------------------------------- */
+
+static void on_writable(conn_t *c)
+{
+    if (c->state == C_HS_CONNECTING || c->state == C_WS_CONNECTING) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) {
+            char why[128];
+            snprintf(why, sizeof why, "connect: %s", strerror(err));
+            conn_lost(c, why);
+            return;
+        }
+        if (c->state == C_HS_CONNECTING) {
+            send_handshake(c);
+            c->state = C_HS_READING;
+        } else {
+            send_upgrade(c);
+            c->state = C_WS_UPGRADING;
+        }
+    }
+    conn_flush(c);
+}
+
+static void on_readable(conn_t *c)
+{
+    int eof = 0;
+    buf_reserve(&c->rbuf, 16384);
+    struct iovec iov = { c->rbuf.p + c->rbuf.off + c->rbuf.len, c->rbuf.cap - c->rbuf.off - c->rbuf.len };
+    union {
+        char space[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } cbuf;
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.space, .msg_controllen = sizeof cbuf.space };
+    ssize_t n = recvmsg(c->fd, &mh, 0);
+    if (n > 0) {
+        c->rbuf.len += (size_t)n;
+        c->rx_ns = 0;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+                struct timespec ts;
+                memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                c->rx_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - realtime_offset - t_origin;
+            }
+        }
+    } else if (n == 0) {
+        eof = 1;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        return;
+    } else {
+        conn_lost(c, strerror(errno));
+        return;
+    }
+
+    switch (c->state) {
+    case C_HS_READING: {
+        int r = http_handshake_read(c, eof);
+        if (r == 0)
+            return;
+        conn_close_fd(c);
+        if (r < 0) {
+            conn_lost(c, "handshake failed");
+            return;
+        }
+        if (conn_open_socket(c) < 0) {
+            char why[128];
+            snprintf(why, sizeof why, "connect: %s", strerror(errno));
+            conn_lost(c, why);
+            return;
+        }
+        c->state = C_WS_CONNECTING;
+        return;
+    }
+    case C_WS_UPGRADING: {
+        char *p = c->rbuf.p + c->rbuf.off;
+        const char *hend = find_crlf2(p, c->rbuf.len);
+        if (!hend) {
+            if (eof)
+                conn_lost(c, "connection closed during the WebSocket upgrade");
+            return;
+        }
+        size_t hlen = (size_t)(hend - p) + 4;
+        char val[64];
+        if (strncmp(p, "HTTP/1.1 101", 12) != 0 || !header_value(p, hlen, "Upgrade", val, sizeof val) ||
+            strcasecmp(val, "websocket") != 0) {
+            char why[200];
+            snprintf(why, sizeof why, "upgrade refused: %.*s", (int)(hlen > 120 ? 120 : hlen), p);
+            conn_lost(c, why);
+            return;
+        }
+        buf_consume(&c->rbuf, hlen);
+        on_ws_open(c);
+        conn_flush(c);
+        if (c->fd >= 0)
+            ws_read_frames(c);
+        break;
+    }
+    case C_OPEN:
+        ws_read_frames(c);
+        break;
+    default:
+        break;
+    }
+    if (c->fd >= 0)
+        conn_flush(c);
+    if (eof && c->fd >= 0)
+        conn_lost(c, "server closed the connection");
+}
+
+static void poll_once(int timeout_ms)
+{
+    struct epoll_event evs[256];
+    int n = epoll_wait(epfd, evs, 256, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        die("epoll_wait: %s", strerror(errno));
+    for (int i = 0; i < n; i++) {
+        /* The tag carries the fd too: an event for a socket we already
+         * replaced (handshake -> WebSocket) in this batch is dropped. */
+        uint64_t tag = evs[i].data.u64;
+        uint32_t slot = (uint32_t)tag;
+        conn_t *c = slot == 0 ? &pub : &subs[slot - 1];
+        if (c->fd < 0 || c->fd != (int)(tag >> 32))
+            continue;
+        if (evs[i].events & EPOLLOUT)
+            on_writable(c);
+        if (c->fd >= 0 && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+            on_readable(c);
+    }
+}
+
+/* ---- publishing ----------------------------------------------------------- */
+
+static char secret_json[512];
+static int64_t *pub_t;        /* per sequence number: when it was published */
+
+static void publish_one(void)
+{
+    if (published >= total_seqs || pub.state != C_OPEN)
+        return;
+    int seq = published++;
+    int64_t t = now_ns();
+    /* Size the pad so that the delivered message (the publish minus clientId
+     * and ext, as Faye delivers it) is opt.msg_size bytes. */
+    char head[128];
+    int hn = snprintf(head, sizeof head, "{\"channel\":\"%s\",\"data\":{\"seq\":%d,\"t\":%" PRId64 ",\"pad\":\"",
+                      CHANNEL, seq, t);
+    char tail[64];
+    int tn = snprintf(tail, sizeof tail, "\"},\"id\":\"%x\"}", pub.next_id);
+    int pad = opt.msg_size - hn - tn;
+    if (pad < 0)
+        pad = 0;
+    char msg[8192];
+    int n = snprintf(msg, sizeof msg, "[{\"channel\":\"%s\",\"data\":{\"seq\":%d,\"t\":%" PRId64 ",\"pad\":\"%.*s\"},"
+                     "\"clientId\":\"%s\",\"id\":\"%x\"",
+                     CHANNEL, seq, t, pad,
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                     pub.client_id, pub.next_id++);
+    if (secret_json[0])
+        n += snprintf(msg + n, sizeof msg - (size_t)n, ",\"ext\":{\"secret\":\"%s\"}", secret_json);
+    n += snprintf(msg + n, sizeof msg - (size_t)n, "}]");
+    remaining[seq] = (uint32_t)st.ready;
+    pub_t[seq] = t;
+    if (st.ready > 0)
+        inflight++;
+    ws_send(&pub, 1, msg, (size_t)n);
+    conn_flush(&pub);
+}
+
+/* ---- phases --------------------------------------------------------------- */
+
+static double secs(int64_t ns)
+{
+    return (double)ns / 1e9;
+}
+
+/* Runs the loop until done() says so, the deadline passes, or (with a stall
+ * timeout) nothing has been delivered for that long. Returns 1 when done. */
+static int run_until(int (*done)(void), void (*tick)(void), double deadline_s, double stall_s, int64_t *next_due)
+{
+    int64_t start = now_ns();
+    int64_t deadline = start + (int64_t)(deadline_s * 1e9);
+    int64_t progress_mark = start;
+    uint64_t last_count = st.deliveries;
+    for (;;) {
+        if (tick)
+            tick();
+        if (done())
+            return 1;
+        int64_t now = now_ns();
+        if (now >= deadline)
+            return 0;
+        if (st.deliveries != last_count) {
+            last_count = st.deliveries;
+            progress_mark = now;
+        } else if (stall_s > 0 && now - progress_mark > (int64_t)(stall_s * 1e9)) {
+            return 0;
+        }
+        int64_t wait = deadline - now;
+        if (next_due && *next_due > now && *next_due - now < wait)
+            wait = *next_due - now;
+        if (wait > 100000000)
+            wait = 100000000;
+        int ms = (int)((wait + 999999) / 1000000);
+        poll_once(ms < 0 ? 0 : ms);
+    }
+}
+
+static int done_setup(void)
+{
+    return st.setups_active == 0 && st.next_setup >= opt.subs && pub.state != C_HS_CONNECTING &&
+           pub.state != C_HS_READING && pub.state != C_WS_CONNECTING && pub.state != C_WS_UPGRADING;
+}
+
+static int done_never(void)
+{
+    return 0;
+}
+
+static int done_drained(void)
+{
+    return inflight == 0;
+}
+
+static int done_final(void)
+{
+    return inflight == 0 && st.pub_acks + st.pub_nacks >= (uint64_t)published;
+}
+
+/* A message lost in an earlier phase must not shrink this phase's window or
+ * keep it from ending, so phases count only their own messages. */
+static void begin_phase(void)
+{
+    phase_first = published;
+    phase_done = 0;
+}
+
+static int phase_inflight(void)
+{
+    return published - phase_first - phase_done;
+}
+
+static int tp_target;
+
+static void tick_throughput(void)
+{
+    while (published < tp_target && phase_inflight() < opt.window && pub.state == C_OPEN)
+        publish_one();
+}
+
+static int done_throughput(void)
+{
+    return published >= tp_target && phase_inflight() == 0;
+}
+
+static int64_t lat_next_due, lat_interval_ns;
+static int lat_target;
+
+static void tick_latency(void)
+{
+    int64_t now = now_ns();
+    while (published < lat_target && now >= lat_next_due && pub.state == C_OPEN) {
+        publish_one();
+        lat_next_due += lat_interval_ns;
+    }
+    if (published >= lat_target)
+        lat_next_due = 0;     /* nothing more to schedule: do not wake for it */
+}
+
+static int done_latency(void)
+{
+    return published >= lat_target && phase_inflight() == 0;
+}
+
+/* GET /stats (our server only; Node Faye has none), blocking with a 5 s
+ * timeout: called while the load is idle. Prints the body on one line. */
+static void print_server_stats(void)
+{
+    if (!opt.secret)
+        return;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    char req[1024], resp[65536];
+    int n = snprintf(req, sizeof req, "GET /stats HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                     "Connection: close\r\n\r\n", opt.port, opt.secret);
+    size_t len = 0;
+    if (write(fd, req, (size_t)n) == n) {
+        ssize_t r;
+        while (len < sizeof resp - 1 && (r = read(fd, resp + len, sizeof resp - 1 - len)) > 0) {
+            len += (size_t)r;
+            const char *h = find_crlf2(resp, len);
+            char val[32];
+            if (h && header_value(resp, (size_t)(h - resp) + 4, "Content-Length", val, sizeof val) &&
+                len >= (size_t)(h - resp) + 4 + (size_t)atol(val))
+                break;
+        }
+    }
+    close(fd);
+    resp[len] = 0;
+    char *body = strstr(resp, "\r\n\r\n");
+    if (len < 12 || memcmp(resp, "HTTP/1.1 200", 12) != 0 || !body) {
+        printf("server_stats unavailable: %.60s\n", len ? strtok(resp, "\r") : "no response");
+        return;
+    }
+    for (char *q = body + 4; *q; q++)
+        if (*q == '\n' || *q == '\r')
+            *q = ' ';
+    printf("server_stats %s\n", body + 4);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double percentile(const uint32_t *v, size_t n, double q)
+{
+    if (n == 0)
+        return -1;
+    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+    return v[i];
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen --port P [--subs N] [--messages M] [--window W] [--secret S]\n"
+            "               [--server-pid PID] [--latency-seconds S] [--latency-rate D]\n"
+            "               [--hold SECONDS] [--size BYTES] [--mount /faye]\n"
+            "               [--phase-timeout S] [--concurrency C]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            usage();
+        if (!strcmp(a, "--port")) opt.port = atoi(v);
+        else if (!strcmp(a, "--subs")) opt.subs = atoi(v);
+        else if (!strcmp(a, "--messages")) opt.messages = atoi(v);
+        else if (!strcmp(a, "--window")) opt.window = atoi(v);
+        else if (!strcmp(a, "--secret")) opt.secret = v;
+        else if (!strcmp(a, "--server-pid")) opt.server_pid = atoi(v);
+        else if (!strcmp(a, "--latency-seconds")) opt.latency_seconds = atof(v);
+        else if (!strcmp(a, "--latency-rate")) opt.latency_rate = atof(v);
+        else if (!strcmp(a, "--hold")) opt.hold_seconds = atof(v);
+        else if (!strcmp(a, "--size")) opt.msg_size = atoi(v);
+        else if (!strcmp(a, "--mount")) opt.mount = v;
+        else if (!strcmp(a, "--phase-timeout")) opt.phase_timeout = atof(v);
+        else if (!strcmp(a, "--concurrency")) opt.setup_concurrency = atoi(v);
+        else usage();
+        i++;
+    }
+    if (opt.secret && json_escape(secret_json, sizeof secret_json, opt.secret) < 0)
+        die("--secret is too long");
+    if (opt.port <= 0 || opt.subs <= 0 || opt.messages < 0 || opt.window <= 0 || opt.msg_size > 4000)
+        usage();
+
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* partial results survive a kill */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)opt.subs + 64)
+        die("RLIMIT_NOFILE is %lu, need %d: raise it (ulimit -n)", (unsigned long)rl.rlim_cur, opt.subs + 64);
+
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t_origin = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - 1000000000;
+    struct timespec rt, m2;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    clock_gettime(CLOCK_MONOTONIC, &m2);
+    realtime_offset = ((int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec) -
+                      ((int64_t)m2.tv_sec * 1000000000 + m2.tv_nsec);
+    rng_state ^= (uint64_t)ts.tv_nsec * 0x2545F4914F6CDD1Dull ^ (uint64_t)getpid();
+
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        die("epoll_create1: %s", strerror(errno));
+    server_addr.sin_family = AF_INET;
+    server_addr.sin_port = htons((uint16_t)opt.port);
+    server_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+    int lat_msgs = 0;
+    double lat_rate_msgs = opt.latency_rate / opt.subs;   /* msgs/s so that deliveries/s = latency_rate */
+    if (opt.latency_seconds > 0)
+        lat_msgs = (int)(lat_rate_msgs * opt.latency_seconds + 0.5);
+    if (opt.latency_seconds > 0 && lat_msgs < 1)
+        lat_msgs = 1;
+    total_seqs = 1 + opt.messages + lat_msgs + (opt.hold_seconds > 0 ? 1 : 0);
+    remaining = calloc((size_t)total_seqs, sizeof *remaining);
+    first_rx = calloc((size_t)total_seqs, sizeof *first_rx);
+    last_rx = calloc((size_t)total_seqs, sizeof *last_rx);
+    pub_t = calloc((size_t)total_seqs, sizeof *pub_t);
+    if (!first_rx || !last_rx || !pub_t)
+        die("out of memory");
+    subs = calloc((size_t)opt.subs, sizeof *subs);
+    size_t bm = ((size_t)total_seqs + 7) / 8;
+    uint8_t *bitmaps = calloc((size_t)opt.subs, bm);
+    if (!remaining || !subs || !bitmaps)
+        die("out of memory");
+    for (int i = 0; i < opt.subs; i++) {
+        subs[i].fd = -1;
+        subs[i].index = i;
+        subs[i].seen = bitmaps + (size_t)i * bm;
+    }
+    pub.fd = -1;
+    pub.index = -1;
+
+    printf("subs %d\n", opt.subs);
+    long rss0 = server_rss_kib();
+
+    /* Setup: the publisher and all subscribers, a bounded number at a time. */
+    int64_t t_setup = now_ns();
+    conn_begin(&pub);
+    start_next_setups();
+    int setup_ok = run_until(done_setup, NULL, opt.phase_timeout + opt.subs / 200.0, 0, NULL);
+    printf("setup_seconds %.3f\n", secs(now_ns() - t_setup));
+    /* Subscribers still setting up at the deadline would miss messages and
+     * count as losses: drop them, they count as setup failures instead. */
+    shutting_down = 1;
+    for (int i = 0; i < opt.subs; i++) {
+        if (!subs[i].ready && subs[i].state != C_DEAD && subs[i].state != C_IDLE) {
+            conn_close_fd(&subs[i]);
+            subs[i].state = C_DEAD;
+        }
+    }
+    shutting_down = 0;
+    printf("ready %d\n", st.ready);
+    printf("setup_failures %d\n", opt.subs - st.ready);
+    if (!setup_ok)
+        printf("setup_timeout 1\n");
+    if (pub.state != C_OPEN) {
+        printf("error publisher could not connect\n");
+        printf("first_error %s\n", st.first_error[0] ? st.first_error : "-");
+        return 1;
+    }
+
+    /* Idle: let the server settle, then measure its memory per connection
+     * and what N idle connections cost it in CPU (timers, heartbeats). */
+    run_until(done_never, NULL, 0.5, 0, NULL);
+    int64_t icpu0 = server_cpu_us(), it0 = now_ns();
+    run_until(done_never, NULL, 1.0, 0, NULL);
+    int64_t icpu1 = server_cpu_us();
+    if (icpu0 >= 0 && icpu1 >= icpu0)
+        printf("idle_server_cpu_pct %.2f\n", 100.0 * (double)(icpu1 - icpu0) * 1000.0 / (double)(now_ns() - it0));
+    long rss1 = server_rss_kib();
+    if (rss0 > 0 && rss1 > 0 && st.ready > 0) {
+        printf("rss_before_kib %ld\nrss_idle_kib %ld\n", rss0, rss1);
+        printf("mem_per_conn_bytes %.0f\n", (double)(rss1 - rss0) * 1024.0 / st.ready);
+    }
+
+    /* Warm-up: one message must reach everyone before timing starts. */
+    begin_phase();
+    tp_target = 1;
+    int warm_ok = run_until(done_throughput, tick_throughput, 15, 0, NULL);
+    printf("warmup_ok %d\n", warm_ok);
+
+    /* Throughput: as fast as the in-flight window allows. */
+    if (opt.messages > 0) {
+        uint64_t d0 = st.deliveries, b0 = st.sub_rx_bytes;
+        int64_t scpu0 = server_cpu_us(), lcpu0 = self_cpu_us();
+        int64_t t0 = now_ns();
+        begin_phase();
+        tp_target = published + opt.messages;
+        int ok = run_until(done_throughput, tick_throughput, opt.phase_timeout, opt.stall_timeout, NULL);
+        int64_t t1 = st.deliveries > d0 ? st.last_delivery_ns : now_ns();
+        int64_t scpu1 = server_cpu_us(), lcpu1 = self_cpu_us();
+        uint64_t d = st.deliveries - d0;
+        double el = secs(t1 - t0);
+        printf("tp_complete %d\n", ok);
+        printf("tp_messages %d\n", opt.messages);
+        printf("tp_deliveries %" PRIu64 "\n", d);
+        printf("tp_seconds %.3f\n", el);
+        printf("deliveries_per_sec %.0f\n", el > 0 ? (double)d / el : 0);
+        if (scpu0 >= 0 && scpu1 >= scpu0 && d > 0)   /* not when the server died meanwhile */
+            printf("server_cpu_us_per_delivery %.3f\n", (double)(scpu1 - scpu0) / (double)d);
+        if (el > 0)
+            printf("loadgen_cpu_pct %.0f\n", 100.0 * (double)(lcpu1 - lcpu0) / 1e6 / el);
+        if (d > 0) {
+            printf("loadgen_cpu_us_per_delivery %.3f\n", (double)(lcpu1 - lcpu0) / (double)d);
+            printf("bytes_per_delivery %.0f\n", (double)(st.sub_rx_bytes - b0) / (double)d);
+        }
+        long rss = server_rss_kib();
+        if (rss > 0)
+            printf("rss_after_tp_kib %ld\n", rss);
+        if (!ok)
+            run_until(done_drained, NULL, 5, 2, NULL);   /* late stragglers, bounded */
+    }
+
+    /* Latency: a fixed total delivery rate, publish -> delivery times. */
+    if (lat_msgs > 0) {
+        begin_phase();
+        lat_first_seq = published;
+        lat_interval_ns = (int64_t)(1e9 / lat_rate_msgs);
+        lat_next_due = now_ns();
+        lat_target = published + lat_msgs;
+        uint64_t d0 = st.deliveries;
+        int64_t scpu0 = server_cpu_us(), t0 = now_ns();
+        int ok = run_until(done_latency, tick_latency, opt.latency_seconds + 15, 0, &lat_next_due);
+        int64_t scpu1 = server_cpu_us();
+        if (scpu0 >= 0 && scpu1 >= scpu0 && st.deliveries > d0) {
+            /* at a low rate: how much CPU a delivery costs when nothing batches */
+            printf("lat_server_cpu_us_per_delivery %.3f\n", (double)(scpu1 - scpu0) / (double)(st.deliveries - d0));
+            printf("lat_server_cpu_pct %.1f\n", 100.0 * (double)(scpu1 - scpu0) * 1000.0 / (double)(now_ns() - t0));
+        }
+        printf("lat_complete %d\n", ok);
+        printf("lat_rate_msgs_per_sec %.3f\n", lat_rate_msgs);
+        printf("lat_samples %zu\n", lat_n);
+        if (lat_n > 0) {
+            qsort(lat_arr, lat_n, sizeof *lat_arr, cmp_u32);
+            qsort(lat_app, lat_n, sizeof *lat_app, cmp_u32);
+            printf("lat_p50_us %.0f\n", percentile(lat_arr, lat_n, 0.50));
+            printf("lat_p99_us %.0f\n", percentile(lat_arr, lat_n, 0.99));
+            printf("lat_max_us %u\n", lat_arr[lat_n - 1]);
+            printf("app_lat_p50_us %.0f\n", percentile(lat_app, lat_n, 0.50));
+            printf("app_lat_p99_us %.0f\n", percentile(lat_app, lat_n, 0.99));
+            printf("lat_without_kernel_stamp %" PRIu64 "\n", st.no_rx_stamp);
+            /* Per message: when the first subscriber got it, and how long
+             * the fan-out took from first to last (medians over messages). */
+            size_t k = 0;
+            uint32_t *fst = calloc((size_t)lat_msgs, sizeof *fst), *spr = calloc((size_t)lat_msgs, sizeof *spr);
+            for (int q = lat_first_seq; q < published && fst && spr; q++) {
+                if (!first_rx[q])
+                    continue;
+                fst[k] = (uint32_t)((first_rx[q] - pub_t[q]) / 1000);
+                spr[k] = (uint32_t)((last_rx[q] - first_rx[q]) / 1000);
+                k++;
+            }
+            if (k > 0) {
+                qsort(fst, k, sizeof *fst, cmp_u32);
+                qsort(spr, k, sizeof *spr, cmp_u32);
+                printf("lat_first_sub_p50_us %.0f\n", percentile(fst, k, 0.5));
+                printf("lat_first_sub_max_us %u\n", fst[k - 1]);
+                printf("lat_fanout_spread_p50_us %.0f\n", percentile(spr, k, 0.5));
+                printf("lat_fanout_spread_max_us %u\n", spr[k - 1]);
+            }
+            free(fst);
+            free(spr);
+        }
+        lat_first_seq = -1;
+    }
+
+    /* Hold: stay connected and idle, then check that everyone still receives. */
+    if (opt.hold_seconds > 0) {
+        int closes0 = st.unexpected_closes;
+        run_until(done_never, NULL, opt.hold_seconds, 0, NULL);
+        print_server_stats();
+        begin_phase();
+        tp_target = published + 1;
+        int ok = run_until(done_throughput, tick_throughput, 30, 0, NULL);
+        printf("hold_seconds %.1f\n", opt.hold_seconds);
+        printf("hold_closes %d\n", st.unexpected_closes - closes0);
+        printf("hold_delivered_ok %d\n", ok);
+        long rss2 = server_rss_kib();
+        if (rss2 > 0)
+            printf("rss_after_hold_kib %ld\n", rss2);
+    }
+
+    /* Loss: every ready subscriber should have every published message once. */
+    run_until(done_final, NULL, 3, 2, NULL);
+    uint64_t lost = 0;
+    int ready_subs = 0;
+    for (int i = 0; i < opt.subs; i++) {
+        if (!subs[i].ready)
+            continue;
+        ready_subs++;
+        lost += (uint64_t)published - subs[i].received;
+    }
+    printf("published %d\n", published);
+    printf("publish_acks %" PRIu64 "\n", st.pub_acks);
+    printf("publish_nacks %" PRIu64 "\n", st.pub_nacks);
+    printf("deliveries %" PRIu64 "\n", st.deliveries);
+    printf("expected %" PRIu64 "\n", (uint64_t)published * (uint64_t)ready_subs);
+    printf("lost %" PRIu64 "\n", lost);
+    printf("duplicates %" PRIu64 "\n", st.dups);
+    printf("bogus %" PRIu64 "\n", st.bogus);
+    printf("malformed %" PRIu64 "\n", st.malformed);
+    printf("unexpected_closes %d\n", st.unexpected_closes);
+    printf("bayeux_errors %" PRIu64 "\n", st.bayeux_errors);
+    printf("connect_replies %" PRIu64 "\n", st.connect_replies);
+    printf("first_error %s\n", st.first_error[0] ? st.first_error : "-");
+
+    shutting_down = 1;
+    for (int i = 0; i < opt.subs; i++)
+        conn_close_fd(&subs[i]);
+    conn_close_fd(&pub);
+    fflush(stdout);
+    return 0;
+}
