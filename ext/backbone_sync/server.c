@@ -29,7 +29,7 @@
 
 _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
-#define TICK_US (200 * LWS_US_PER_MS)
+#define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; connects have timers */
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
 #define MAX_WRITES_PER_CALLBACK 16
@@ -319,6 +319,10 @@ static int ws_write(bs_server_t *s, struct lws *wsi, bs_link_t *l)
         if (n < (int)len)
             return -1;
         __atomic_fetch_add(&s->conn_stats.bytes_out, len, __ATOMIC_RELAXED);
+        /* Asking whether the pipe is choked costs a poll() of its own: only
+         * worth it when there is more to write. */
+        if (!l->out.len && !(c && c->link == l && c->queue.len) && !l->held && !l->close_code)
+            return 0;
         if (lws_send_pipe_choked(wsi))
             break;
     }
