@@ -1,0 +1,178 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Several servers over one real Redis: each message reaches every subscriber
+# on every node exactly once, with the same offsets everywhere; a client can
+# recover on another node; Redis going away degrades and recovers.
+RSpec.describe "the Redis backplane", if: BackboneSyncSpec::RedisProcess.available? do
+  before(:all) do
+    @redis = BackboneSyncSpec::RedisProcess.new(BackboneSyncSpec::RedisProcess.free_port).start
+  end
+
+  after(:all) { @redis&.stop }
+
+  # Each example gets its own key prefix, so examples never see each other's history.
+  def with_nodes(count, **opts)
+    prefix = "spec#{rand(1 << 30)}:"
+    nodes = Array.new(count) do
+      BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 5, secret: shared_secret,
+                               redis: @redis.url, redis_prefix: prefix, **opts).start
+    end
+    eventually(what: "every node connected to Redis") { nodes.all? { |n| n.stats[:backplane_up] == 1 } }
+    yield nodes, prefix
+  ensure
+    nodes&.each { |n| stop_bounded(n) }
+  end
+
+  def offsets(deliveries)
+    deliveries.map { |m| m.dig("ext", "offset") }
+  end
+
+  it "delivers every publish, from any node, Ruby or HTTP, once to every subscriber on every node" do
+    with_nodes(3) do |nodes, prefix|
+      ws, = ws_session(nodes[0].url, ["/bp/all"])
+      lp = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[1].url)
+      lp.handshake!
+      lp.subscribe!("/bp/all")
+      wild, = ws_session(nodes[2].url, ["/bp/*"])
+      begin
+        nodes.each_with_index { |n, i| n.publish("/bp/all", "node #{i}") }
+        BackboneSync::Publisher.new(nodes[1].url, secret: shared_secret).publish("/bp/all", "http")
+        redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+        redis.publish("/bp/all", "ruby via redis")
+        redis.close
+        nodes[0].publish("/bp/all", { "control" => "end" })
+        expected = ["node 0", "node 1", "node 2", "http", "ruby via redis"]
+
+        from_ws = deliveries_until_marker(ws, "end", 10)
+        from_wild = deliveries_until_marker(wild, "end", 10)
+        from_lp = lp.receive(6, within: 10).reject { |m| m["data"] == { "control" => "end" } }
+        [from_ws, from_wild, from_lp].each do |got|
+          expect(got.map { |m| m["data"] }).to match_array(expected)
+          expect(offsets(got)).to eq(offsets(got).sort) # in offset order
+          expect(offsets(got).uniq.size).to eq(5)       # nothing twice
+        end
+        # One numbering, the same on every node.
+        expect(offsets(from_ws)).to eq(offsets(from_lp))
+        expect(offsets(from_ws)).to eq(offsets(from_wild))
+        expect(offsets(from_ws)).to eq((1..5).to_a)
+        expect(from_ws.map { |m| m.dig("ext", "epoch") }.uniq.size).to eq(1)
+      ensure
+        ws.close
+        wild.close
+      end
+    end
+  end
+
+  it "lets a client of a node that dies recover everything on another node" do
+    with_nodes(2) do |nodes, _prefix|
+      doomed, survivor = nodes
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(doomed.url)
+      http.handshake!
+      http.subscribe!("/bp/failover")
+      2.times { |i| survivor.publish("/bp/failover", "before #{i}") }
+      seen = http.receive(2)
+      last = { offset: seen.last.dig("ext", "offset"), epoch: seen.last.dig("ext", "epoch") }
+      stop_bounded(doomed)
+      3.times { |i| survivor.publish("/bp/failover", "while down #{i}") }
+
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(survivor.url)
+      back.handshake!
+      reply = back.subscribe!("/bp/failover", ext: { since: last })
+      expect(reply["ext"]).to include("recovered" => true, "epoch" => last[:epoch], "offset" => 5)
+      got = back.receive(3)
+      expect(got.map { |m| m["data"] }).to eq(["while down 0", "while down 1", "while down 2"])
+      expect(back.receive(1, within: 0.5)).to eq([])
+    end
+  end
+
+  it "lets a node that starts later recover a client from the history kept in Redis" do
+    with_nodes(1) do |nodes, prefix|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[0].url)
+      http.handshake!
+      http.subscribe!("/bp/late")
+      nodes[0].publish("/bp/late", "seen")
+      first = http.receive(1).first
+      4.times { |i| nodes[0].publish("/bp/late", "missed #{i}") }
+      eventually(what: "the publishes to reach Redis") { nodes[0].stats[:backplane_queued].zero? }
+
+      late = BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 5, redis: @redis.url,
+                                      redis_prefix: prefix).start
+      begin
+        eventually { late.stats[:backplane_up] == 1 }
+        back = BackboneSyncSpec::BayeuxHTTP::Session.new(late.url)
+        back.handshake!
+        reply = back.subscribe!("/bp/late", ext: { since: { offset: first.dig("ext", "offset"),
+                                                            epoch: first.dig("ext", "epoch") } })
+        expect(reply["ext"]).to include("recovered" => true, "offset" => 5)
+        expect(back.receive(4).map { |m| m["data"] }).to eq((0...4).map { |i| "missed #{i}" })
+      ensure
+        stop_bounded(late)
+      end
+    end
+  end
+
+  it "holds publishes while Redis is away, asks clients to resync when it is back, and recovers" do
+    with_nodes(2) do |nodes, _prefix|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[1].url)
+      http.handshake!
+      http.subscribe!("/bp/outage")
+      nodes[0].publish("/bp/outage", "before")
+      last = http.receive(1).first
+
+      @redis.stop
+      eventually(what: "the nodes to notice") { nodes.all? { |n| n.stats[:backplane_up].zero? } }
+      3.times { |i| nodes[0].publish("/bp/outage", "held #{i}") } # not lost, not raised
+      expect(nodes[0].stats[:backplane_queued]).to eq(3)
+      # Local sessions keep working meanwhile.
+      other = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[1].url)
+      expect(other.handshake!["successful"]).to be(true)
+
+      @redis.start
+      eventually(timeout: 15, what: "the nodes to reconnect") { nodes.all? { |n| n.stats[:backplane_up] == 1 } }
+      eventually(what: "the held publishes to go out") { nodes[0].stats[:backplane_queued].zero? }
+      # The old session is gone: the client is sent back to handshake...
+      reply = http.connect.first
+      expect(reply["error"]).to start_with("401:")
+      expect(reply["advice"]).to include("reconnect" => "handshake")
+      # ...and, since this Redis lost its history, is told to refetch.
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[1].url)
+      back.handshake!
+      resub = back.subscribe!("/bp/outage", ext: { since: { offset: last.dig("ext", "offset"),
+                                                            epoch: last.dig("ext", "epoch") } })
+      expect(resub["ext"]["recovered"]).to be(false)
+      nodes[0].publish("/bp/outage", "after")
+      expect(back.receive(1).map { |m| m["data"] }).to eq(["after"])
+    end
+  end
+
+  it "refuses publishes with Overloaded once the held ones reach their bound" do
+    with_nodes(1) do |nodes, _prefix|
+      @redis.stop
+      eventually { nodes[0].stats[:backplane_up].zero? }
+      begin
+        expect { 10_001.times { |i| nodes[0].publish("/bp/full", i) } }
+          .to raise_error(BackboneSync::Overloaded, /publish/)
+        expect(nodes[0].stats[:backplane_queued]).to eq(10_000)
+        expect(nodes[0].stats[:backplane_refused]).to eq(1)
+      ensure
+        @redis.start
+      end
+      eventually(timeout: 15, what: "the held publishes to go out") { nodes[0].stats[:backplane_queued].zero? }
+    end
+  end
+
+  it "takes the Redis URL from BACKBONE_SYNC_REDIS_URL" do
+    ENV["BACKBONE_SYNC_REDIS_URL"] = @redis.url
+    server = BackboneSync::Server.new(host: "127.0.0.1", port: 0)
+    expect(server.redis.to_s).to eq(@redis.url)
+  ensure
+    ENV.delete("BACKBONE_SYNC_REDIS_URL")
+  end
+
+  it "rejects a malformed Redis URL with a message that shows the expected form" do
+    expect { BackboneSync::Server.new(port: 0, redis: "http://localhost") }
+      .to raise_error(ArgumentError, %r{redis://127\.0\.0\.1:6379/0})
+  end
+end

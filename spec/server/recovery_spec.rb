@@ -1,0 +1,152 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Channel history: every delivery carries ext {offset, epoch}; a subscribe
+# with ext.since gets exactly what it missed, or is told it cannot.
+RSpec.describe BackboneSync::Server, "recovery from history" do
+  def data_of(deliveries)
+    deliveries.map { |m| m["data"] }
+  end
+
+  def position(delivery)
+    { offset: delivery.dig("ext", "offset"), epoch: delivery.dig("ext", "epoch") }
+  end
+
+  it "numbers deliveries per channel and reports the position on subscribe" do
+    with_server do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      reply = http.subscribe!("/rec/a")
+      expect(reply["ext"]).to include("offset" => 0, "epoch" => a_string_matching(/\A[0-9a-z]{16}\z/))
+      3.times { |i| server.publish("/rec/a", i) }
+      server.publish("/rec/b", "other channel")
+      got = http.receive(3)
+      expect(got.map { |m| m.dig("ext", "offset") }).to eq([1, 2, 3])
+      expect(got.map { |m| m.dig("ext", "epoch") }.uniq).to eq([reply["ext"]["epoch"]])
+    end
+  end
+
+  it "over WebSocket: a client that reconnects with since gets every missed message once, in order" do
+    with_server do |server|
+      ws, = ws_session(server.url, ["/rec/ws"])
+      last = nil
+      begin
+        3.times { |i| server.publish("/rec/ws", "before #{i}") }
+        seen = Array.new(3) { ws.wait_for { |m| delivery?(m) } }
+        expect(data_of(seen)).to eq(["before 0", "before 1", "before 2"])
+        last = position(seen.last)
+      ensure
+        ws.close_socket # abrupt: no close frame, no /meta/disconnect
+      end
+      5.times { |i| server.publish("/rec/ws", "away #{i}") }
+
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      client_id = http.handshake!(types: %w[websocket long-polling])["clientId"]
+      again = BackboneSyncSpec::WSClient.new(server.url)
+      begin
+        again.send_json([{ channel: "/meta/connect", clientId: client_id, connectionType: "websocket", id: "c" }])
+        again.send_json([{ channel: "/meta/subscribe", clientId: client_id, subscription: "/rec/ws", id: "s",
+                           ext: { since: last } }])
+        reply = again.wait_for { |m| m["id"] == "s" }
+        expect(reply).to include("successful" => true)
+        expect(reply["ext"]).to include("recovered" => true, "offset" => 8, "epoch" => last[:epoch])
+        server.publish("/rec/ws", { "control" => "after" })
+        got = deliveries_until_marker(again, "after", 5)
+        expect(data_of(got)).to eq((0...5).map { |i| "away #{i}" })
+        expect(got.map { |m| m.dig("ext", "offset") }).to eq((4..8).to_a)
+      ensure
+        again.close
+      end
+    end
+  end
+
+  it "over long-polling: the missed messages come with the next connect, once, in order" do
+    with_server do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      http.subscribe!("/rec/lp")
+      2.times { |i| server.publish("/rec/lp", "before #{i}") }
+      last = position(http.receive(2).last)
+      # The client goes away without a word; the server keeps publishing.
+      4.times { |i| server.publish("/rec/lp", "away #{i}") }
+
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      back.handshake!
+      reply = back.subscribe!("/rec/lp", ext: { since: last })
+      expect(reply["ext"]).to include("recovered" => true, "offset" => 6)
+      server.publish("/rec/lp", "after")
+      got = back.receive(5)
+      expect(data_of(got)).to eq((0...4).map { |i| "away #{i}" } + ["after"])
+      expect(back.receive(1, within: 0.5)).to eq([]) # nothing twice
+    end
+  end
+
+  it "says recovered: false, and replays nothing, when the gap is older than the history" do
+    with_server(history_size: 3) do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      http.subscribe!("/rec/gap")
+      server.publish("/rec/gap", "seen")
+      last = position(http.receive(1).last)
+      10.times { |i| server.publish("/rec/gap", "away #{i}") }
+
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      back.handshake!
+      reply = back.subscribe!("/rec/gap", ext: { since: last })
+      expect(reply["ext"]).to include("recovered" => false, "offset" => 11, "epoch" => last[:epoch])
+      server.publish("/rec/gap", "after")
+      expect(data_of(back.receive(1))).to eq(["after"]) # nothing partial before it
+    end
+  end
+
+  it "says recovered: false after a restart, whose history is new (another epoch)" do
+    last = nil
+    port = nil
+    with_server do |server|
+      port = server.port
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      http.subscribe!("/rec/restart")
+      server.publish("/rec/restart", 1)
+      last = position(http.receive(1).last)
+    end
+    with_server(port: port) do |server|
+      server.publish("/rec/restart", 2)
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      back.handshake!
+      reply = back.subscribe!("/rec/restart", ext: { since: last })
+      expect(reply["ext"]["recovered"]).to be(false)
+      expect(reply["ext"]["epoch"]).not_to eq(last[:epoch])
+    end
+  end
+
+  it "keeps no history with history_size: 0, and plain clients see no difference" do
+    with_server(history_size: 0) do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      reply = http.subscribe!("/rec/off")
+      expect(reply).not_to have_key("ext")
+      server.publish("/rec/off", "x")
+      delivery = http.receive(1).first
+      expect(delivery).to eq("channel" => "/rec/off", "data" => "x")
+    end
+  end
+
+  it "bounds history memory over all channels, oldest-published channels first" do
+    with_server(history_memory: 64 * 1024) do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      http.subscribe!("/mem/old")
+      server.publish("/mem/old", "x" * 100)
+      last = position(http.receive(1).first)
+      server.publish("/mem/old", "y" * 100)
+      # 20 channels of 8 KB messages: far over 64 KB in all.
+      20.times { |i| 2.times { server.publish("/mem/c#{i}", "z" * 8000) } }
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      back.handshake!
+      reply = back.subscribe!("/mem/old", ext: { since: last })
+      expect(reply["ext"]["recovered"]).to be(false)
+    end
+  end
+end
