@@ -3,7 +3,7 @@
  * (json.c, bayeux.c, channels.c). Built and run by `rake fuzz`.
  *
  * The harness plays the transport: it owns two links, one HTTP and one
- * WebSocket, and implements the four hooks server.c normally provides, so the
+ * WebSocket, and implements the hooks server.c normally provides, so the
  * engine runs exactly as in the server minus lws. Engine state (clients,
  * channels, queues) persists across inputs, as it does across requests; a
  * sweep with a clock far ahead expires everything now and then, so memory
@@ -86,6 +86,19 @@ int bs_log_verbose(void *server)
 {
     (void)server;
     return 0;
+}
+
+/* No backplane here (engine.backplane stays NULL): never called. */
+void bs_server_remote(void *server, const char *channel, size_t chlen, uint64_t offset,
+                      const char *epoch, size_t elen, const char *frame, size_t flen)
+{
+    (void)server, (void)channel, (void)chlen, (void)offset, (void)epoch, (void)elen, (void)frame,
+        (void)flen;
+}
+
+void bs_server_resync(void *server)
+{
+    (void)server;
 }
 
 /* What the transport does when it writes: answer due connects, empty queues. */
