@@ -35,48 +35,18 @@ int64_t bs_now_ms(void)
 
 /* ---- clients ------------------------------------------------------------- */
 
-static uint32_t hash_id(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-    size_t i;
-
-    for (i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
-}
-
 static bs_client_t *client_find(bs_engine_t *e, const char *id, size_t len)
 {
     uint32_t h;
-    bs_client_t *c;
+    bs_hnode_t *n;
 
-    if (len != BS_ID_LEN || !e->cbuckets)
+    if (len != BS_ID_LEN)
         return NULL;
-    h = hash_id(id, len);
-    for (c = e->clients[h & (e->cbuckets - 1)]; c; c = c->hnext)
-        if (c->hash == h && memcmp(c->id, id, len) == 0)
-            return c;
+    h = bs_hash(id, len);
+    for (n = bs_table_chain(&e->clients, h); n; n = n->next)
+        if (n->hash == h && memcmp(((bs_client_t *)n)->id, id, len) == 0)
+            return (bs_client_t *)n;
     return NULL;
-}
-
-static int clients_grow(bs_engine_t *e)
-{
-    uint32_t n = e->cbuckets ? e->cbuckets * 2 : 256, i;
-    bs_client_t **t = calloc(n, sizeof(*t)), *c, *next;
-
-    if (!t)
-        return -1;
-    for (i = 0; i < e->cbuckets; i++) {
-        for (c = e->clients[i]; c; c = next) {
-            next = c->hnext;
-            c->hnext = t[c->hash & (n - 1)];
-            t[c->hash & (n - 1)] = c;
-        }
-    }
-    free(e->clients);
-    e->clients = t;
-    e->cbuckets = n;
-    return 0;
 }
 
 /* Base-36 digits from the kernel's CSPRNG: 32 of them (about 165 bits) make
@@ -104,11 +74,8 @@ int bs_random_id(bs_engine_t *e, char *out, size_t n)
 
 static bs_client_t *client_create(bs_engine_t *e)
 {
-    bs_client_t *c;
+    bs_client_t *c = calloc(1, sizeof(*c));
 
-    if (e->nclients >= e->cbuckets && clients_grow(e))
-        return NULL;
-    c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     do {
@@ -117,15 +84,16 @@ static bs_client_t *client_create(bs_engine_t *e)
             return NULL;
         }
     } while (client_find(e, c->id, BS_ID_LEN));
-    c->hash = hash_id(c->id, BS_ID_LEN);
-    c->hnext = e->clients[c->hash & (e->cbuckets - 1)];
-    e->clients[c->hash & (e->cbuckets - 1)] = c;
+    c->node.hash = bs_hash(c->id, BS_ID_LEN);
+    if (bs_table_insert(&e->clients, &c->node)) {
+        free(c);
+        return NULL;
+    }
     c->next = e->all;
     if (e->all)
         e->all->prev = c;
     e->all = c;
     c->last_seen = bs_now_ms();
-    e->nclients++;
     BS_STAT_ADD(e, clients, 1);
     return c;
 }
@@ -146,7 +114,6 @@ static void error_reply(bs_buf_t *out, rid_t id, const char *channel, size_t chl
  * when close_link is set (a slow or expired WebSocket). */
 static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
 {
-    bs_client_t **pp = &e->clients[c->hash & (e->cbuckets - 1)];
     bs_link_t *l = c->link;
 
     if (l) {
@@ -164,9 +131,7 @@ static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
         }
         bs_link_lost_client(e->server, l, close_link);
     }
-    while (*pp != c)
-        pp = &(*pp)->hnext;
-    *pp = c->hnext;
+    bs_table_remove(&e->clients, &c->node);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -175,7 +140,6 @@ static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
         c->next->prev = c->prev;
     bs_channels_unsubscribe_all(e, c);
     bs_ring_free(&c->queue);
-    e->nclients--;
     BS_STAT_SUB(e, clients, 1);
     free(c);
 }
@@ -700,9 +664,9 @@ void bs_engine_resync(bs_engine_t *e)
         n++;
     }
     /* What this node kept may have gaps now: reload from Redis when asked. */
-    for (i = 0; i < e->hist_buckets; i++)
-        for (bs_history_t *h = e->histories[i]; h; h = h->hnext)
-            bs_history_reset(e, h, "", h->offset);
+    for (i = 0; i < e->histories.size; i++)
+        for (bs_hnode_t *n = e->histories.buckets[i]; n; n = n->next)
+            bs_history_reset(e, (bs_history_t *)n, "", ((bs_history_t *)n)->offset);
     bs_log(e->server, 'W', "Redis was unreachable for a while: %u clients were asked to reconnect and recover",
            n);
 }
@@ -815,7 +779,7 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
     int64_t expiry = (int64_t)e->cfg->timeout * 1600;
     bs_client_t *c, *next;
 
-    if (e->nhistories && now - e->last_history_sweep >= 1000) {
+    if (e->histories.count && now - e->last_history_sweep >= 1000) {
         bs_history_sweep(e, now);
         e->last_history_sweep = now;
     }
@@ -845,9 +809,7 @@ void bs_engine_free(bs_engine_t *e)
 {
     while (e->all)
         client_destroy(e, e->all, 0);
-    free(e->clients);
-    e->clients = NULL;
-    e->cbuckets = 0;
+    bs_table_free(&e->clients);
     bs_history_free_all(e);
     bs_channels_free(e);
     bs_buf_free(&e->scratch);

@@ -1,11 +1,13 @@
 /*
- * buf.c: the growable byte buffer used by the JSON encoders and by request
- * reassembly. Owned by one thread at a time; no locking.
+ * buf.c: small containers. The growable byte buffer used by the JSON
+ * encoders and by request reassembly, and the intrusive hash table that
+ * keeps clients, channels and histories. Owned by one thread at a time; no
+ * locking.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "backbone_sync.h"
+#include "core.h"
 
 void bs_buf_init(bs_buf_t *b)
 {
@@ -59,4 +61,66 @@ void bs_buf_free(bs_buf_t *b)
 {
     free(b->ptr);
     bs_buf_init(b);
+}
+
+/* FNV-1a: short keys (client ids, channel names), good spread, no setup. */
+uint32_t bs_hash(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u;
+    size_t i;
+
+    for (i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+/* Keeps at most one entry per bucket on average: doubles when full. */
+static int table_grow(bs_table_t *t)
+{
+    uint32_t size = t->size ? t->size * 2 : 64, i;
+    bs_hnode_t **b = calloc(size, sizeof(*b)), *n, *next;
+
+    if (!b)
+        return -1;
+    for (i = 0; i < t->size; i++) {
+        for (n = t->buckets[i]; n; n = next) {
+            next = n->next;
+            n->next = b[n->hash & (size - 1)];
+            b[n->hash & (size - 1)] = n;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->size = size;
+    return 0;
+}
+
+int bs_table_insert(bs_table_t *t, bs_hnode_t *n)
+{
+    bs_hnode_t **head;
+
+    if (t->count >= t->size && table_grow(t))
+        return -1;
+    head = &t->buckets[n->hash & (t->size - 1)];
+    n->next = *head;
+    *head = n;
+    t->count++;
+    return 0;
+}
+
+void bs_table_remove(bs_table_t *t, bs_hnode_t *n)
+{
+    bs_hnode_t **pp = &t->buckets[n->hash & (t->size - 1)];
+
+    while (*pp != n)
+        pp = &(*pp)->next;
+    *pp = n->next;
+    t->count--;
+}
+
+/* Frees the buckets only: the entries belong to their owners. */
+void bs_table_free(bs_table_t *t)
+{
+    free(t->buckets);
+    memset(t, 0, sizeof(*t));
 }

@@ -212,69 +212,38 @@ int bs_token_verify(const char *secret, const char *channel, size_t chlen,
 
 /* ---- the registry ----------------------------------------------------------- */
 
-static uint32_t hash_name(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-    size_t i;
-
-    for (i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
-}
-
 bs_channel_t *bs_channels_find(bs_engine_t *e, const char *name, size_t len)
 {
-    uint32_t h = hash_name(name, len);
-    bs_channel_t *c;
+    uint32_t h = bs_hash(name, len);
+    bs_hnode_t *n;
 
-    if (!e->hbuckets)
-        return NULL;
-    for (c = e->channels[h & (e->hbuckets - 1)]; c; c = c->hnext)
-        if (c->hash == h && c->len == len && memcmp(c->name, name, len) == 0)
+    for (n = bs_table_chain(&e->channels, h); n; n = n->next) {
+        bs_channel_t *c = (bs_channel_t *)n;
+
+        if (n->hash == h && c->len == len && memcmp(c->name, name, len) == 0)
             return c;
-    return NULL;
-}
-
-static int channels_grow(bs_engine_t *e)
-{
-    uint32_t n = e->hbuckets ? e->hbuckets * 2 : 64, i;
-    bs_channel_t **t = calloc(n, sizeof(*t)), *c, *next;
-
-    if (!t)
-        return -1;
-    for (i = 0; i < e->hbuckets; i++) {
-        for (c = e->channels[i]; c; c = next) {
-            next = c->hnext;
-            c->hnext = t[c->hash & (n - 1)];
-            t[c->hash & (n - 1)] = c;
-        }
     }
-    free(e->channels);
-    e->channels = t;
-    e->hbuckets = n;
-    return 0;
+    return NULL;
 }
 
 static bs_channel_t *channel_create(bs_engine_t *e, const char *name, size_t len)
 {
-    bs_channel_t *c;
+    bs_channel_t *c = calloc(1, sizeof(*c) + len + 1);
     int stars;
 
-    if (e->nchannels >= e->hbuckets && channels_grow(e))
-        return NULL;
-    c = calloc(1, sizeof(*c) + len + 1);
     if (!c)
         return NULL;
     c->name = (char *)(c + 1);
     memcpy(c->name, name, len);
     c->name[len] = '\0';
     c->len = len;
-    c->hash = hash_name(name, len);
+    c->node.hash = bs_hash(name, len);
+    if (bs_table_insert(&e->channels, &c->node)) {
+        free(c);
+        return NULL;
+    }
     pattern_prefix(name, len, &stars);
     c->pattern = stars != 0;
-    c->hnext = e->channels[c->hash & (e->hbuckets - 1)];
-    e->channels[c->hash & (e->hbuckets - 1)] = c;
-    e->nchannels++;
     e->npatterns += (uint32_t)c->pattern;
     BS_STAT_ADD(e, channels, 1);
     return c;
@@ -282,12 +251,7 @@ static bs_channel_t *channel_create(bs_engine_t *e, const char *name, size_t len
 
 static void channel_destroy(bs_engine_t *e, bs_channel_t *c)
 {
-    bs_channel_t **pp = &e->channels[c->hash & (e->hbuckets - 1)];
-
-    while (*pp != c)
-        pp = &(*pp)->hnext;
-    *pp = c->hnext;
-    e->nchannels--;
+    bs_table_remove(&e->channels, &c->node);
     e->npatterns -= (uint32_t)c->pattern;
     BS_STAT_SUB(e, channels, 1);
     free(c->members);
@@ -425,16 +389,16 @@ void bs_channels_fanout(bs_engine_t *e, const char *name, size_t len, bs_frame_t
 void bs_channels_free(bs_engine_t *e)
 {
     uint32_t i;
-    bs_channel_t *c, *next;
 
-    for (i = 0; i < e->hbuckets; i++) {
-        for (c = e->channels[i]; c; c = next) {
-            next = c->hnext;
-            free(c->members);
-            free(c);
+    for (i = 0; i < e->channels.size; i++) {
+        bs_hnode_t *n = e->channels.buckets[i], *next;
+
+        for (; n; n = next) {
+            next = n->next;
+            free(((bs_channel_t *)n)->members);
+            free(n);
         }
     }
-    free(e->channels);
-    e->channels = NULL;
-    e->hbuckets = e->nchannels = e->npatterns = 0;
+    bs_table_free(&e->channels);
+    e->npatterns = 0;
 }

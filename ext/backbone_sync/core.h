@@ -57,6 +57,32 @@ static inline bs_frame_t *bs_ring_at(const bs_ring_t *r, uint32_t i)
     return r->v[(r->head + i) & (r->cap - 1)];
 }
 
+/* ---- an intrusive hash table (buf.c) ------------------------------------ */
+
+/* The first member of every struct kept in a table. */
+typedef struct bs_hnode {
+    struct bs_hnode *next;
+    uint32_t hash;
+} bs_hnode_t;
+
+typedef struct bs_table {
+    bs_hnode_t **buckets;
+    uint32_t size;                         /* a power of two, or 0 */
+    uint32_t count;
+} bs_table_t;
+
+uint32_t bs_hash(const char *s, size_t len);
+/* Returns 0, or -1 when memory runs out (n is then not inserted). */
+int bs_table_insert(bs_table_t *t, bs_hnode_t *n);
+void bs_table_remove(bs_table_t *t, bs_hnode_t *n);
+void bs_table_free(bs_table_t *t);
+
+/* The nodes that may hold `hash`: compare hash, then the key. */
+static inline bs_hnode_t *bs_table_chain(const bs_table_t *t, uint32_t hash)
+{
+    return t->size ? t->buckets[hash & (t->size - 1)] : NULL;
+}
+
 /* ---- clients and channels ---------------------------------------------- */
 
 typedef struct bs_client bs_client_t;
@@ -75,8 +101,7 @@ typedef struct bs_sub {                    /* in a client: which channel, and wh
 } bs_sub_t;
 
 struct bs_channel {
-    bs_channel_t *hnext;
-    uint32_t hash;
+    bs_hnode_t node;                       /* first: in engine->channels */
     uint32_t nmembers;
     uint32_t cap;
     int pattern;                           /* its last segment is * or ** */
@@ -86,9 +111,8 @@ struct bs_channel {
 };
 
 struct bs_client {
-    bs_client_t *hnext;                    /* hash chain */
+    bs_hnode_t node;                       /* first: in engine->clients */
     bs_client_t *prev, *next;              /* every client, for the sweep */
-    uint32_t hash;
     char id[BS_ID_LEN + 1];
     bs_sub_t *subs;
     uint32_t nsubs;
@@ -133,10 +157,9 @@ typedef struct bs_entry {
 
 typedef struct bs_history bs_history_t;
 struct bs_history {
-    bs_history_t *hnext;
+    bs_hnode_t node;                       /* first: in engine->histories */
     bs_history_t *lru_prev, *lru_next;     /* most recently published first */
     int in_lru;
-    uint32_t hash;
     bs_entry_t *ring;
     uint32_t head, len, cap;
     uint64_t offset;                       /* the last one given out */
@@ -152,19 +175,13 @@ struct bs_history {
 typedef struct bs_engine {
     const bs_server_config_t *cfg;
     void *server;                          /* back pointer for bs_link_* and logging */
-    bs_client_t **clients;                 /* hash table by id */
-    uint32_t cbuckets;
-    uint32_t nclients;
+    bs_table_t clients;                    /* by id */
     bs_client_t *all;                      /* list head */
-    bs_channel_t **channels;               /* hash table by name */
-    uint32_t hbuckets;
-    uint32_t nchannels;
+    bs_table_t channels;                   /* by name */
     uint32_t npatterns;                    /* wildcard entries: skip expansion when 0 */
     uint64_t stamp;
     uint32_t ndoomed;                      /* clients to free after the current fan-out */
-    bs_history_t **histories;              /* hash table by channel name */
-    uint32_t hist_buckets;
-    uint32_t nhistories;
+    bs_table_t histories;                  /* by channel name */
     bs_history_t *lru_head, *lru_tail;
     size_t hist_bytes;
     bs_buf_t build;                        /* a frame being composed */

@@ -17,16 +17,6 @@
 
 #include "core.h"
 
-static uint32_t hash_name(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-    size_t i;
-
-    for (i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
-}
-
 static bs_entry_t *entry_at(const bs_history_t *h, uint32_t i)
 {
     return &h->ring[(h->head + i) % h->cap];
@@ -34,14 +24,15 @@ static bs_entry_t *entry_at(const bs_history_t *h, uint32_t i)
 
 bs_history_t *bs_history_find(bs_engine_t *e, const char *name, size_t len)
 {
-    uint32_t hv = hash_name(name, len);
-    bs_history_t *h;
+    uint32_t hv = bs_hash(name, len);
+    bs_hnode_t *n;
 
-    if (!e->hist_buckets)
-        return NULL;
-    for (h = e->histories[hv & (e->hist_buckets - 1)]; h; h = h->hnext)
-        if (h->hash == hv && h->name_len == len && memcmp(h->name, name, len) == 0)
+    for (n = bs_table_chain(&e->histories, hv); n; n = n->next) {
+        bs_history_t *h = (bs_history_t *)n;
+
+        if (n->hash == hv && h->name_len == len && memcmp(h->name, name, len) == 0)
             return h;
+    }
     return NULL;
 }
 
@@ -75,37 +66,16 @@ static void lru_front(bs_engine_t *e, bs_history_t *h)
         e->lru_tail = h;
 }
 
-static int grow(bs_engine_t *e)
-{
-    uint32_t n = e->hist_buckets ? e->hist_buckets * 2 : 64, i;
-    bs_history_t **t = calloc(n, sizeof(*t)), *h, *next;
-
-    if (!t)
-        return -1;
-    for (i = 0; i < e->hist_buckets; i++) {
-        for (h = e->histories[i]; h; h = next) {
-            next = h->hnext;
-            h->hnext = t[h->hash & (n - 1)];
-            t[h->hash & (n - 1)] = h;
-        }
-    }
-    free(e->histories);
-    e->histories = t;
-    e->hist_buckets = n;
-    return 0;
-}
-
 bs_history_t *bs_history_get(bs_engine_t *e, const char *name, size_t len)
 {
     bs_history_t *h = bs_history_find(e, name, len);
 
     if (h)
         return h;
-    if (e->nhistories >= e->hist_buckets && grow(e))
-        return NULL;
     if (!(h = calloc(1, sizeof(*h) + len + 1)))
         return NULL;
-    if (bs_random_id(e, h->epoch, BS_EPOCH_LEN)) {
+    h->node.hash = bs_hash(name, len);
+    if (bs_random_id(e, h->epoch, BS_EPOCH_LEN) || bs_table_insert(&e->histories, &h->node)) {
         free(h);
         return NULL;
     }
@@ -113,11 +83,7 @@ bs_history_t *bs_history_get(bs_engine_t *e, const char *name, size_t len)
     memcpy(h->name, name, len);
     h->name[len] = '\0';
     h->name_len = len;
-    h->hash = hash_name(name, len);
     h->last_used = bs_now_ms();
-    h->hnext = e->histories[h->hash & (e->hist_buckets - 1)];
-    e->histories[h->hash & (e->hist_buckets - 1)] = h;
-    e->nhistories++;
     lru_front(e, h);
     return h;
 }
@@ -135,15 +101,10 @@ static void drop_oldest(bs_engine_t *e, bs_history_t *h)
 
 static void destroy(bs_engine_t *e, bs_history_t *h)
 {
-    bs_history_t **pp = &e->histories[h->hash & (e->hist_buckets - 1)];
-
     while (h->len)
         drop_oldest(e, h);
-    while (*pp != h)
-        pp = &(*pp)->hnext;
-    *pp = h->hnext;
+    bs_table_remove(&e->histories, &h->node);
     lru_unlink(e, h);
-    e->nhistories--;
     free(h->ring);
     free(h);
 }
@@ -234,11 +195,13 @@ void bs_history_sweep(bs_engine_t *e, int64_t now)
     int64_t ttl = (int64_t)e->cfg->history_ttl * 1000;
     uint32_t i;
 
-    for (i = 0; i < e->hist_buckets; i++) {
-        bs_history_t *h = e->histories[i], *next;
+    for (i = 0; i < e->histories.size; i++) {
+        bs_hnode_t *n = e->histories.buckets[i], *next;
 
-        for (; h; h = next) {
-            next = h->hnext;
+        for (; n; n = next) {
+            bs_history_t *h = (bs_history_t *)n;
+
+            next = n->next;
             while (h->len && now - entry_at(h, 0)->at > ttl)
                 drop_oldest(e, h);
             if (!h->len && now - h->last_used > ttl && !bs_channels_find(e, h->name, h->name_len))
@@ -251,10 +214,8 @@ void bs_history_free_all(bs_engine_t *e)
 {
     uint32_t i;
 
-    for (i = 0; i < e->hist_buckets; i++)
-        while (e->histories[i])
-            destroy(e, e->histories[i]);
-    free(e->histories);
-    e->histories = NULL;
-    e->hist_buckets = 0;
+    for (i = 0; i < e->histories.size; i++)
+        while (e->histories.buckets[i])
+            destroy(e, (bs_history_t *)e->histories.buckets[i]);
+    bs_table_free(&e->histories);
 }
