@@ -18,7 +18,7 @@ RSpec.describe BackboneSync::Server, "options and logging" do
       expect(server.url).to eq("http://127.0.0.1:9292/faye")
       expect([server.host, server.port, server.mount, server.timeout]).to eq(["127.0.0.1", 9292, "/faye", 45])
       expect([server.max_message_size, server.max_depth, server.max_batch, server.max_subscriptions, server.max_queue])
-        .to eq([65_536, 32, 100, 100, 1000])
+        .to eq([65_536, 32, 100, 1000, 1000])
       expect(server.signed_subscriptions).to be(false)
       expect(server.public_channels).to eq([])
       expect(server.running?).to be(false)

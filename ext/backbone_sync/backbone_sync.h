@@ -62,7 +62,7 @@ typedef struct bs_server_config {
     size_t max_message_size;             /* bytes of one request body / WS message; 65536 */
     int max_depth;                       /* JSON nesting of inbound messages; 32 */
     int max_batch;                       /* Bayeux messages in one request/frame; 100 */
-    int max_subscriptions;               /* per client; 100 */
+    int max_subscriptions;               /* per client; 1000 (a pushable model subscribes on its own) */
     int max_queue;                       /* messages queued for one client before it is dropped; 1000 */
     const char *client_js;               /* browser client bytes, served at <mount>.js and <mount>/client.js */
     size_t client_js_len;

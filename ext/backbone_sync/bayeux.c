@@ -141,6 +141,7 @@ static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
     bs_channels_unsubscribe_all(e, c);
     bs_ring_free(&c->queue);
     BS_STAT_SUB(e, clients, 1);
+    e->freed_since_trim++;
     free(c);
 }
 
@@ -427,6 +428,19 @@ static void connect(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t 
     if (m->advice_timeout >= 0 && m->advice_timeout < hold)
         hold = m->advice_timeout;
     l->held_until = bs_now_ms() + hold;
+    /* What was queued while the client had no link goes out now. */
+    if (c->queue.len)
+        bs_link_wake(e->server, l);
+}
+
+static int subscribed(const bs_client_t *c, const char *s, size_t len)
+{
+    uint32_t i;
+
+    for (i = 0; i < c->nsubs; i++)
+        if (c->subs[i].channel->len == len && memcmp(c->subs[i].channel->name, s, len) == 0)
+            return 1;
+    return 0;
 }
 
 static int forbidden_subscription(const char *s, size_t len)
@@ -469,6 +483,8 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
             continue;
         if (forbidden_subscription(s, len))
             return fail(e, out, m, json, c->id, 403, s, len, "Forbidden channel");
+        if (subscribed(c, s, len))
+            continue;                           /* again: not one more */
         if (needs_token(e, s, len) &&
             !(m->token && bs_token_verify(e->cfg->secret, s, len, m->token, m->token_len,
                                           (int64_t)time(NULL)))) {
@@ -502,8 +518,13 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
         if (bs_log_verbose(e->server))
             bs_log(e->server, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
     }
-    if (h && h->epoch[0] && m->has_since && m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0)
+    /* Recoverable: what is still queued for this channel goes, and the
+     * history after since is queued in its place, in order, once. Frames
+     * already written may have died with a socket; these come again. */
+    if (h && h->epoch[0] && m->has_since && covered(h, m)) {
+        bs_ring_remove_channel(&c->queue, h->name, h->name_len);
         recovered = bs_history_replay(e, h, m->since_offset, c) == 0;
+    }
     /* Whatever reaches this node later with an offset up to here, the
      * client has had or did not ask for. */
     if (h && sub)

@@ -79,6 +79,31 @@ void bs_ring_drop(bs_ring_t *r, uint32_t n)
     }
 }
 
+/* Every frame starts [{"channel":"<name>" (names need no escaping). */
+static int frame_for(const bs_frame_t *f, const char *name, size_t len)
+{
+    static const char head[] = "[{\"channel\":\"";
+    const unsigned char *d = BS_FRAME_DATA(f);
+
+    return f->len > sizeof(head) + len && memcmp(d, head, sizeof(head) - 1) == 0 &&
+           memcmp(d + sizeof(head) - 1, name, len) == 0 && d[sizeof(head) - 1 + len] == '"';
+}
+
+void bs_ring_remove_channel(bs_ring_t *r, const char *name, size_t len)
+{
+    uint32_t i, kept = 0;
+
+    for (i = 0; i < r->len; i++) {
+        bs_frame_t *f = bs_ring_at(r, i);
+
+        if (frame_for(f, name, len))
+            bs_frame_unref(f);
+        else
+            r->v[(r->head + kept++) & (r->cap - 1)] = f;
+    }
+    r->len = kept;
+}
+
 void bs_ring_free(bs_ring_t *r)
 {
     bs_ring_drop(r, r->len);
@@ -350,7 +375,14 @@ static void deliver_members(bs_engine_t *e, bs_channel_t *c, bs_frame_t *f, uint
     for (i = 0; i < c->nmembers; i++) {
         bs_client_t *cl = c->members[i].client;
 
-        if (cl->stamp == e->stamp || (offset && cl->subs[c->members[i].slot].floor >= offset))
+        if (offset) {
+            bs_sub_t *sub = &cl->subs[c->members[i].slot];
+
+            if (sub->floor >= offset)
+                continue;
+            sub->floor = offset;
+        }
+        if (cl->stamp == e->stamp)
             continue;
         cl->stamp = e->stamp;
         bs_engine_deliver(e, cl, f);

@@ -50,6 +50,8 @@ typedef struct bs_ring {
 int bs_ring_push(bs_ring_t *r, bs_frame_t *f);
 /* Drops the first n frames (their references). */
 void bs_ring_drop(bs_ring_t *r, uint32_t n);
+/* Drops every frame addressed to channel `name`, keeping the others' order. */
+void bs_ring_remove_channel(bs_ring_t *r, const char *name, size_t len);
 void bs_ring_free(bs_ring_t *r);
 
 static inline bs_frame_t *bs_ring_at(const bs_ring_t *r, uint32_t i)
@@ -97,7 +99,7 @@ typedef struct bs_member {                 /* in a channel: who, and where it ke
 typedef struct bs_sub {                    /* in a client: which channel, and where */
     bs_channel_t *channel;
     uint32_t pos;
-    uint64_t floor;                        /* offsets up to this one were given already */
+    uint64_t floor;                        /* offsets up to this one were queued, or not asked for */
 } bs_sub_t;
 
 struct bs_channel {
@@ -132,6 +134,7 @@ struct bs_link {
     bs_client_t *client;                   /* WS: bound by its first connect; HTTP: while held */
     int held;                              /* a /meta/connect on this link awaits its reply */
     int64_t held_until;                    /* ms */
+    uint32_t held_slot;                    /* server.c: its slot on the wheel */
     char *held_id;                         /* raw JSON of that connect's id, or NULL */
     size_t held_id_len;
     bs_buf_t rx;                           /* the request body or WS message being assembled */
@@ -181,6 +184,7 @@ typedef struct bs_engine {
     uint32_t npatterns;                    /* wildcard entries: skip expansion when 0 */
     uint64_t stamp;
     uint32_t ndoomed;                      /* clients to free after the current fan-out */
+    uint32_t freed_since_trim;             /* clients freed; server.c trims the heap */
     bs_table_t histories;                  /* by channel name */
     bs_history_t *lru_head, *lru_tail;
     size_t hist_bytes;

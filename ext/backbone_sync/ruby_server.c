@@ -154,7 +154,7 @@ static VALUE Server_configure(VALUE self, VALUE hash)
                                                       INT2FIX(65536))),
         .max_depth = opt_int(hash, "max_depth", 32),
         .max_batch = opt_int(hash, "max_batch", 100),
-        .max_subscriptions = opt_int(hash, "max_subscriptions", 100),
+        .max_subscriptions = opt_int(hash, "max_subscriptions", 1000),
         .max_queue = opt_int(hash, "max_queue", 1000),
         .client_js = NIL_P(client_js) ? NULL : RSTRING_PTR(client_js),
         .client_js_len = NIL_P(client_js) ? 0 : (size_t)RSTRING_LEN(client_js),

@@ -22,6 +22,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include <libwebsockets.h>
 #include <openssl/crypto.h>
 
@@ -29,7 +31,10 @@
 
 _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
-#define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; connects have timers */
+#define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; connects are on the wheel */
+#define WHEEL_MS 25                         /* held connects are answered within this of their time */
+#define WHEEL_SLOTS 64
+#define TRIM_AFTER 1000                     /* clients freed before memory is handed back to the OS */
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
 #define MAX_WRITES_PER_CALLBACK 16
@@ -37,6 +42,8 @@ _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 #define RX_BUFFER 1024                      /* lws's per-WebSocket receive buffer: small keeps idle sockets cheap */
 
 enum route { R_NONE, R_BAYEUX, R_JS, R_STATS, R_PREFLIGHT, R_STATUS };
+
+typedef struct link link_t;                 /* lws's per-session memory, below */
 
 /* Work for the service thread from other threads: an in-process publish
  * (its encoded data), a message from the backplane (a whole frame, with its
@@ -83,6 +90,11 @@ struct bs_server {
     size_t npending, pending_bytes;         /* lock */
 
     bs_engine_t engine;                     /* service thread */
+    link_t *wheel[WHEEL_SLOTS];             /* service thread: held connects by deadline */
+    int64_t wheel_at;                       /* the next slice to visit, ms */
+    uint32_t wheel_count;
+    int wheel_running;
+    lws_sorted_usec_list_t wheel_tick;
     bs_backplane_t *backplane;              /* Redis, or NULL */
     bs_buf_t tx;                            /* service thread: outgoing bytes being assembled */
 };
@@ -151,29 +163,93 @@ static void lws_emit(int level, const char *line)
 
 /* ---- links ------------------------------------------------------------------ */
 
-/* lws's per-session memory: the engine's view of the link, and a timer that
- * fires when the connect held on it is due. */
-typedef struct link {
+/* lws's per-session memory: the engine's view of the link, and its place on
+ * the wheel of held connects. */
+struct link {
     bs_link_t core;                         /* first: the engine's bs_link_t * is ours too */
-    lws_sorted_usec_list_t due;
-} link_t;
+    struct link *wprev, *wnext;
+    int in_wheel;
+};
 
-static void on_due(lws_sorted_usec_list_t *sul)
+/*
+ * The wheel of held connects: WHEEL_SLOTS lists, a link in the one of its
+ * deadline's WHEEL_MS slice, visited by one lws timer every WHEEL_MS while
+ * any link is on it. lws 4.1 keeps timers in one sorted list that every
+ * (re)schedule walks, so a timer per connection costs O(connections) per
+ * connect; the wheel costs O(1). A deadline more than a turn away stays put
+ * until its turn comes round.
+ */
+static void wheel_remove(bs_server_t *s, link_t *lk)
 {
-    link_t *lk = lws_container_of(sul, link_t, due);
-
-    lws_callback_on_writable(lk->core.wsi);
+    if (!lk->in_wheel)
+        return;
+    if (lk->wprev)
+        lk->wprev->wnext = lk->wnext;
+    else
+        s->wheel[(lk->core.held_slot) % WHEEL_SLOTS] = lk->wnext;
+    if (lk->wnext)
+        lk->wnext->wprev = lk->wprev;
+    lk->wprev = lk->wnext = NULL;
+    lk->in_wheel = 0;
+    s->wheel_count--;
 }
 
-/* After a batch: a held connect gets a timer for its deadline. */
+static void on_wheel(lws_sorted_usec_list_t *sul)
+{
+    bs_server_t *s = lws_container_of(sul, bs_server_t, wheel_tick);
+    int64_t now = bs_now_ms();
+    int visited = 0;
+
+    /* A slice is visited once it is wholly past: all in it are due. */
+    while (s->wheel_at + WHEEL_MS <= now && visited++ < WHEEL_SLOTS) {
+        link_t *lk = s->wheel[(s->wheel_at / WHEEL_MS) % WHEEL_SLOTS], *next;
+
+        for (; lk; lk = next) {
+            next = lk->wnext;
+            if (!lk->core.held) {
+                wheel_remove(s, lk);        /* answered meanwhile */
+            } else if (lk->core.held_until <= now) {
+                wheel_remove(s, lk);
+                lws_callback_on_writable(lk->core.wsi);
+            }
+        }
+        s->wheel_at += WHEEL_MS;
+    }
+    if (s->wheel_at + WHEEL_MS <= now)
+        s->wheel_at = now - now % WHEEL_MS; /* fell a whole turn behind: catch up */
+    if (s->wheel_count)
+        lws_sul_schedule(s->ctx, 0, &s->wheel_tick, on_wheel, WHEEL_MS * LWS_US_PER_MS);
+    else
+        s->wheel_running = 0;
+}
+
+/* After a batch: a held connect goes on the wheel at its deadline. */
 static void arm_due(bs_server_t *s, bs_link_t *l)
 {
     link_t *lk = (link_t *)l;
-    int64_t wait = l->held_until - bs_now_ms();
+    int64_t now = bs_now_ms(), slice;
 
+    wheel_remove(s, lk);
     if (!l->held)
         return;
-    lws_sul_schedule(s->ctx, 0, &lk->due, on_due, (wait > 0 ? wait : 0) * LWS_US_PER_MS);
+    if (!s->wheel_running) {
+        s->wheel_at = now - now % WHEEL_MS;
+        s->wheel_running = 1;
+        lws_sul_schedule(s->ctx, 0, &s->wheel_tick, on_wheel, WHEEL_MS * LWS_US_PER_MS);
+    }
+    slice = l->held_until / WHEEL_MS;
+    if (slice * WHEEL_MS < s->wheel_at) {   /* its slice has been visited: due now */
+        lws_callback_on_writable(l->wsi);
+        return;
+    }
+    l->held_slot = (uint32_t)(slice % WHEEL_SLOTS);
+    lk->wnext = s->wheel[l->held_slot];
+    if (lk->wnext)
+        lk->wnext->wprev = lk;
+    lk->wprev = NULL;
+    s->wheel[l->held_slot] = lk;
+    lk->in_wheel = 1;
+    s->wheel_count++;
 }
 
 static void link_open(bs_link_t *l, struct lws *wsi, int via)
@@ -186,7 +262,7 @@ static void link_close(bs_server_t *s, bs_link_t *l)
 {
     if (!l)
         return;
-    lws_sul_cancel(&((link_t *)l)->due);
+    wheel_remove(s, (link_t *)l);
     bs_engine_unlink(&s->engine, l);
     bs_buf_free(&l->rx);
     bs_buf_free(&l->out);
@@ -253,7 +329,6 @@ static int ws_receive(bs_server_t *s, struct lws *wsi, bs_link_t *l, const void 
         return -1;
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
         return 0;
-    lws_validity_confirmed(wsi);
     /* A message that is not a Bayeux batch gets its 400 error, then a 1007 close. */
     if (bs_engine_receive(&s->engine, l, BS_VIA_WS, l->rx.ptr, l->rx.len, &l->out) != 200)
         l->close_code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
@@ -634,6 +709,11 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     bs_server_t *s = lws_container_of(sul, bs_server_t, tick);
 
     bs_engine_sweep(&s->engine, bs_now_ms());
+    /* glibc keeps what thousands of departed clients freed; give it back. */
+    if (s->engine.freed_since_trim >= TRIM_AFTER) {
+        s->engine.freed_since_trim = 0;
+        malloc_trim(0);
+    }
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
 }
 
@@ -720,6 +800,7 @@ static void *service_main(void *arg)
     s->alive = 0;
     pthread_mutex_unlock(&s->lock);
     lws_sul_cancel(&s->tick);
+    lws_sul_cancel(&s->wheel_tick);
     /* Closes every connection; each CLOSED callback unlinks its client. */
     s->destroying = 1;
     lws_context_destroy(s->ctx);
@@ -808,7 +889,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     if (!s->cfg.max_batch)
         s->cfg.max_batch = 100;
     if (!s->cfg.max_subscriptions)
-        s->cfg.max_subscriptions = 100;
+        s->cfg.max_subscriptions = 1000;
     if (!s->cfg.max_queue)
         s->cfg.max_queue = 1000;
     if (!s->cfg.history_size)
@@ -832,11 +913,13 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         .per_session_data_size = sizeof(link_t),
         .rx_buffer_size = RX_BUFFER,
     };
-    /* lws pings a quiet WebSocket a little after a connect should have come,
-     * and hangs up when nothing answers. */
+    /* lws pings a WebSocket when it has not seen a pong for a minute (or a
+     * connect's length) and hangs up when none comes. Application traffic is
+     * not reported to lws: each report re-sorts lws's timer list. Silent
+     * clients are expired by the engine anyway. */
     s->retry = (lws_retry_bo_t){
-        .secs_since_valid_ping = (uint16_t)(s->cfg.timeout + 5),
-        .secs_since_valid_hangup = (uint16_t)(2 * s->cfg.timeout + 30),
+        .secs_since_valid_ping = (uint16_t)(s->cfg.timeout + 5 > 60 ? s->cfg.timeout + 5 : 60),
+        .secs_since_valid_hangup = (uint16_t)(s->cfg.timeout + 5 > 60 ? s->cfg.timeout + 35 : 90),
     };
     bs_engine_init(&s->engine, &s->cfg, s);
     bs_buf_init(&s->tx);

@@ -65,7 +65,7 @@ module BackboneSync
                    key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
                    signed_subscriptions: false, public_channels: [],
                    max_message_size: 65_536, max_depth: 32, max_batch: 100,
-                   max_subscriptions: 100, max_queue: 1000,
+                   max_subscriptions: 1000, max_queue: 1000,
                    history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
                    redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: "backbone_sync:")
       @host = validate_host(host)

@@ -221,6 +221,19 @@ RSpec.describe BackboneSync::Server, "meta channels" do
       end
     end
 
+    it "does not count a subscription made again against max_subscriptions" do
+      with_server(max_subscriptions: 2) do |server|
+        http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+        http.handshake!
+        http.subscribe!("/again/a")
+        http.subscribe!("/again/b")
+        expect(http.subscribe("/again/a").first).to include("successful" => true)
+        expect(http.subscribe(%w[/again/a /again/b]).first).to include("successful" => true)
+        expect(http.subscribe("/again/c").first["error"]).to start_with("403:")
+        expect(server.stats[:subscriptions]).to eq(2)
+      end
+    end
+
     it "gives an error reply once a client exceeds max_subscriptions" do
       with_server(max_subscriptions: 3) do |server|
         s = session(server)

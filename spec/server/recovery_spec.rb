@@ -121,6 +121,39 @@ RSpec.describe BackboneSync::Server, "recovery from history" do
     end
   end
 
+  it "does not send twice what a same-session resubscribe with since finds still queued" do
+    with_server do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      epoch = http.subscribe!("/rec/same")["ext"]["epoch"]
+      3.times { |i| server.publish("/rec/same", i) } # queued: no connect is out
+      reply = http.subscribe!("/rec/same", ext: { since: { offset: 0, epoch: epoch } })
+      expect(reply["ext"]).to include("recovered" => true)
+      got = http.receive(3)
+      expect(got.map { |m| m["data"] }).to eq([0, 1, 2])
+      expect(http.receive(1, within: 0.5)).to eq([])
+    end
+  end
+
+  it "flushes what was queued for a session when it connects on a new WebSocket" do
+    with_server(timeout: 30) do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      client_id = http.handshake!(types: %w[websocket long-polling])["clientId"]
+      http.subscribe!("/rec/queued")
+      2.times { |i| server.publish("/rec/queued", i) } # no link: they wait in the session
+      ws = BackboneSyncSpec::WSClient.new(server.url)
+      begin
+        started = monotonic
+        ws.send_json([{ channel: "/meta/connect", clientId: client_id, connectionType: "websocket", id: "c" }])
+        got = Array.new(2) { ws.wait_for(timeout: 5) { |m| delivery?(m) } }
+        expect(got.map { |m| m["data"] }).to eq([0, 1])
+        expect(monotonic - started).to be < 2 # not at the 30 s connect timeout
+      ensure
+        ws.close
+      end
+    end
+  end
+
   it "keeps no history with history_size: 0, and plain clients see no difference" do
     with_server(history_size: 0) do |server|
       http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
