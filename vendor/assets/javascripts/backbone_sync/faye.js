@@ -15,6 +15,17 @@
 // the server offers one, and otherwise long-polls with JSON POSTs. Written in
 // ES5 so Sprockets can ship it untranspiled; it needs a native `Promise`.
 //
+// It also recovers what it missed while away. The backbone_sync server
+// numbers each channel's messages (`ext.offset`, within an `ext.epoch`);
+// the client remembers the last one it delivered per channel and, whenever
+// it subscribes again after a reconnect or a new handshake, asks for what
+// came after it (`ext.since`). Replayed messages it had already delivered
+// are dropped. When the server cannot replay (a restart, a gap longer than
+// its history) or the client had nothing to ask from, it fires `resync`
+// with the channel, and the application should reload that data:
+//
+//     client.bind('resync', function (channel) { users.fetch(); });
+//
 // `window.Faye` is defined only when the page has not loaded the real Faye
 // client; `BackboneSync.FayeClient` always points at this one.
 
@@ -167,6 +178,8 @@
 
     // channel or glob -> { listeners: [], waiters: [], acked: bool }
     this._channels = {};
+    // exact channel -> { offset, epoch } of the last message delivered
+    this._positions = {};
     // message id -> { message, wire, callback, timer }, awaiting a reply
     this._requests  = {};
     // ids of requests to send at the next flush
@@ -311,7 +324,9 @@
     },
 
     // Listen for `'transport:down'` (the connection to the server was lost;
-    // fired once per outage) and `'transport:up'` (it works again).
+    // fired once per outage), `'transport:up'` (it works again) and
+    // `'resync'` (`fn(channel)`: messages on `channel` may have been missed
+    // and could not be replayed).
     on: function (event, fn, context) {
       (this._listeners[event] = this._listeners[event] || []).push({ fn: fn, context: context });
       return this;
@@ -392,6 +407,11 @@
           }
         }
         self._outbox = [];
+        // The connect goes first: it ties the session to this transport, so
+        // what a subscribe replays is sent at once rather than at the end of
+        // the next long-poll.
+        self._connect();
+        self._flush();
         var subscribing = false;
         for (channel in self._channels) {
           if (!hasOwn.call(self._channels, channel)) continue;
@@ -399,7 +419,6 @@
           subscribing = true;
         }
         self._requeue(keep);
-        self._connect();
         // With subscriptions, the first subscribe reply marks the transport
         // up; otherwise there is nothing else to wait for.
         if (!subscribing) self._markUp();
@@ -434,11 +453,80 @@
       });
     },
 
-    _sendSubscribe: function (channel, entry) {
-      var self = this;
-      this._send({ channel: SUBSCRIBE, subscription: channel }, function (reply) {
+    // A channel that was subscribed before (`entry.acked`) is being
+    // resubscribed after an outage: it asks for what it missed, from the
+    // last position it delivered when it knows one.
+    // Within the same session (`again`) the server still holds the
+    // subscription, so a refusal does not end it: the channel is only
+    // reported for a resync.
+    _sendSubscribe: function (channel, entry, again) {
+      var self = this,
+          resubscribe = entry.acked,
+          position = resubscribe && CHANNEL_NAME.test(channel) ? this._positions[channel] : null,
+          message = { channel: SUBSCRIBE, subscription: channel };
+
+      if (position) message.ext = { since: { offset: position.offset, epoch: position.epoch } };
+      this._send(message, function (reply) {
+        if (again && reply && !reply.successful) {
+          if (self._channels[channel] === entry) self._trigger('resync', channel);
+          return;
+        }
         self._subscribed(channel, entry, reply);
+        if (reply && reply.successful && self._channels[channel] === entry) {
+          self._resumed(channel, reply, resubscribe, !!position);
+        }
       });
+    },
+
+    // Subscribe again to every channel the server already confirmed, after
+    // a reconnect within the same session: the session may have outlived
+    // messages the broken transport swallowed.
+    _resubscribeAll: function () {
+      var waiting = {}, id, rec, channel;
+      for (id in this._requests) {
+        if (!hasOwn.call(this._requests, id)) continue;
+        rec = this._requests[id];
+        if (rec.message.channel === SUBSCRIBE) waiting[rec.message.subscription] = true;
+      }
+      for (channel in this._channels) {
+        if (hasOwn.call(this._channels, channel) && this._channels[channel].acked && !waiting[channel]) {
+          this._sendSubscribe(channel, this._channels[channel], true);
+        }
+      }
+    },
+
+    // Make sense of a successful subscribe reply's `ext`. A first subscribe
+    // starts counting from the position it reports. A resubscribe either
+    // recovered (the replayed messages follow and move the position on) or
+    // did not, and then the channel's data must be reloaded.
+    _resumed: function (channel, reply, resubscribe, asked) {
+      var ext = reply.ext || {},
+          recovered = asked && ext.recovered === true;
+      if (!recovered && typeof ext.epoch === 'string' && typeof ext.offset === 'number') {
+        this._advance(channel, ext.epoch, ext.offset);
+      }
+      if (resubscribe && !recovered) this._trigger('resync', channel);
+    },
+
+    // Move a channel's position forward; a new epoch starts over.
+    _advance: function (channel, epoch, offset) {
+      var position = this._positions[channel];
+      if (position && position.epoch === epoch && position.offset >= offset) return;
+      this._positions[channel] = { offset: offset, epoch: epoch };
+    },
+
+    // Forget the positions that only `pattern` was following: subscribing
+    // again later starts afresh rather than seeing a gap.
+    _forgetPositions: function (pattern) {
+      var channel, other, kept;
+      for (channel in this._positions) {
+        if (!hasOwn.call(this._positions, channel) || !channelMatches(pattern, channel)) continue;
+        kept = false;
+        for (other in this._channels) {
+          if (hasOwn.call(this._channels, other) && channelMatches(other, channel)) kept = true;
+        }
+        if (!kept) delete this._positions[channel];
+      }
     },
 
     // Settle the promises waiting on `entry` with the server's answer. A null
@@ -480,6 +568,7 @@
       if (entry.listeners.length > 0) return Promise.resolve();
 
       delete this._channels[channel];
+      this._forgetPositions(channel);
       if (this._state !== CONNECTED) return Promise.resolve();
 
       var self = this;
@@ -511,6 +600,7 @@
       this._requests = {};
       this._outbox = [];
       this._channels = {};
+      this._positions = {};
       this._clientId = null;
       this._connectPending = false;
       this._state = UNCONNECTED;
@@ -689,6 +779,9 @@
         self._outbox = [];
         self._requeue(pending);
         self._connect();
+        self._flush();
+        // After the connect, as after a handshake.
+        self._resubscribeAll();
         self._flush();
       });
     },
@@ -871,7 +964,19 @@
     // Call every listener whose channel or glob matches.
     _deliver: function (message) {
       if (message.channel.indexOf('/meta/') === 0) return;
-      var pattern, entry, i, listeners;
+      var pattern, entry, i, listeners, gap = false,
+          ext = message.ext, position = this._positions[message.channel];
+
+      // Count what the server numbered: drop what was delivered already (a
+      // replay overlapping what the session kept), notice what went missing.
+      if (ext && typeof ext.offset === 'number' && typeof ext.epoch === 'string') {
+        if (position && position.epoch === ext.epoch) {
+          if (ext.offset <= position.offset) return;
+          gap = ext.offset > position.offset + 1;
+        }
+        this._positions[message.channel] = { offset: ext.offset, epoch: ext.epoch };
+      }
+
       for (pattern in this._channels) {
         if (!hasOwn.call(this._channels, pattern)) continue;
         if (!channelMatches(pattern, message.channel)) continue;
@@ -886,6 +991,7 @@
           }
         }
       }
+      if (gap) this._trigger('resync', message.channel);
     },
 
     // Plumbing
@@ -912,11 +1018,11 @@
       step(message);
     },
 
-    _trigger: function (event) {
+    _trigger: function (event, arg) {
       var list = (this._listeners[event] || []).slice();
       for (var i = 0; i < list.length; i++) {
         try {
-          list[i].fn.call(list[i].context);
+          list[i].fn.call(list[i].context, arg);
         } catch (e) {
           rethrowLater(e);
         }
@@ -940,6 +1046,8 @@
   };
 
   Client.prototype.bind   = Client.prototype.on;
+  // Subscribers need not refetch after every outage: this client says when.
+  Client.prototype.recovers = true;
   Client.prototype.unbind = Client.prototype.off;
   Client.prototype.constructor = Client;
 

@@ -1,0 +1,58 @@
+// The browser assets are served by Sprockets as they are, to old browsers
+// too: each must parse as ES5 and keep to one function-wrapped file that
+// only adds to `window`.
+//
+//   node --test spec/javascripts/backbone/es5.test.mjs
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { ROOT } from './support/backbone_env.mjs';
+
+const acorn = createRequire(import.meta.url)('acorn');
+const ASSETS = path.join(ROOT, 'vendor/assets/javascripts');
+const FILES = [
+  'backbone_sync.js',
+  'backbone_sync/faye.js',
+  'backbone_sync/core.js',
+  'backbone_sync/pushable.js',
+  'backbone_sync-rails/rails_faye_subscriber.js',
+  'extensions/backbone.collection.idempotent.js',
+];
+
+for (const file of FILES) {
+  test(`${file} is ES5 and one IIFE`, () => {
+    const source = fs.readFileSync(path.join(ASSETS, file), 'utf8');
+    let ast;
+    assert.doesNotThrow(() => { ast = acorn.parse(source, { ecmaVersion: 5, sourceType: 'script' }); },
+      `${file} must parse as ES5 (no arrow functions, let/const, classes, template literals)`);
+    const statements = ast.body.filter((node) => node.type !== 'EmptyStatement');
+    if (file === 'backbone_sync.js') {
+      assert.equal(statements.length, 0, 'the manifest holds only Sprockets directives');
+      return;
+    }
+    assert.equal(statements.length, 1, 'one top-level statement');
+    const call = statements[0].expression;
+    assert.equal(call?.type, 'CallExpression');
+    assert.equal(call.callee.type, 'FunctionExpression');
+  });
+}
+
+test('the manifest requires the files in load order, and each requires what it uses', () => {
+  const directives = (file) => fs.readFileSync(path.join(ASSETS, file), 'utf8')
+    .split('\n').map((line) => /^\/\/= require (\S+)/.exec(line)).filter(Boolean).map((m) => m[1]);
+  assert.deepEqual(directives('backbone_sync.js'), [
+    'backbone_sync/faye', 'backbone_sync/core', 'extensions/backbone.collection.idempotent',
+    'backbone_sync-rails/rails_faye_subscriber', 'backbone_sync/pushable',
+  ]);
+  for (const [file, needs] of [
+    ['extensions/backbone.collection.idempotent.js', ['backbone_sync/core']],
+    ['backbone_sync-rails/rails_faye_subscriber.js', ['backbone_sync/core', 'extensions/backbone.collection.idempotent']],
+    ['backbone_sync/pushable.js', ['backbone_sync/core', 'extensions/backbone.collection.idempotent']],
+  ]) {
+    assert.deepEqual(directives(file), needs, file);
+    for (const required of needs) assert.ok(fs.existsSync(path.join(ASSETS, `${required}.js`)), required);
+  }
+});
