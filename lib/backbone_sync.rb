@@ -69,3 +69,8 @@ module BackboneSync
     end
   end
 end
+
+# The Rails integration (push macro, observer, engine) when Rails is loaded;
+# without Rails, `require "backbone_sync/rails"` gives ActiveModel classes
+# BackboneSync::Pushable.
+require_relative "backbone_sync/rails" if defined?(::Rails::Railtie)

@@ -1,0 +1,2 @@
+//= link application.js
+//= link application.css

@@ -1,0 +1,5 @@
+//= require jquery
+//= require underscore
+//= require backbone
+//= require backbone_sync
+//= require members

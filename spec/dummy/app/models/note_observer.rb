@@ -1,0 +1,5 @@
+# frozen_string_literal: true
+
+class NoteObserver < ActiveRecord::Observer
+  include BackboneSync::Rails::Faye::Observer
+end

@@ -1,0 +1,47 @@
+# frozen_string_literal: true
+
+require_relative "boot"
+
+require "logger" # ActiveSupport 6.1 expects it loaded
+require "rails"
+require "active_model/railtie"
+require "active_record/railtie"
+require "active_job/railtie"
+require "action_controller/railtie"
+require "action_view/railtie"
+require "sprockets/railtie"
+require "rails-observers"
+
+# What Bundler.require does for `gem "backbone_sync"` in an app's Gemfile:
+# Rails is loaded, so this brings in the engine too.
+require "backbone_sync"
+
+module Dummy
+  # A members list: the Rails side of the demo (issue: `rake demo`) and the
+  # app the integration specs (spec/rails) drive.
+  class Application < Rails::Application
+    config.load_defaults Rails::VERSION::STRING.to_f
+    config.root = File.expand_path("..", __dir__)
+    config.eager_load = false
+    config.secret_key_base = ENV.fetch("SECRET_KEY_BASE", "dummy-secret-key-base-for-backbone_sync-specs-only")
+    config.hosts.clear if config.respond_to?(:hosts)
+    config.logger = Logger.new(ENV["BACKBONE_SYNC_DUMMY_LOG"] || File::NULL)
+    config.active_support.deprecation = :stderr
+    config.action_controller.allow_forgery_protection = true
+    config.active_job.queue_adapter = :async
+
+    # The 2011 observer style (rails-observers).
+    config.active_record.observers = :note_observer
+
+    # jQuery, Backbone and Underscore for the page (the app's own choice of version).
+    node_modules = File.expand_path("../../../node_modules", __dir__)
+    config.assets.paths << File.join(node_modules, "jquery", "dist")
+    config.assets.paths << File.join(node_modules, "backbone-1.6.1")
+    config.assets.paths << File.join(node_modules, "underscore")
+
+    # Where the server listens (`rake faye:start` and the embedded server
+    # use this port): BACKBONE_SYNC_ROOT_ADDRESS or the default.
+    config.backbone_sync.root_address = ENV["BACKBONE_SYNC_ROOT_ADDRESS"] if ENV["BACKBONE_SYNC_ROOT_ADDRESS"]
+    config.backbone_sync.embedded = ENV["BACKBONE_SYNC_EMBEDDED"] == "1" if ENV.key?("BACKBONE_SYNC_EMBEDDED")
+  end
+end

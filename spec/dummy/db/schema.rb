@@ -1,0 +1,34 @@
+# frozen_string_literal: true
+
+# Loaded into a fresh SQLite database by the specs (and `rake db:schema:load`).
+ActiveRecord::Schema.define do
+  create_table :families, force: true do |t|
+    t.string :name
+    t.timestamps
+  end
+
+  create_table :members, force: true do |t|
+    t.string :name
+    t.string :email
+    t.references :family
+    t.timestamps
+  end
+
+  # Observed by NoteObserver (the observer style).
+  create_table :notes, force: true do |t|
+    t.string :body
+    t.timestamps
+  end
+
+  # Spec-only models declared in spec/rails.
+  create_table :tasks, force: true do |t|
+    t.string :title
+    t.references :project
+    t.integer :lock_version, default: 0, null: false
+    t.timestamps
+  end
+
+  create_table :projects, force: true do |t|
+    t.string :name
+  end
+end

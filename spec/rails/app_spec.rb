@@ -1,0 +1,91 @@
+# frozen_string_literal: true
+
+require_relative "rails_helper"
+
+# The Rails glue, seen from outside: the dummy app booted in child
+# processes, with `rake faye:start` and with the embedded server.
+RSpec.describe "Rails glue", :rails do
+  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
+
+  before { @processes = [] }
+  after { @processes.each(&:stop) }
+
+  def spawn_child(env, *argv)
+    process = BackboneSyncSpec::ClientProcess.new([env, *argv])
+    @processes << process
+    process
+  end
+
+  it "loads the engine from `require \"backbone_sync\"` once Rails is loaded" do
+    expect(defined?(BackboneSync::Rails::Engine)).to eq("constant")
+    expect(Rails.application.railties.map(&:class)).to include(BackboneSync::Rails::Engine)
+    expect(Member.method(:push).owner).to eq(BackboneSync::Pushable::Macro)
+    expect(ActionView::Base.include?(BackboneSync::Rails::Helpers)).to be(true)
+  end
+
+  it "runs `rake faye:start` in the app, on root_address's port and with the app's secret" do
+    rake = Gem.bin_path("rake", "rake")
+    process = spawn_child({ "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:0" },
+                          RbConfig.ruby, rake, "-f", File.join(dummy, "Rakefile"), "faye:start")
+    line = process.wait_for(timeout: 60, what: "the listening line") do |l|
+      l["raw"].to_s.start_with?("backbone_sync listening on ")
+    end
+    url = line["raw"].split.last
+    expect(url).to match(%r{\Ahttp://127\.0\.0\.1:\d+/faye\z})
+    expect(process.lines.map { |l| l["raw"].to_s }.grep(/\Asecret:/)).to eq([]) # not generated
+
+    client = subscriber(url, ["/sync/members"])
+    # The secret derived from the app's secret_key_base is the one it checks.
+    BackboneSync::Publisher.new(url, secret: BackboneSync.secret).publish("/sync/members", { "n" => 1 })
+    expect { BackboneSync::Publisher.new(url, secret: "wrong", retries: 0).publish("/sync/members", {}) }
+      .to raise_error(BackboneSync::PublishError, /403/)
+    client.wait_for(timeout: 15, what: "the publish") { |l| l.dig("message", "data", "n") == 1 }
+    expect(client.messages.size).to eq(1)
+  end
+
+  it "lists faye:start among the app's rake tasks" do
+    out = IO.popen([RbConfig.ruby, Gem.bin_path("rake", "rake"), "-f", File.join(dummy, "Rakefile"), "-T", "faye"],
+                   err: %i[child out], &:read)
+    expect(out).to include("rake faye:start")
+  end
+
+  it "starts the embedded server in the app process with config.backbone_sync.embedded" do
+    db = File.join(RAILS_SPEC_TMP, "embedded.sqlite3")
+    go = File.join(RAILS_SPEC_TMP, "embedded.go")
+    script = <<~RUBY
+      require "json"
+      require #{File.join(dummy, 'config', 'environment').inspect}
+      ActiveRecord::Schema.verbose = false
+      load #{File.join(dummy, 'db', 'schema.rb').inspect}
+      faye = BackboneSync::Rails::Faye
+      puts JSON.generate(url: faye.embedded_server&.url, client_url: faye.client_url, route: faye.route)
+      $stdout.flush
+      200.times { break if File.exist?(#{go.inspect}); sleep 0.05 }
+      Member.create!(name: "from the embedded app")
+      sleep 5
+    RUBY
+    env = { "BACKBONE_SYNC_EMBEDDED" => "1", "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:0",
+            "BACKBONE_SYNC_DUMMY_DB" => db }
+    process = spawn_child(env, RbConfig.ruby, "-e", script)
+    info = process.wait_for(timeout: 60, what: "the embedded server's URL") { |l| l.key?("route") }
+    expect(info["route"]).to eq("in_process")
+    expect(info["url"]).to match(%r{\Ahttp://127\.0\.0\.1:\d+/faye\z})
+    expect(info["client_url"]).to eq(info["url"])
+
+    client = subscriber(info["url"])
+    File.write(go, "")
+    line = client.wait_for(timeout: 20, what: "the create") { |l| l["message"] }
+    expect(line["message"]["channel"]).to eq("/sync/members")
+    expect(line["message"]["data"]["object"]["name"]).to eq("from the embedded app")
+  end
+
+  it "does not start an embedded server outside development unless asked" do
+    expect(BackboneSync::Rails::Faye.embedded_server).to be_nil
+    expect(BackboneSync::Server.started).to eq([])
+  end
+
+  it "reads config.backbone_sync before the app's initializers" do
+    initializers = Rails.application.initializers.tsort.map(&:name)
+    expect(initializers.index("backbone_sync.configure")).to be < initializers.index(:load_config_initializers)
+  end
+end

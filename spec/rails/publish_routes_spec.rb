@@ -1,0 +1,123 @@
+# frozen_string_literal: true
+
+require_relative "rails_helper"
+
+# Where a broadcast goes when no server runs in this process: Redis when
+# configured, else HTTP to root_address. The servers here are separate
+# processes (bin/backbone_sync), as in production.
+RSpec.describe "BackboneSync::Rails::Faye publish routes", :rails do
+  def start_standalone(env = {})
+    argv = [env, RbConfig.ruby, File.join(BackboneSyncSpec::ROOT, "bin", "backbone_sync"), "--port", "0",
+            "--timeout", "5", "--secret", BackboneSync.secret]
+    process = BackboneSyncSpec::ClientProcess.new(argv)
+    @processes << process
+    line = process.wait_for(timeout: 20, what: "the listening line") do |l|
+      l["raw"].to_s.start_with?("backbone_sync listening on ")
+    end
+    line["raw"].split.last
+  end
+
+  def start_redis
+    skip "redis-server is not installed (bin/setup installs it)" unless system("command -v redis-server >/dev/null 2>&1")
+    port = free_port
+    process = BackboneSyncSpec::ClientProcess.new(
+      ["redis-server", "--port", port.to_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    )
+    @processes << process
+    process.wait_for(timeout: 20, what: "redis ready") { |l| l["raw"].to_s.include?("Ready to accept connections") }
+    "redis://127.0.0.1:#{port}/0"
+  end
+
+  before { @processes = [] }
+  after { @processes.each(&:stop) }
+
+  it "goes in-process when a server runs here, whatever else is configured" do
+    BackboneSync::Rails::Faye.redis = "redis://127.0.0.1:1/0"
+    expect(BackboneSync::Rails::Faye.route).to eq(:redis)
+    with_server(secret: BackboneSync.secret) do |server|
+      expect(BackboneSync::Rails::Faye.route).to eq(:in_process)
+      expect(BackboneSync::Rails::Faye.server).to equal(server)
+    end
+    BackboneSync::Rails::Faye.redis = nil
+    expect(BackboneSync::Rails::Faye.route).to eq(:http)
+  end
+
+  it "POSTs to root_address with the app's secret when no server runs in this process" do
+    url = start_standalone
+    BackboneSync::Rails::Faye.root_address = url.delete_suffix("/faye")
+    expect(BackboneSync::Rails::Faye.server_url).to eq(url)
+    expect(BackboneSync::Rails::Faye.route).to eq(:http)
+    client = subscriber(url)
+    member = Member.create!(name: "over http")
+    member.update!(name: "again")
+
+    publisher = BackboneSync::Publisher.new(url, secret: BackboneSync.secret)
+    messages = messages_until_sentinel(client, publish_with: ->(c, d) { publisher.publish(c, d) })
+    expect(messages.map { |m| [m["channel"], m["data"]["event"]] }).to eq(
+      [["/sync/members", "create"], ["/sync/members", "update"], ["/sync/member_#{member.id}", "update"]]
+    )
+    expect(messages.first["data"]["object"]).to include("name" => "over http")
+  end
+
+  it "never raises into the save when the server is down: logs, counts and calls on_error" do
+    errors = []
+    BackboneSync.on_error { |error, context| errors << [error, context] }
+    BackboneSync::Rails::Faye.root_address = "http://127.0.0.1:#{free_port}"
+    failures = BackboneSync.broadcast_failures
+    member = Member.create!(name: "nobody listens")
+    member.update!(name: "still nobody")
+    expect(member.reload.name).to eq("still nobody")
+    expect(BackboneSync.broadcast_failures).to eq(failures + 3)
+    expect(errors.map { |e, _| e.class }.uniq).to eq([BackboneSync::PublishError])
+    expect(errors.first[0].message).to include("is the server running?")
+    expect(errors.map { |_, c| c[:channel] })
+      .to eq(["/sync/members", "/sync/members", "/sync/member_#{member.id}"])
+    expect(errors.first[1]).to include(model: "Member", event: "create", route: :http)
+  end
+
+  it "gives up within the short timeout when the server accepts but never answers" do
+    silent = TCPServer.new("127.0.0.1", 0)
+    BackboneSync::Rails::Faye.root_address = "http://127.0.0.1:#{silent.addr[1]}"
+    errors = []
+    BackboneSync.on_error { |error, _| errors << error }
+    started = monotonic
+    Member.create!(name: "slow")
+    expect(monotonic - started).to be < 6
+    expect(errors.size).to eq(1)
+    expect(errors.first.message).to include("did not answer")
+  ensure
+    silent&.close
+  end
+
+  it "publishes into the Redis backplane when a Redis URL is configured" do
+    redis = start_redis
+    url = start_standalone("BACKBONE_SYNC_REDIS_URL" => redis)
+    # root_address points nowhere: only the backplane can deliver.
+    BackboneSync::Rails::Faye.root_address = "http://127.0.0.1:#{free_port}"
+    BackboneSync::Rails::Faye.redis = redis
+    expect(BackboneSync::Rails::Faye.route).to eq(:redis)
+    errors = []
+    BackboneSync.on_error { |error, _| errors << error }
+    client = subscriber(url)
+    member = Member.create!(name: "via redis")
+    member.destroy!
+
+    require "backbone_sync/redis_publisher"
+    publisher = BackboneSync::RedisPublisher.new(redis)
+    messages = messages_until_sentinel(client, publish_with: ->(c, d) { publisher.publish(c, d) })
+    expect(errors).to eq([])
+    expect(messages.map { |m| [m["channel"], m["data"]["event"]] }).to eq(
+      [["/sync/members", "create"], ["/sync/members", "destroy"], ["/sync/member_#{member.id}", "destroy"]]
+    )
+  ensure
+    publisher&.close
+  end
+
+  it "reads the Redis URL from BACKBONE_SYNC_REDIS_URL" do
+    ENV["BACKBONE_SYNC_REDIS_URL"] = "redis://127.0.0.1:6399/0"
+    expect(BackboneSync::Rails::Faye.redis).to eq("redis://127.0.0.1:6399/0")
+    expect(BackboneSync::Rails::Faye.route).to eq(:redis)
+  ensure
+    ENV.delete("BACKBONE_SYNC_REDIS_URL")
+  end
+end
