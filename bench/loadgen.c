@@ -13,6 +13,20 @@
  * subscriber) -> latency (fixed total delivery rate) -> optional hold -> loss
  * accounting. Results go to stdout as "key value" lines for bin/bench.
  *
+ * With --port2 the subscribers alternate between two nodes that share a
+ * Redis backplane (the publisher stays on the first); every delivery's
+ * ext.offset is checked against its sequence number, so both nodes must
+ * number the stream alike.
+ *
+ * With --churn SECONDS (bin/soak) it runs the soak instead of the phases:
+ * after the subscribers are set up, a publisher sends at a steady rate while
+ * slices of subscribers are dropped (abruptly, with a WebSocket close, or
+ * with /meta/disconnect) and come back with a new handshake and a subscribe
+ * carrying ext.since of their last delivery; the next slice goes only once
+ * the last is back. Every subscriber must end with
+ * every offset after its first subscribe, once and in order; then all
+ * disconnect and the server's fds and RSS must return near the baseline.
+ *
  * Build: cc -O2 -Wall -Wextra -o loadgen bench/loadgen.c
  */
 #define _GNU_SOURCE
@@ -42,6 +56,7 @@
 
 static struct {
     int port;
+    int port2;                /* a second node (Redis backplane): odd subscribers go there */
     int subs;
     int messages;
     int window;
@@ -49,17 +64,27 @@ static struct {
     double latency_rate;      /* total deliveries per second in the latency phase */
     double hold_seconds;
     int server_pid;
+    int server_pid2;
     const char *secret;
     const char *mount;
     int msg_size;
     int setup_concurrency;
     double phase_timeout;     /* hard deadline of each phase, seconds */
     double stall_timeout;     /* a phase ends when nothing arrives for this long */
+    double churn_seconds;     /* > 0: the soak (bin/soak) instead of the phases */
+    double churn_rate;        /* messages per second published during the soak */
+    double churn_interval;    /* seconds between two drops */
+    double churn_slice;       /* fraction of the subscribers dropped each time */
+    double settle_seconds;    /* how long to wait for fds and RSS to come back */
+    int fd_slack;             /* tolerated server fds above the baseline */
+    long rss_slack_kib;       /* tolerated server RSS above the baseline */
 } opt = {
     .port = 0, .subs = 100, .messages = 1000, .window = 64,
     .latency_seconds = 5, .latency_rate = 5000, .hold_seconds = 0,
     .server_pid = 0, .secret = NULL, .mount = "/faye", .msg_size = 200,
     .setup_concurrency = 128, .phase_timeout = 120, .stall_timeout = 5,
+    .churn_seconds = 0, .churn_rate = 5, .churn_interval = 1, .churn_slice = 0.02,
+    .settle_seconds = 15, .fd_slack = 10, .rss_slack_kib = 10240,
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -146,15 +171,11 @@ static void buf_consume(buf_t *b, size_t n)
 
 /* ---- server process probes (/proc) ---------------------------------------- */
 
-static int64_t server_stat_cpu_us(void);
-
-static long server_rss_kib(void)
+static long proc_rss_kib(int pid)
 {
     char path[64], line[256];
     long kib = -1;
-    if (!opt.server_pid)
-        return -1;
-    snprintf(path, sizeof path, "/proc/%d/status", opt.server_pid);
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -165,47 +186,26 @@ static long server_rss_kib(void)
     return kib;
 }
 
-/* CPU time of the whole process, in microseconds: the sum of its threads'
- * schedstat run times (nanosecond resolution), else utime+stime from
- * /proc/PID/stat (clock ticks, 10 ms). Short phases need the former. */
-static int64_t server_cpu_us(void)
+static int proc_fd_count(int pid)
 {
     char path[64];
-    if (!opt.server_pid)
-        return -1;
-    snprintf(path, sizeof path, "/proc/%d/task", opt.server_pid);
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
     DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        int64_t total = 0;
-        int ok = 1;
-        while (ok && (e = readdir(d))) {
-            if (e->d_name[0] == '.')
-                continue;
-            char sp[320];
-            unsigned long long ns;
-            snprintf(sp, sizeof sp, "/proc/%d/task/%s/schedstat", opt.server_pid, e->d_name);
-            FILE *f = fopen(sp, "r");
-            if (f && fscanf(f, "%llu", &ns) == 1)
-                total += (int64_t)(ns / 1000);
-            else
-                ok = 0;
-            if (f)
-                fclose(f);
-        }
-        closedir(d);
-        if (ok)
-            return total;
-    }
-    return server_stat_cpu_us();
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
 }
 
-static int64_t server_stat_cpu_us(void)
+static int64_t proc_stat_cpu_us(int pid)
 {
     char path[64], data[2048];
-    if (!opt.server_pid)
-        return -1;
-    snprintf(path, sizeof path, "/proc/%d/stat", opt.server_pid);
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -232,6 +232,56 @@ static int64_t server_stat_cpu_us(void)
     return (int64_t)((utime + stime) * 1000000ull / (unsigned long long)hz);
 }
 
+/* CPU time of the whole process, in microseconds: the sum of its threads'
+ * schedstat run times (nanosecond resolution), else utime+stime from
+ * /proc/PID/stat (clock ticks, 10 ms). Short phases need the former. */
+static int64_t proc_cpu_us(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        int64_t total = 0;
+        int ok = 1;
+        while (ok && (e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            char sp[320];
+            unsigned long long ns;
+            snprintf(sp, sizeof sp, "/proc/%d/task/%s/schedstat", pid, e->d_name);
+            FILE *f = fopen(sp, "r");
+            if (f && fscanf(f, "%llu", &ns) == 1)
+                total += (int64_t)(ns / 1000);
+            else
+                ok = 0;
+            if (f)
+                fclose(f);
+        }
+        closedir(d);
+        if (ok)
+            return total;
+    }
+    return proc_stat_cpu_us(pid);
+}
+
+/* Over both nodes when there are two; -1 when a figure is missing. */
+static long server_rss_kib(void)
+{
+    if (!opt.server_pid)
+        return -1;
+    long a = proc_rss_kib(opt.server_pid), b = opt.server_pid2 ? proc_rss_kib(opt.server_pid2) : 0;
+    return a < 0 || b < 0 ? -1 : a + b;
+}
+
+static int64_t server_cpu_us(void)
+{
+    if (!opt.server_pid)
+        return -1;
+    int64_t a = proc_cpu_us(opt.server_pid), b = opt.server_pid2 ? proc_cpu_us(opt.server_pid2) : 0;
+    return a < 0 || b < 0 ? -1 : a + b;
+}
+
 static int64_t self_cpu_us(void)
 {
     struct rusage ru;
@@ -256,6 +306,10 @@ typedef struct bmsg {
     int has_data;
     int has_seq, has_t;
     int64_t seq, t;
+    int has_offset;
+    int recovered;            /* ext.recovered: -1 absent, 0 false, 1 true */
+    uint64_t offset;          /* ext.offset */
+    char epoch[48];           /* ext.epoch */
 } bmsg_t;
 
 static void jws(jp_t *j)
@@ -574,6 +628,28 @@ static int advice_member(jp_t *j, const char *key, void *ctx)
     return jskip(j, 2);
 }
 
+static int ext_member(jp_t *j, const char *key, void *ctx)
+{
+    bmsg_t *m = ctx;
+    char c = j->p < j->end ? *j->p : 0;
+    if (strcmp(key, "offset") == 0 && c >= '0' && c <= '9') {
+        int64_t v;
+        int is_int = 0;
+        if (jnumber(j, &v, &is_int))
+            return -1;
+        m->has_offset = is_int;
+        m->offset = (uint64_t)v;
+        return 0;
+    }
+    if (strcmp(key, "epoch") == 0 && c == '"')
+        return jstring(j, m->epoch, sizeof m->epoch);
+    if (strcmp(key, "recovered") == 0 && (c == 't' || c == 'f')) {
+        m->recovered = c == 't';
+        return jliteral(j, c == 't' ? "true" : "false");
+    }
+    return jskip(j, 2);
+}
+
 static int msg_member(jp_t *j, const char *key, void *ctx)
 {
     bmsg_t *m = ctx;
@@ -596,6 +672,8 @@ static int msg_member(jp_t *j, const char *key, void *ctx)
     }
     if (strcmp(key, "advice") == 0 && c == '{')
         return jobject(j, advice_member, m);
+    if (strcmp(key, "ext") == 0 && c == '{')
+        return jobject(j, ext_member, m);
     return jskip(j, 1);
 }
 
@@ -612,6 +690,7 @@ static int parse_bayeux(const char *p, size_t len, bmsg_fn fn, void *ctx)
     if (j.p < j.end && *j.p == '{') {
         memset(&m, 0, sizeof m);
         m.successful = -1;
+        m.recovered = -1;
         if (jobject(&j, msg_member, &m))
             return -1;
         fn(ctx, &m);
@@ -629,6 +708,7 @@ static int parse_bayeux(const char *p, size_t len, bmsg_fn fn, void *ctx)
                 if (j.p < j.end && *j.p == '{') {
                     memset(&m, 0, sizeof m);
                     m.successful = -1;
+                    m.recovered = -1;
                     if (jobject(&j, msg_member, &m))
                         return -1;
                     fn(ctx, &m);
@@ -657,12 +737,15 @@ static int parse_bayeux(const char *p, size_t len, bmsg_fn fn, void *ctx)
 
 enum cstate {
     C_IDLE, C_HS_CONNECTING, C_HS_READING, C_WS_CONNECTING, C_WS_UPGRADING,
-    C_OPEN, C_DEAD
+    C_OPEN, C_DEAD,
+    C_CLOSING,                /* soak: sent a close (and maybe /meta/disconnect), awaiting the server's */
+    C_WAIT                    /* soak: dropped, queued to reconnect */
 };
 
 typedef struct conn {
     int fd;
     int index;                /* subscriber index, or -1 for the publisher */
+    int node;                 /* 0, or 1 for the second node (--port2) */
     enum cstate state;
     int ready;                /* subscriber: subscribed; publisher: socket open */
     int want_out;             /* EPOLLOUT currently requested */
@@ -673,11 +756,19 @@ typedef struct conn {
     int frag_open;
     uint32_t received;        /* distinct benchmark deliveries */
     int64_t rx_ns;            /* kernel receive time of the last read (now_ns clock), 0 if unknown */
-    uint8_t *seen;            /* bitmap over sequence numbers */
+    uint8_t *seen;            /* bitmap over sequence numbers (soak: over offsets) */
+    /* the soak (--churn) */
+    int resub;                /* setting up again after a drop: subscribes with ext.since */
+    int attempts;             /* failed reconnects in a row */
+    int has_base;
+    uint64_t base_off;        /* the channel's offset in the first subscribe reply */
+    uint64_t last_off;        /* highest offset delivered, else base_off */
+    char epoch[48];           /* the epoch that came with last_off */
+    int64_t close_due;        /* C_CLOSING: when to stop waiting for the server */
 } conn_t;
 
 static int epfd;
-static struct sockaddr_in server_addr;
+static struct sockaddr_in server_addr[2];   /* by node */
 static conn_t *subs;
 static conn_t pub;
 static int shutting_down;
@@ -697,7 +788,28 @@ static struct {
     uint64_t no_rx_stamp;
     uint64_t sub_rx_bytes;    /* WebSocket message bytes received by subscribers */     /* latency samples without a kernel receive time */
     int64_t last_delivery_ns;
+    uint64_t offsets_checked, offset_mismatch, epoch_mismatch, no_offset;
+    /* the soak (--churn) */
+    int resubs_active, closing, dead_subs;
+    uint64_t churn_cycles, churn_late, drops[4], reconnects, reconnect_retries, close_timeouts;
+    int64_t slice_out_ns, slice_max_ns, slice_sum_ns;   /* drop -> whole slice subscribed again */
+    uint64_t recovered, not_recovered, out_of_order;
 } st;
+
+/* ext.offset - data.seq of the first delivery, and its epoch: every later
+ * delivery, on either node, must agree. */
+static int64_t offset_delta;
+static int offset_delta_set;
+static char stream_epoch[48];
+
+/* The soak: subscribers waiting to reconnect (a ring of indices; each is in
+ * it at most once, while in C_WAIT), and the offset of the first subscribe
+ * reply, below which no subscriber expects anything. */
+static int *rq;
+static int rq_head, rq_len;
+static uint64_t global_base;
+static int global_base_set;
+static const char *const drop_names[4] = { "fin", "rst", "ws_close", "meta_disconnect" };
 
 /* per sequence number */
 static int total_seqs;        /* capacity */
@@ -755,10 +867,47 @@ static void conn_close_fd(conn_t *c)
 
 static void start_next_setups(void);
 
+static int node_port(const conn_t *c)
+{
+    return c->node ? opt.port2 : opt.port;
+}
+
+/* Soak: back in line to reconnect, subscribing with ext.since this time. */
+static void churn_requeue(conn_t *c)
+{
+    c->ready = 0;
+    c->resub = 1;
+    c->state = C_WAIT;
+    rq[(rq_head + rq_len++) % opt.subs] = c->index;
+}
+
+static void resub_done(conn_t *c, int ok, const char *why)
+{
+    st.resubs_active--;
+    if (ok) {
+        st.reconnects++;
+        c->attempts = 0;
+        return;
+    }
+    conn_close_fd(c);
+    record_error("reconnect", why ? why : "failed");
+    if (++c->attempts < 3) {
+        st.reconnect_retries++;
+        churn_requeue(c);
+    } else {
+        c->state = C_DEAD;
+        st.dead_subs++;
+    }
+}
+
 static void setup_done(conn_t *c, int ok, const char *why)
 {
     if (c->index < 0)
         return;
+    if (c->resub) {
+        resub_done(c, ok, why);
+        return;
+    }
     st.setups_active--;
     if (ok) {
         st.ready++;
@@ -777,9 +926,17 @@ static void conn_lost(conn_t *c, const char *why)
 {
     enum cstate was = c->state;
     conn_close_fd(c);
+    if (was == C_WAIT)      /* lost twice (a failed write, then the read): already queued */
+        return;
     c->state = C_DEAD;
+    if (was == C_CLOSING)
+        st.closing--;
     if (was == C_DEAD || shutting_down)
         return;
+    if (was == C_CLOSING) {                   /* the server answered the close we sent */
+        churn_requeue(c);
+        return;
+    }
     if (c->index >= 0 && !c->ready) {        /* a subscriber still setting up */
         setup_done(c, 0, why);
         return;
@@ -791,6 +948,10 @@ static void conn_lost(conn_t *c, const char *why)
     st.unexpected_closes++;
     if (st.unexpected_closes <= 3)
         warnx_("%s %d closed: %s", c->index < 0 ? "publisher" : "subscriber", c->index, why);
+    /* Counted as a failure; still, come back as a client would, so that the
+     * delivery accounting stays about the server's recovery. */
+    if (opt.churn_seconds > 0 && c->index >= 0)
+        churn_requeue(c);
 }
 
 static void conn_flush(conn_t *c)
@@ -821,7 +982,7 @@ static int conn_open_socket(conn_t *c)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (struct sockaddr *)&server_addr[c->node], sizeof server_addr[0]) < 0 && errno != EINPROGRESS) {
         int e = errno;
         close(fd);
         errno = e;
@@ -906,6 +1067,96 @@ static void send_connect(conn_t *c)
 
 /* ---- Bayeux message handling ---------------------------------------------- */
 
+static void check_offset(const bmsg_t *m)
+{
+    if (!m->has_offset) {
+        st.no_offset++;         /* Node Faye, or history turned off */
+        return;
+    }
+    st.offsets_checked++;
+    int64_t d = (int64_t)m->offset - m->seq;
+    if (!offset_delta_set) {
+        offset_delta = d;
+        offset_delta_set = 1;
+        snprintf(stream_epoch, sizeof stream_epoch, "%s", m->epoch);
+    } else if (d != offset_delta) {
+        if (!st.offset_mismatch++) {
+            char why[160];
+            snprintf(why, sizeof why, "seq %" PRId64 " came with offset %" PRIu64 ", expected %" PRId64,
+                     m->seq, m->offset, m->seq + offset_delta);
+            record_error("ext.offset", why);
+        }
+    }
+    if (strcmp(m->epoch, stream_epoch) != 0 && !st.epoch_mismatch++)
+        record_error("ext.epoch", m->epoch);
+}
+
+/* Soak: judged by offset, the server's own numbering. A subscriber expects
+ * every offset after base_off (its first subscribe) exactly once, ascending. */
+static void on_churn_delivery(conn_t *c, const bmsg_t *m)
+{
+    if (c->index < 0 || !m->has_seq || !m->has_offset) {
+        st.bogus++;
+        return;
+    }
+    check_offset(m);
+    if ((int64_t)m->offset - m->seq != (int64_t)global_base + 1 && !st.offset_mismatch++)
+        record_error("ext.offset", "the first message published did not get the offset after the subscribe reply's");
+    if (!c->has_base || m->offset <= c->base_off || m->offset > global_base + (uint64_t)published) {
+        st.bogus++;
+        return;
+    }
+    uint64_t k = m->offset - global_base - 1;
+    uint8_t bit = (uint8_t)(1u << (k & 7));
+    if (c->seen[k >> 3] & bit) {
+        st.dups++;
+        return;
+    }
+    c->seen[k >> 3] |= bit;
+    c->received++;
+    st.deliveries++;
+    st.last_delivery_ns = now_ns();
+    if (m->offset < c->last_off) {
+        st.out_of_order++;
+    } else {
+        c->last_off = m->offset;
+        if (json_escape(c->epoch, sizeof c->epoch, m->epoch) < 0)
+            c->epoch[0] = 0;
+    }
+}
+
+/* Soak: a subscribe reply; the first sets the subscriber's base. */
+static void churn_subscribed(conn_t *c, const bmsg_t *m)
+{
+    if (!m->has_offset || !m->epoch[0]) {
+        record_error("/meta/subscribe", "reply without ext.offset and ext.epoch: is history on?");
+        return;
+    }
+    if (!c->has_base) {
+        c->has_base = 1;
+        c->base_off = c->last_off = m->offset;
+        if (json_escape(c->epoch, sizeof c->epoch, m->epoch) < 0)
+            c->epoch[0] = 0;
+        if (!global_base_set) {
+            global_base = m->offset;
+            global_base_set = 1;
+        } else if (m->offset < global_base) {
+            record_error("/meta/subscribe", "an offset below the first subscriber's");
+            c->base_off = c->last_off = global_base;
+        }
+        return;
+    }
+    if (m->recovered == 1) {
+        st.recovered++;
+    } else {
+        st.not_recovered++;
+        char why[160];
+        snprintf(why, sizeof why, "recovered %s from offset %" PRIu64 " (reply offset %" PRIu64 ")",
+                 m->recovered == 0 ? "false" : "missing", c->last_off, m->offset);
+        record_error("/meta/subscribe", why);
+    }
+}
+
 static void on_delivery(conn_t *c, const bmsg_t *m)
 {
     int64_t now = now_ns();
@@ -913,6 +1164,7 @@ static void on_delivery(conn_t *c, const bmsg_t *m)
         st.bogus++;
         return;
     }
+    check_offset(m);
     int seq = (int)m->seq;
     uint8_t bit = (uint8_t)(1u << (seq & 7));
     if (c->seen[seq >> 3] & bit) {
@@ -966,6 +1218,8 @@ static void on_message(void *ctx, const bmsg_t *m)
     }
     if (strcmp(m->channel, "/meta/subscribe") == 0) {
         if (m->successful == 1 && c->index >= 0 && !c->ready) {
+            if (opt.churn_seconds > 0)
+                churn_subscribed(c, m);
             c->ready = 1;
             setup_done(c, 1, NULL);
         } else if (m->successful != 1) {
@@ -989,7 +1243,10 @@ static void on_message(void *ctx, const bmsg_t *m)
             return;
         }
         if (m->has_data) {
-            on_delivery(c, m);
+            if (opt.churn_seconds > 0)
+                on_churn_delivery(c, m);
+            else
+                on_delivery(c, m);
             return;
         }
     }
@@ -1214,7 +1471,7 @@ static void send_handshake(conn_t *c)
     int n = snprintf(req, sizeof req,
                      "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     opt.mount, opt.port, sizeof body - 1, body);
+                     opt.mount, node_port(c), sizeof body - 1, body);
     buf_append(&c->wbuf, req, (size_t)n);
     c->next_id = 2;
 }
@@ -1239,7 +1496,7 @@ static void send_upgrade(conn_t *c)
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     opt.mount, opt.port, key);
+                     opt.mount, node_port(c), key);
     buf_append(&c->wbuf, req, (size_t)n);
 }
 
@@ -1248,10 +1505,13 @@ static void on_ws_open(conn_t *c)
     c->state = C_OPEN;
     send_connect(c);
     if (c->index >= 0) {
-        char msg[512];
+        char msg[512], ext[160] = "";
+        if (c->resub && c->has_base)      /* recover from the last delivery this subscriber had */
+            snprintf(ext, sizeof ext, ",\"ext\":{\"since\":{\"offset\":%" PRIu64 ",\"epoch\":\"%s\"}}",
+                     c->last_off, c->epoch);
         int n = snprintf(msg, sizeof msg,
-                         "[{\"channel\":\"/meta/subscribe\",\"clientId\":\"%s\",\"subscription\":\"%s\",\"id\":\"%x\"}]",
-                         c->client_id, CHANNEL, c->next_id++);
+                         "[{\"channel\":\"/meta/subscribe\",\"clientId\":\"%s\",\"subscription\":\"%s\",\"id\":\"%x\"%s}]",
+                         c->client_id, CHANNEL, c->next_id++, ext);
         ws_send(c, 1, msg, (size_t)n);
     } else {
         c->ready = 1;
@@ -1357,6 +1617,7 @@ static void on_readable(conn_t *c)
         break;
     }
     case C_OPEN:
+    case C_CLOSING:
         ws_read_frames(c);
         break;
     default:
@@ -1534,19 +1795,27 @@ static int done_latency(void)
 }
 
 /* GET /stats (our server only; Node Faye has none), blocking with a 5 s
- * timeout: called while the load is idle. Prints the body on one line. */
-static void print_server_stats(void)
+ * timeout: called while the load is idle. Prints the body on one line, and
+ * returns its "clients" figure (-1 when unknown). */
+static long print_server_stats_quiet(int quiet);
+
+static long print_server_stats(void)
+{
+    return print_server_stats_quiet(0);
+}
+
+static long print_server_stats_quiet(int quiet)
 {
     if (!opt.secret)
-        return;
+        return -1;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval tv = { 5, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0) {
+    if (fd < 0 || connect(fd, (struct sockaddr *)&server_addr[0], sizeof server_addr[0]) < 0) {
         if (fd >= 0)
             close(fd);
-        return;
+        return -1;
     }
     char req[1024], resp[65536];
     int n = snprintf(req, sizeof req, "GET /stats HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
@@ -1567,13 +1836,298 @@ static void print_server_stats(void)
     resp[len] = 0;
     char *body = strstr(resp, "\r\n\r\n");
     if (len < 12 || memcmp(resp, "HTTP/1.1 200", 12) != 0 || !body) {
-        printf("server_stats unavailable: %.60s\n", len ? strtok(resp, "\r") : "no response");
-        return;
+        if (!quiet)
+            printf("server_stats unavailable: %.60s\n", len ? strtok(resp, "\r") : "no response");
+        return -1;
     }
     for (char *q = body + 4; *q; q++)
         if (*q == '\n' || *q == '\r')
             *q = ' ';
-    printf("server_stats %s\n", body + 4);
+    if (!quiet)
+        printf("server_stats %s\n", body + 4);
+    const char *cl = strstr(body + 4, "\"clients\":");
+    return cl ? strtol(cl + 10, NULL, 10) : -1;
+}
+
+/* ---- the soak (--churn) ----------------------------------------------------- */
+
+static int64_t churn_end, churn_next_pub, churn_next_drop, churn_next_maint, churn_pub_ns, churn_next_due;
+static int drop_mode;
+
+static int slice_back(void)
+{
+    return rq_len == 0 && st.resubs_active == 0 && st.closing == 0;
+}
+
+/* Soak: leave as a client would, in one of four ways (in turn): close the
+ * socket (FIN), reset it (RST), send a WebSocket close, or /meta/disconnect
+ * and then a WebSocket close. The last two wait for the server's close. */
+static void churn_leave(conn_t *c, int mode)
+{
+    st.drops[mode]++;
+    if (mode == 1) {
+        struct linger lg = { 1, 0 };
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    if (mode <= 1) {
+        conn_close_fd(c);
+        c->state = C_DEAD;
+        return;
+    }
+    if (mode == 3) {
+        char msg[300];
+        int n = snprintf(msg, sizeof msg, "[{\"channel\":\"/meta/disconnect\",\"clientId\":\"%s\",\"id\":\"%x\"}]",
+                         c->client_id, c->next_id++);
+        ws_send(c, 1, msg, (size_t)n);
+    }
+    static const char normal[2] = { 0x03, (char)0xe8 };   /* 1000 */
+    ws_send(c, 8, normal, 2);
+    c->closing = 1;
+    c->state = C_CLOSING;
+    c->close_due = now_ns() + 5000000000LL;
+    st.closing++;
+    conn_flush(c);             /* a failed write lands in conn_lost like a close */
+}
+
+static void churn_drop(conn_t *c)
+{
+    int mode = drop_mode++ % 4;
+    churn_leave(c, mode);
+    if (mode <= 1)
+        churn_requeue(c);
+}
+
+/* A server that never answers our close frame is a leak on its side; stop
+ * waiting after close_due and count it. */
+static void churn_close_timeouts(int64_t now)
+{
+    for (int i = 0; i < opt.subs; i++) {
+        conn_t *c = &subs[i];
+        if (c->state != C_CLOSING || now < c->close_due)
+            continue;
+        st.close_timeouts++;
+        st.closing--;
+        record_error("close", "the server did not answer a WebSocket close within 5 s");
+        conn_close_fd(c);
+        c->state = C_DEAD;
+        if (!shutting_down)
+            churn_requeue(c);
+    }
+}
+
+static void tick_churn(void)
+{
+    int64_t now = now_ns();
+    while (now < churn_end && now >= churn_next_pub && published < total_seqs) {
+        publish_one();
+        churn_next_pub += churn_pub_ns;
+    }
+    if (st.slice_out_ns && slice_back()) {
+        int64_t took = now - st.slice_out_ns;
+        st.slice_sum_ns += took;
+        if (took > st.slice_max_ns)
+            st.slice_max_ns = took;
+        st.slice_out_ns = 0;
+    }
+    /* Self-paced: the next slice leaves only once the last one is back, so
+     * that a slow server shows as fewer cycles (churn_late counts the waits),
+     * not as gaps longer than its history. */
+    static int64_t late_for;
+    if (now < churn_end && now >= churn_next_drop && st.slice_out_ns && late_for != churn_next_drop) {
+        st.churn_late++;
+        late_for = churn_next_drop;
+    }
+    if (now < churn_end && now >= churn_next_drop && !st.slice_out_ns) {
+        int want = (int)(opt.subs * opt.churn_slice + 0.5);
+        if (want < 1)
+            want = 1;
+        for (int k = 0, tries = 0; k < want && tries < want * 8; tries++) {
+            conn_t *c = &subs[rnd32() % (uint32_t)opt.subs];
+            if (c->state != C_OPEN || !c->ready)
+                continue;
+            churn_drop(c);
+            k++;
+        }
+        st.churn_cycles++;
+        st.slice_out_ns = now;
+        churn_next_drop = now + (int64_t)(opt.churn_interval * 1e9);
+    }
+    while (rq_len > 0 && st.resubs_active < opt.setup_concurrency) {
+        conn_t *c = &subs[rq[rq_head]];
+        rq_head = (rq_head + 1) % opt.subs;
+        rq_len--;
+        st.resubs_active++;
+        c->closing = 0;
+        c->client_id[0] = 0;
+        conn_begin(c);         /* a failure comes back through setup_done */
+    }
+    if (now >= churn_next_maint) {
+        churn_close_timeouts(now);
+        churn_next_maint = now + 100000000;
+    }
+    churn_next_due = churn_next_maint;
+    if (now < churn_end) {
+        if (churn_next_pub < churn_next_due)
+            churn_next_due = churn_next_pub;
+        if (churn_next_drop < churn_next_due)
+            churn_next_due = churn_next_drop;
+    }
+}
+
+static uint64_t churn_final_offset(void)
+{
+    return global_base + (uint64_t)published;
+}
+
+/* Everyone back and complete. Scanning 10,000 subscribers on every wake-up
+ * would cost more than the deliveries: at most every 50 ms. */
+static int done_churn(void)
+{
+    static int64_t next_check;
+    int64_t now = now_ns();
+    if (now < churn_end || now < next_check)
+        return 0;
+    next_check = now + 50000000;
+    if (rq_len > 0 || st.resubs_active > 0 || st.closing > 0 || st.pub_acks + st.pub_nacks < (uint64_t)published)
+        return 0;
+    uint64_t final = churn_final_offset();
+    for (int i = 0; i < opt.subs; i++) {
+        const conn_t *c = &subs[i];
+        if (c->state == C_DEAD || !c->has_base)
+            continue;
+        if (c->received < final - c->base_off)
+            return 0;
+    }
+    return 1;
+}
+
+static int done_closed(void)
+{
+    return st.closing == 0;
+}
+
+static void tick_closing(void)
+{
+    int64_t now = now_ns();
+    if (now >= churn_next_maint) {
+        churn_close_timeouts(now);
+        churn_next_maint = now + 100000000;
+    }
+}
+
+static void print_server_probe(const char *prefix)
+{
+    printf("%s_fds %d\n%s_rss_kib %ld\n", prefix, proc_fd_count(opt.server_pid), prefix, proc_rss_kib(opt.server_pid));
+}
+
+/* Connected already; the baseline was taken before anyone connected. */
+static int run_soak(int base_fds, long base_rss)
+{
+    print_server_probe("peak");
+    print_server_stats();
+    rq = calloc((size_t)opt.subs, sizeof *rq);
+    if (!rq)
+        die("out of memory");
+
+    int64_t t0 = now_ns();
+    churn_end = t0 + (int64_t)(opt.churn_seconds * 1e9);
+    churn_pub_ns = (int64_t)(1e9 / opt.churn_rate);
+    churn_next_pub = t0;
+    churn_next_drop = t0 + (int64_t)(opt.churn_interval * 1e9);
+    churn_next_maint = t0;
+    /* The churn, then the drain: the last drops reconnect and recover, the
+     * last messages arrive. Bounded: 30 s past the churn. */
+    int drained = run_until(done_churn, tick_churn, opt.churn_seconds + 30, 0, &churn_next_due);
+    double churned = secs(now_ns() - t0);
+
+    uint64_t final = churn_final_offset(), expected = 0, lost = 0;
+    int connected = 0, never = 0;
+    for (int i = 0; i < opt.subs; i++) {
+        conn_t *c = &subs[i];
+        if (!c->has_base) {
+            never++;
+            continue;
+        }
+        expected += final - c->base_off;
+        lost += final - c->base_off - c->received;
+        connected += c->state == C_OPEN && c->ready;
+    }
+    printf("churn_seconds %.1f\n", opt.churn_seconds);
+    printf("churn_and_drain_seconds %.1f\n", churned);
+    printf("drained %d\n", drained);
+    printf("churn_cycles %" PRIu64 "\n", st.churn_cycles);
+    printf("churn_late %" PRIu64 "\n", st.churn_late);
+    if (st.churn_cycles > 0) {
+        printf("slice_back_max_ms %.0f\n", st.slice_max_ns / 1e6);
+        printf("slice_back_avg_ms %.0f\n", st.slice_sum_ns / 1e6 / (double)st.churn_cycles);
+    }
+    for (int m = 0; m < 4; m++)
+        printf("drops_%s %" PRIu64 "\n", drop_names[m], st.drops[m]);
+    printf("reconnects %" PRIu64 "\n", st.reconnects);
+    printf("reconnect_retries %" PRIu64 "\n", st.reconnect_retries);
+    printf("dead_subs %d\n", st.dead_subs);
+    printf("never_subscribed %d\n", never);
+    printf("recovered %" PRIu64 "\n", st.recovered);
+    printf("not_recovered %" PRIu64 "\n", st.not_recovered);
+    printf("close_timeouts %" PRIu64 "\n", st.close_timeouts);
+    printf("connected_at_end %d\n", connected);
+    printf("publish_rate %.1f\n", opt.churn_rate);
+    printf("published %d\n", published);
+    printf("publish_acks %" PRIu64 "\n", st.pub_acks);
+    printf("publish_nacks %" PRIu64 "\n", st.pub_nacks);
+    printf("first_offset %" PRIu64 "\nfinal_offset %" PRIu64 "\n", global_base + 1, final);
+    printf("deliveries %" PRIu64 "\n", st.deliveries);
+    printf("expected %" PRIu64 "\n", expected);
+    printf("lost %" PRIu64 "\n", lost);
+    printf("duplicates %" PRIu64 "\n", st.dups);
+    printf("out_of_order %" PRIu64 "\n", st.out_of_order);
+    printf("bogus %" PRIu64 "\n", st.bogus);
+    printf("offset_mismatch %" PRIu64 "\n", st.offset_mismatch);
+    printf("epoch_mismatch %" PRIu64 "\n", st.epoch_mismatch);
+    printf("malformed %" PRIu64 "\n", st.malformed);
+    printf("unexpected_closes %d\n", st.unexpected_closes);
+    printf("bayeux_errors %" PRIu64 "\n", st.bayeux_errors);
+    printf("connect_replies %" PRIu64 "\n", st.connect_replies);
+    printf("first_error %s\n", st.first_error[0] ? st.first_error : "-");
+    print_server_probe("churn_end");
+
+    /* Everyone leaves, in the same four ways; then the server must give back
+     * what it took once it has expired the sessions left without a goodbye. */
+    shutting_down = 1;
+    for (int i = 0; i < opt.subs; i++) {
+        conn_t *c = &subs[i];
+        if (c->state == C_OPEN)
+            churn_leave(c, i % 4);
+        else if (c->state != C_CLOSING)
+            conn_close_fd(c);
+    }
+    run_until(done_closed, tick_closing, 6, 0, &churn_next_maint);
+    for (int i = 0; i < opt.subs; i++)
+        conn_close_fd(&subs[i]);
+    conn_close_fd(&pub);
+
+    /* Until the sessions are expired (clients 0) and fds and RSS are back
+     * within the slack, or settle_seconds. fds are counted before each /stats
+     * request, whose own connection is closed 250 ms before the next count. */
+    int64_t s0 = now_ns();
+    int fds;
+    long rss, clients;
+    for (;;) {
+        fds = proc_fd_count(opt.server_pid);
+        rss = proc_rss_kib(opt.server_pid);
+        clients = print_server_stats_quiet(1);
+        int back = fds >= 0 && rss >= 0 && fds <= base_fds + opt.fd_slack && rss <= base_rss + opt.rss_slack_kib;
+        if ((back && clients <= 0) || secs(now_ns() - s0) >= opt.settle_seconds)
+            break;
+        usleep(250000);
+    }
+    printf("settle_seconds %.1f\n", secs(now_ns() - s0));
+    printf("end_clients %ld\n", clients);
+    printf("base_fds %d\nbase_rss_kib %ld\n", base_fds, base_rss);
+    printf("end_fds %d\nend_rss_kib %ld\n", fds, rss);
+    print_server_stats();      /* after counting: it opens a connection itself */
+    fflush(stdout);
+    return 0;
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -1596,7 +2150,11 @@ static void usage(void)
             "usage: loadgen --port P [--subs N] [--messages M] [--window W] [--secret S]\n"
             "               [--server-pid PID] [--latency-seconds S] [--latency-rate D]\n"
             "               [--hold SECONDS] [--size BYTES] [--mount /faye]\n"
-            "               [--phase-timeout S] [--concurrency C]\n");
+            "               [--phase-timeout S] [--concurrency C]\n"
+            "               [--port2 P] [--server-pid2 PID]       (a second node; subscribers alternate)\n"
+            "       loadgen --port P --churn SECONDS [--subs N] [--churn-rate MSGS] [--churn-interval S]\n"
+            "               [--churn-slice FRACTION] [--settle S] [--fd-slack N] [--rss-slack-kib K]\n"
+            "               [--server-pid PID] [--secret S]       (the soak: bin/soak)\n");
     exit(2);
 }
 
@@ -1620,12 +2178,25 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--mount")) opt.mount = v;
         else if (!strcmp(a, "--phase-timeout")) opt.phase_timeout = atof(v);
         else if (!strcmp(a, "--concurrency")) opt.setup_concurrency = atoi(v);
+        else if (!strcmp(a, "--port2")) opt.port2 = atoi(v);
+        else if (!strcmp(a, "--server-pid2")) opt.server_pid2 = atoi(v);
+        else if (!strcmp(a, "--churn")) opt.churn_seconds = atof(v);
+        else if (!strcmp(a, "--churn-rate")) opt.churn_rate = atof(v);
+        else if (!strcmp(a, "--churn-interval")) opt.churn_interval = atof(v);
+        else if (!strcmp(a, "--churn-slice")) opt.churn_slice = atof(v);
+        else if (!strcmp(a, "--settle")) opt.settle_seconds = atof(v);
+        else if (!strcmp(a, "--fd-slack")) opt.fd_slack = atoi(v);
+        else if (!strcmp(a, "--rss-slack-kib")) opt.rss_slack_kib = atol(v);
         else usage();
         i++;
     }
     if (opt.secret && json_escape(secret_json, sizeof secret_json, opt.secret) < 0)
         die("--secret is too long");
-    if (opt.port <= 0 || opt.subs <= 0 || opt.messages < 0 || opt.window <= 0 || opt.msg_size > 4000)
+    if (opt.port <= 0 || opt.subs <= 0 || opt.messages < 0 || opt.window <= 0 || opt.msg_size > 4000 ||
+        opt.port2 < 0)
+        usage();
+    if (opt.churn_seconds > 0 && (opt.churn_rate <= 0 || opt.churn_interval <= 0 || opt.churn_slice <= 0 ||
+                                  opt.churn_slice > 1 || !opt.server_pid))
         usage();
 
     setvbuf(stdout, NULL, _IOLBF, 0);   /* partial results survive a kill */
@@ -1650,9 +2221,11 @@ int main(int argc, char **argv)
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         die("epoll_create1: %s", strerror(errno));
-    server_addr.sin_family = AF_INET;
-    server_addr.sin_port = htons((uint16_t)opt.port);
-    server_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int k = 0; k < 2; k++) {
+        server_addr[k].sin_family = AF_INET;
+        server_addr[k].sin_port = htons((uint16_t)(k ? opt.port2 : opt.port));
+        server_addr[k].sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
 
     int lat_msgs = 0;
     double lat_rate_msgs = opt.latency_rate / opt.subs;   /* msgs/s so that deliveries/s = latency_rate */
@@ -1661,6 +2234,8 @@ int main(int argc, char **argv)
     if (opt.latency_seconds > 0 && lat_msgs < 1)
         lat_msgs = 1;
     total_seqs = 1 + opt.messages + lat_msgs + (opt.hold_seconds > 0 ? 1 : 0);
+    if (opt.churn_seconds > 0)
+        total_seqs = (int)(opt.churn_rate * opt.churn_seconds) + 2;
     remaining = calloc((size_t)total_seqs, sizeof *remaining);
     first_rx = calloc((size_t)total_seqs, sizeof *first_rx);
     last_rx = calloc((size_t)total_seqs, sizeof *last_rx);
@@ -1676,12 +2251,14 @@ int main(int argc, char **argv)
         subs[i].fd = -1;
         subs[i].index = i;
         subs[i].seen = bitmaps + (size_t)i * bm;
+        subs[i].node = opt.port2 > 0 ? i & 1 : 0;
     }
     pub.fd = -1;
     pub.index = -1;
 
     printf("subs %d\n", opt.subs);
     long rss0 = server_rss_kib();
+    int fds0 = opt.server_pid ? proc_fd_count(opt.server_pid) : -1;
 
     /* Setup: the publisher and all subscribers, a bounded number at a time. */
     int64_t t_setup = now_ns();
@@ -1708,6 +2285,14 @@ int main(int argc, char **argv)
         printf("first_error %s\n", st.first_error[0] ? st.first_error : "-");
         return 1;
     }
+    if (opt.port2 > 0) {
+        int on2 = 0;
+        for (int i = 0; i < opt.subs; i++)
+            on2 += subs[i].ready && subs[i].node == 1;
+        printf("ready_node1 %d\n", on2);
+    }
+    if (opt.churn_seconds > 0)
+        return run_soak(fds0, rss0);
 
     /* Idle: let the server settle, then measure its memory per connection
      * and what N idle connections cost it in CPU (timers, heartbeats). */
@@ -1852,6 +2437,10 @@ int main(int argc, char **argv)
     printf("unexpected_closes %d\n", st.unexpected_closes);
     printf("bayeux_errors %" PRIu64 "\n", st.bayeux_errors);
     printf("connect_replies %" PRIu64 "\n", st.connect_replies);
+    printf("offsets_checked %" PRIu64 "\n", st.offsets_checked);
+    printf("deliveries_without_offset %" PRIu64 "\n", st.no_offset);
+    printf("offset_mismatch %" PRIu64 "\n", st.offset_mismatch);
+    printf("epoch_mismatch %" PRIu64 "\n", st.epoch_mismatch);
     printf("first_error %s\n", st.first_error[0] ? st.first_error : "-");
 
     shutting_down = 1;

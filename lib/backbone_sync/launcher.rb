@@ -10,6 +10,7 @@ module BackboneSync
 
     # Prints "backbone_sync listening on URL" (and "secret: S" when it had to
     # generate one), then blocks until a signal arrives; stops the server.
+    # options are Server.new's; redis: "redis://host:port/db" joins a backplane.
     def run(out: $stdout, **options)
       generated = nil
       if options[:secret].nil?
@@ -28,6 +29,7 @@ module BackboneSync
         out.puts "backbone_sync listening on #{server.url}"
         out.puts "secret: #{generated}" if generated
         out.flush
+        warn_if_backplane_down(server)
         wake_r.read(1)
       ensure
         server.stop
@@ -36,6 +38,23 @@ module BackboneSync
         wake_w.close
       end
       server
+    end
+
+    # With redis:, the server starts even while Redis is away and queues
+    # publishes until it comes; say so rather than look like a silent node.
+    def warn_if_backplane_down(server, wait: 2.0)
+      return unless server.redis
+
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + wait
+      until server.stats[:backplane_up] == 1
+        if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+          url = server.redis.dup.tap { |u| u.password = "***" if u.password }
+          warn "backbone_sync: Redis at #{url} is not reachable yet; publishes wait for it " \
+               "(start redis-server, or check the --redis URL)"
+          return
+        end
+        sleep 0.05
+      end
     end
   end
 end
