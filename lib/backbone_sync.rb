@@ -36,6 +36,21 @@ module BackboneSync
       rails_secret
     end
 
+    # +channel+ as a String fit to publish to, or ChannelError saying what a
+    # channel looks like. A Symbol is taken as its name; wildcards, /meta/
+    # and /service/ are refused.
+    def channel!(channel)
+      channel = channel.to_s if channel.is_a?(Symbol)
+      unless channel.is_a?(String) && !channel.include?("\0") && _valid_channel_name?(channel) &&
+             !channel.start_with?("/meta/", "/service/")
+        raise ChannelError, "#{channel.inspect} is not a valid channel: use segments of letters, " \
+                            "digits and - _ ! ~ ( ) $ @ such as \"/sync/family_7_members\" " \
+                            "(no spaces, no wildcards, not under /meta/ or /service/)"
+      end
+
+      channel
+    end
+
     # A subscription token for +channel+, valid for +expires_in+ seconds:
     # "<expires>.<hex HMAC-SHA256(secret, "#{channel}\n#{expires}")>".
     # Give it to the browser, which sends it as ext.token when subscribing.

@@ -188,6 +188,14 @@ RSpec.describe BackboneSync::Publisher do
     end
   end
 
+  it "raises ChannelError before sending anything for a channel it could never publish to" do
+    # Nothing listens on this port: a request would fail with PublishError instead.
+    publisher = described_class.new("http://127.0.0.1:#{free_port}/faye", secret: "s", retries: 0)
+    ["/a/*", "/meta/handshake", "/service/x", "no slash", :"/sync/x y", nil].each do |bad|
+      expect { publisher.publish(bad, 1) }.to raise_error(BackboneSync::ChannelError, /not a valid channel/)
+    end
+  end
+
   it "rejects URLs that are not http(s)" do
     expect { described_class.new("ftp://x/faye") }.to raise_error(ArgumentError, /http\(s\) URL/)
     expect { described_class.new("not a url") }.to raise_error(ArgumentError)

@@ -49,11 +49,7 @@ module BackboneSync
     # BackboneSync::PublishError when the server refused it or could not be
     # reached after the retries, EncodeError when +data+ is not encodable.
     def publish(channel, data)
-      channel = channel.to_s if channel.is_a?(Symbol)
-      unless channel.is_a?(String)
-        raise ChannelError, "channel must be a String such as \"/sync/users\", got #{channel.inspect}"
-      end
-
+      channel = BackboneSync.channel!(channel)
       message = { "channel" => channel, "data" => data }
       message["ext"] = { "secret" => @secret } if @secret
       body = BackboneSync.encode_json([message])

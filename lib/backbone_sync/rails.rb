@@ -103,14 +103,7 @@ module BackboneSync
                             "\"/sync/members\", got #{name.inspect}"
       end
 
-      channel = name.start_with?("/") ? name : "/sync/#{name}"
-      unless !channel.include?("\0") && _valid_channel_name?(channel) &&
-             !channel.start_with?("/meta/", "/service/")
-        raise ChannelError, "#{channel.inspect} is not a valid channel: use segments of letters, " \
-                            "digits and - _ ! ~ ( ) $ @ such as \"/sync/family_7_members\" " \
-                            "(no spaces, no wildcards, not under /meta/ or /service/)"
-      end
-      channel
+      channel!(name.start_with?("/") ? name : "/sync/#{name}")
     end
 
     private

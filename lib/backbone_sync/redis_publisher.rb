@@ -43,13 +43,7 @@ module BackboneSync
     # offset in its channel. Raises ChannelError, EncodeError, or
     # PublishError when Redis cannot be reached.
     def publish(channel, data)
-      channel = channel.to_s if channel.is_a?(Symbol)
-      unless channel.is_a?(String) && BackboneSync.send(:_valid_channel_name?, channel) &&
-             !channel.start_with?("/meta/", "/service/")
-        raise ChannelError, "cannot publish to #{channel.inspect}: use a channel such as " \
-                            "\"/sync/users\" (no wildcards, no /meta/ or /service/)"
-      end
-
+      channel = BackboneSync.channel!(channel)
       # The delivery up to its ext; the script adds the offset and the epoch.
       head = +"[{\"channel\":#{JSON.generate(channel)},\"data\":"
       head << BackboneSync.encode_json(data) << ",\"ext\":{"
