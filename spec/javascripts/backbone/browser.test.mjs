@@ -72,7 +72,7 @@ async function startApp() {
       if (url.pathname === '/users' && req.method === 'GET') return json(200, app.users);
       if (url.pathname === '/users' && req.method === 'POST') {
         const attrs = JSON.parse(body);
-        app.saves.push({ attrs, origin: req.headers['x-backbonesync-origin'] });
+        app.saves.push({ attrs, origin: req.headers['x-backbonesync-origin'], csrf: req.headers['x-csrf-token'] });
         const record = { ...attrs, id: 100 + app.saves.length };
         app.users.push(record);
         return json(201, record);
@@ -197,6 +197,7 @@ for (const target of TARGETS) {
         const made = users.create({ name: 'Ann' }, { success: () => resolve(made.cid) });
       }));
       assert.equal(app.saves.length, 1);
+      assert.equal(app.saves[0].csrf, CSRF, 'the save carried the CSRF token from the meta tag');
       const origin = app.saves[0].origin;
       assert.equal(origin, `${await inPage(page, () => BackboneSync.origin)}:${cid}`);
       // The broadcast, as Rails makes it for that save, arrives after the response.

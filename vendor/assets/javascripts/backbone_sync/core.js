@@ -89,7 +89,8 @@
   // broadcast the server makes for it can be matched with the model this
   // page already holds: `X-BackboneSync-Origin: <origin>:<cid>`. A create
   // also registers the model as pending until the request fails, or until
-  // its broadcast has arrived.
+  // its broadcast has arrived. Writes carry Rails' CSRF token (from
+  // `csrf_meta_tags`, or `configure({csrfToken})`) unless the caller set one.
   var originalSync = Backbone.sync;
   if (!originalSync.backboneSyncOrigin) {
     Backbone.sync = function (method, model, options) {
@@ -97,6 +98,10 @@
       var cid = model && model.cid ? model.cid : '',
           headers = _.extend({}, options.headers);
       headers[ORIGIN_HEADER] = BackboneSync.origin + ':' + cid;
+      if (method !== 'read' && !headers['X-CSRF-Token']) {
+        var csrf = setting('csrfToken', 'csrf-token');
+        if (csrf) headers['X-CSRF-Token'] = csrf;
+      }
       options.headers = headers;
 
       if (method === 'create' && cid) {

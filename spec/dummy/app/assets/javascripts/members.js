@@ -12,13 +12,6 @@
 
   var $ = root.jQuery, _ = root._, Backbone = root.Backbone, BackboneSync = root.BackboneSync;
 
-  // Rails checks the CSRF token on every write; rails-ujs would add it to
-  // jQuery's requests, this page does it itself.
-  $.ajaxPrefilter(function (options, originalOptions, xhr) {
-    var token = $('meta[name="csrf-token"]').attr('content');
-    if (token && !options.crossDomain) xhr.setRequestHeader('X-CSRF-Token', token);
-  });
-
   var Member = Backbone.Model.extend({
     defaults: { name: '' }
   });
