@@ -130,8 +130,10 @@
   }
 
   // `server` (the Faye endpoint), `subscriptionsUrl` (the Rails endpoint
-  // that hands out subscription tokens), `csrfToken`, and `signed: true` to
-  // ask for a token before every subscribe rather than after a refusal.
+  // that hands out subscription tokens), `csrfToken`, `signed: true` to
+  // ask for a token before every subscribe rather than after a refusal, and
+  // `clientOptions` for the shared client (e.g. `{retry: 1}`: seconds before
+  // the first reconnect).
   BackboneSync.configure = function (options) {
     _.extend(settings, options);
     return BackboneSync;
@@ -153,7 +155,7 @@
         Client = BackboneSync.FayeClient || (root.Faye && root.Faye.Client);
     if (!server) throw new Error('BackboneSync.client: no server URL; call BackboneSync.configure({server: ...}) or add backbone_sync_tags to the layout');
     if (!Client) throw new Error('BackboneSync.client: no Faye client loaded; require backbone_sync/faye or load <server>.js first');
-    sharedClient = new Client(server);
+    sharedClient = new Client(server, settings.clientOptions || {});
     BackboneSync.authorize(sharedClient);
     return sharedClient;
   };

@@ -115,10 +115,9 @@
     var list = $('#members'), status = $('#status'), form = $('#new-member');
     if (!list.length) return;
 
-    // Our own client rather than BackboneSync.client(): after a restart
-    // it tries again within a second, not five.
-    var client = new BackboneSync.FayeClient($('meta[name="backbone-sync-server"]').attr('content'), { retry: 1 });
-    BackboneSync.authorize(client);
+    // After a restart, try again within a second rather than five.
+    BackboneSync.configure({ clientOptions: { retry: 1 } });
+    var client = BackboneSync.client();
 
     var setStatus = function (state, text) { status.attr('data-state', state).text(text); };
     client.bind('transport:up', function () { setStatus('live', 'live'); });
