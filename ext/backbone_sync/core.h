@@ -134,7 +134,6 @@ struct bs_link {
     bs_client_t *client;                   /* WS: bound by its first connect; HTTP: while held */
     int held;                              /* a /meta/connect on this link awaits its reply */
     int64_t held_until;                    /* ms */
-    uint32_t held_slot;                    /* server.c: its slot on the wheel */
     char *held_id;                         /* raw JSON of that connect's id, or NULL */
     size_t held_id_len;
     bs_buf_t rx;                           /* the request body or WS message being assembled */

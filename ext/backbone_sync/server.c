@@ -31,9 +31,8 @@
 
 _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
-#define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; connects are on the wheel */
-#define WHEEL_MS 25                         /* held connects are answered within this of their time */
-#define WHEEL_SLOTS 64
+#define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; connects have the heap */
+#define DUE_SLACK_MS 10                     /* held connects due this close together share a wakeup */
 #define TRIM_AFTER 1000                     /* clients freed before memory is handed back to the OS */
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
@@ -44,6 +43,8 @@ _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 enum route { R_NONE, R_BAYEUX, R_JS, R_STATS, R_PREFLIGHT, R_STATUS };
 
 typedef struct link link_t;                 /* lws's per-session memory, below */
+
+static void on_due(lws_sorted_usec_list_t *sul);
 
 /* Work for the service thread from other threads: an in-process publish
  * (its encoded data), a message from the backplane (a whole frame, with its
@@ -90,11 +91,10 @@ struct bs_server {
     size_t npending, pending_bytes;         /* lock */
 
     bs_engine_t engine;                     /* service thread */
-    link_t *wheel[WHEEL_SLOTS];             /* service thread: held connects by deadline */
-    int64_t wheel_at;                       /* the next slice to visit, ms */
-    uint32_t wheel_count;
-    int wheel_running;
-    lws_sorted_usec_list_t wheel_tick;
+    link_t **heap;                          /* service thread: held connects, earliest first */
+    uint32_t heap_len, heap_cap;
+    int64_t due_at;                         /* when due_tick fires, ms; 0: not set */
+    lws_sorted_usec_list_t due_tick;
     bs_backplane_t *backplane;              /* Redis, or NULL */
     bs_buf_t tx;                            /* service thread: outgoing bytes being assembled */
 };
@@ -163,93 +163,131 @@ static void lws_emit(int level, const char *line)
 
 /* ---- links ------------------------------------------------------------------ */
 
-/* lws's per-session memory: the engine's view of the link, and its place on
- * the wheel of held connects. */
+/* lws's per-session memory: the engine's view of the link, and its place
+ * among the held connects. */
 struct link {
     bs_link_t core;                         /* first: the engine's bs_link_t * is ours too */
-    struct link *wprev, *wnext;
-    int in_wheel;
+    uint32_t heap_idx;                      /* 1 + its place among held connects, or 0 */
 };
 
 /*
- * The wheel of held connects: WHEEL_SLOTS lists, a link in the one of its
- * deadline's WHEEL_MS slice, visited by one lws timer every WHEEL_MS while
- * any link is on it. lws 4.1 keeps timers in one sorted list that every
- * (re)schedule walks, so a timer per connection costs O(connections) per
- * connect; the wheel costs O(1). A deadline more than a turn away stays put
- * until its turn comes round.
+ * Held connects, earliest deadline first: a binary heap of links, and one
+ * lws timer set to the top's deadline. lws 4.1 keeps its timers in one
+ * sorted list that every (re)schedule walks, so a timer per connect costs
+ * O(connections) each time; and every wakeup of the loop costs a poll() over
+ * every socket, so the loop wakes only when a connect is due (deadlines
+ * within DUE_SLACK_MS share a wakeup). An answered connect may stay in the
+ * heap until its time; it is dropped then.
  */
-static void wheel_remove(bs_server_t *s, link_t *lk)
+static void heap_swap(bs_server_t *s, uint32_t a, uint32_t b)
 {
-    if (!lk->in_wheel)
-        return;
-    if (lk->wprev)
-        lk->wprev->wnext = lk->wnext;
-    else
-        s->wheel[(lk->core.held_slot) % WHEEL_SLOTS] = lk->wnext;
-    if (lk->wnext)
-        lk->wnext->wprev = lk->wprev;
-    lk->wprev = lk->wnext = NULL;
-    lk->in_wheel = 0;
-    s->wheel_count--;
+    link_t *t = s->heap[a];
+
+    s->heap[a] = s->heap[b];
+    s->heap[b] = t;
+    s->heap[a]->heap_idx = a + 1;
+    s->heap[b]->heap_idx = b + 1;
 }
 
-static void on_wheel(lws_sorted_usec_list_t *sul)
+static int64_t deadline(const bs_server_t *s, uint32_t i)
 {
-    bs_server_t *s = lws_container_of(sul, bs_server_t, wheel_tick);
-    int64_t now = bs_now_ms();
-    int visited = 0;
+    return s->heap[i]->core.held_until;
+}
 
-    /* A slice is visited once it is wholly past: all in it are due. */
-    while (s->wheel_at + WHEEL_MS <= now && visited++ < WHEEL_SLOTS) {
-        link_t *lk = s->wheel[(s->wheel_at / WHEEL_MS) % WHEEL_SLOTS], *next;
-
-        for (; lk; lk = next) {
-            next = lk->wnext;
-            if (!lk->core.held) {
-                wheel_remove(s, lk);        /* answered meanwhile */
-            } else if (lk->core.held_until <= now) {
-                wheel_remove(s, lk);
-                lws_callback_on_writable(lk->core.wsi);
-            }
-        }
-        s->wheel_at += WHEEL_MS;
+static void heap_up(bs_server_t *s, uint32_t i)
+{
+    while (i && deadline(s, (i - 1) / 2) > deadline(s, i)) {
+        heap_swap(s, i, (i - 1) / 2);
+        i = (i - 1) / 2;
     }
-    if (s->wheel_at + WHEEL_MS <= now)
-        s->wheel_at = now - now % WHEEL_MS; /* fell a whole turn behind: catch up */
-    if (s->wheel_count)
-        lws_sul_schedule(s->ctx, 0, &s->wheel_tick, on_wheel, WHEEL_MS * LWS_US_PER_MS);
-    else
-        s->wheel_running = 0;
 }
 
-/* After a batch: a held connect goes on the wheel at its deadline. */
+static void heap_down(bs_server_t *s, uint32_t i)
+{
+    for (;;) {
+        uint32_t l = 2 * i + 1, r = l + 1, m = i;
+
+        if (l < s->heap_len && deadline(s, l) < deadline(s, m))
+            m = l;
+        if (r < s->heap_len && deadline(s, r) < deadline(s, m))
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(s, i, m);
+        i = m;
+    }
+}
+
+static void heap_remove(bs_server_t *s, link_t *lk)
+{
+    uint32_t i;
+
+    if (!lk->heap_idx)
+        return;
+    i = lk->heap_idx - 1;
+    lk->heap_idx = 0;
+    if (i != --s->heap_len) {
+        s->heap[i] = s->heap[s->heap_len];
+        s->heap[i]->heap_idx = i + 1;
+        heap_down(s, i);
+        heap_up(s, i);
+    }
+}
+
+/* Sets the timer for the earliest held connect, if it is not set earlier already. */
+static void schedule_due(bs_server_t *s)
+{
+    int64_t when, now;
+
+    if (!s->heap_len)
+        return;
+    when = deadline(s, 0) + DUE_SLACK_MS;
+    if (s->due_at && s->due_at <= when)
+        return;
+    now = bs_now_ms();
+    s->due_at = when;
+    lws_sul_schedule(s->ctx, 0, &s->due_tick, on_due, (when > now ? when - now : 0) * LWS_US_PER_MS);
+}
+
+static void on_due(lws_sorted_usec_list_t *sul)
+{
+    bs_server_t *s = lws_container_of(sul, bs_server_t, due_tick);
+    int64_t now = bs_now_ms();
+
+    s->due_at = 0;
+    while (s->heap_len && deadline(s, 0) <= now + DUE_SLACK_MS) {
+        link_t *lk = s->heap[0];
+
+        heap_remove(s, lk);
+        if (lk->core.held)
+            lws_callback_on_writable(lk->core.wsi);
+    }
+    schedule_due(s);
+}
+
+/* After a batch: a held connect goes into the heap at its deadline. */
 static void arm_due(bs_server_t *s, bs_link_t *l)
 {
     link_t *lk = (link_t *)l;
-    int64_t now = bs_now_ms(), slice;
 
-    wheel_remove(s, lk);
+    heap_remove(s, lk);
     if (!l->held)
         return;
-    if (!s->wheel_running) {
-        s->wheel_at = now - now % WHEEL_MS;
-        s->wheel_running = 1;
-        lws_sul_schedule(s->ctx, 0, &s->wheel_tick, on_wheel, WHEEL_MS * LWS_US_PER_MS);
+    if (s->heap_len == s->heap_cap) {
+        uint32_t cap = s->heap_cap ? s->heap_cap * 2 : 256;
+        link_t **v = realloc(s->heap, sizeof(*v) * cap);
+
+        if (!v) {
+            lws_callback_on_writable(l->wsi); /* no room to wait: answer now */
+            return;
+        }
+        s->heap = v;
+        s->heap_cap = cap;
     }
-    slice = l->held_until / WHEEL_MS;
-    if (slice * WHEEL_MS < s->wheel_at) {   /* its slice has been visited: due now */
-        lws_callback_on_writable(l->wsi);
-        return;
-    }
-    l->held_slot = (uint32_t)(slice % WHEEL_SLOTS);
-    lk->wnext = s->wheel[l->held_slot];
-    if (lk->wnext)
-        lk->wnext->wprev = lk;
-    lk->wprev = NULL;
-    s->wheel[l->held_slot] = lk;
-    lk->in_wheel = 1;
-    s->wheel_count++;
+    s->heap[s->heap_len] = lk;
+    lk->heap_idx = ++s->heap_len;
+    heap_up(s, s->heap_len - 1);
+    schedule_due(s);
 }
 
 static void link_open(bs_link_t *l, struct lws *wsi, int via)
@@ -262,7 +300,7 @@ static void link_close(bs_server_t *s, bs_link_t *l)
 {
     if (!l)
         return;
-    wheel_remove(s, (link_t *)l);
+    heap_remove(s, (link_t *)l);
     bs_engine_unlink(&s->engine, l);
     bs_buf_free(&l->rx);
     bs_buf_free(&l->out);
@@ -800,12 +838,16 @@ static void *service_main(void *arg)
     s->alive = 0;
     pthread_mutex_unlock(&s->lock);
     lws_sul_cancel(&s->tick);
-    lws_sul_cancel(&s->wheel_tick);
+    lws_sul_cancel(&s->due_tick);
     /* Closes every connection; each CLOSED callback unlinks its client. */
     s->destroying = 1;
     lws_context_destroy(s->ctx);
     s->ctx = NULL;
     __atomic_store_n(&s->conn_stats.connections, 0, __ATOMIC_RELAXED);
+    /* Only now: every CLOSED callback above took its link out of the heap. */
+    free(s->heap);
+    s->heap = NULL;
+    s->heap_len = s->heap_cap = 0;
     bs_engine_free(&s->engine);
     s->alive_for_drain = 0;
     drain_publishes(s);                     /* the engine is gone: just frees */

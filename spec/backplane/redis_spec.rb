@@ -80,7 +80,10 @@ RSpec.describe "the Redis backplane", if: BackboneSyncSpec::RedisProcess.availab
       back = BackboneSyncSpec::BayeuxHTTP::Session.new(survivor.url)
       back.handshake!
       reply = back.subscribe!("/bp/failover", ext: { since: last })
-      expect(reply["ext"]).to include("recovered" => true, "epoch" => last[:epoch], "offset" => 5)
+      expect(reply["ext"]).to include("recovered" => true, "epoch" => last[:epoch])
+      # The survivor's own publishes come back to it through Redis: it may not
+      # have seen all three yet; those it has not come live, after the replay.
+      expect(reply["ext"]["offset"]).to be_between(2, 5)
       got = back.receive(3)
       expect(got.map { |m| m["data"] }).to eq(["while down 0", "while down 1", "while down 2"])
       expect(back.receive(1, within: 0.5)).to eq([])
