@@ -728,13 +728,12 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
 
 /* ---- entry points --------------------------------------------------------- */
 
-int bs_engine_receive(bs_engine_t *e, bs_link_t *l, int via, const char *json, size_t len,
+int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len,
                       bs_buf_t *out)
 {
     bs_batch_t b;
     uint32_t i;
 
-    (void)via;
     if (bs_batch_parse(&b, json, len, e->cfg->max_depth, e->cfg->max_batch)) {
         char err[128];
 
@@ -804,12 +803,10 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
         bs_history_sweep(e, now);
         e->last_history_sweep = now;
     }
+    /* Held connects are the transport's to answer on time (server.c). */
     for (c = e->all; c; c = next) {
         next = c->next;
-        if (c->link && c->link->held) {
-            if (bs_engine_due(e, c->link, now))
-                bs_link_wake(e->server, c->link);
-        } else if (now - c->last_seen > expiry) {
+        if (!(c->link && c->link->held) && now - c->last_seen > expiry) {
             if (bs_log_verbose(e->server))
                 bs_log(e->server, 'I', "client %s expired", c->id);
             client_destroy(e, c, 1);

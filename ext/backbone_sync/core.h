@@ -274,7 +274,7 @@ void bs_engine_free(bs_engine_t *e);
 /* Handles one batch that arrived on `link`. Appends reply objects, comma
  * separated without brackets, to `out`. Returns 200, or 400 when the whole
  * batch was refused (out then holds one error object). */
-int bs_engine_receive(bs_engine_t *e, bs_link_t *link, int via, const char *json, size_t len,
+int bs_engine_receive(bs_engine_t *e, bs_link_t *link, const char *json, size_t len,
                       bs_buf_t *out);
 /* Publishes data (JSON text) to channel: composes the delivery once, with
  * its offset and epoch in ext, keeps it in the channel's history and queues

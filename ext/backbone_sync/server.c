@@ -368,7 +368,7 @@ static int ws_receive(bs_server_t *s, struct lws *wsi, bs_link_t *l, const void 
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
         return 0;
     /* A message that is not a Bayeux batch gets its 400 error, then a 1007 close. */
-    if (bs_engine_receive(&s->engine, l, BS_VIA_WS, l->rx.ptr, l->rx.len, &l->out) != 200)
+    if (bs_engine_receive(&s->engine, l, l->rx.ptr, l->rx.len, &l->out) != 200)
         l->close_code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
     bs_buf_free(&l->rx);
     /* A client that sends and never reads cannot grow our replies forever. */
@@ -595,7 +595,7 @@ static int http_body_done(bs_server_t *s, struct lws *wsi, bs_link_t *l)
         lws_callback_on_writable(wsi);
         return 0;
     }
-    l->status = bs_engine_receive(&s->engine, l, BS_VIA_HTTP, l->rx.ptr, (size_t)len, &l->out);
+    l->status = bs_engine_receive(&s->engine, l, l->rx.ptr, (size_t)len, &l->out);
     bs_buf_free(&l->rx);
     if (l->status != 200 || !l->held || bs_engine_due(&s->engine, l, bs_now_ms())) {
         lws_callback_on_writable(wsi);

@@ -131,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!(body = malloc(size * (BS_ID_LEN / 4) + 1)))
         return 0;
     n = expand(data + 1, size - 1, body);
-    bs_engine_receive(&engine, l, l->via, body, n, &l->out);
+    bs_engine_receive(&engine, l, body, n, &l->out);
     free(body);
     remember_client(&l->out);
     if (data[0] & 2)
