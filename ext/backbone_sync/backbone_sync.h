@@ -64,6 +64,9 @@ typedef struct bs_server_config {
     int max_batch;                       /* Bayeux messages in one request/frame; 100 */
     int max_subscriptions;               /* per client; 1000 (a pushable model subscribes on its own) */
     int max_queue;                       /* messages queued for one client before it is dropped; 1000 */
+    int max_clients;                     /* live Bayeux sessions; 100000 */
+    int request_timeout;                 /* seconds for an HTTP request's headers, and again for its body; 10 */
+    const char *const *allowed_origins;  /* NULL-terminated CORS origins served with credentials, or NULL: any, without */
     const char *client_js;               /* browser client bytes, served at <mount>.js and <mount>/client.js */
     size_t client_js_len;
     int history_size;                    /* messages kept per channel for recovery; 100; -1: no history */
@@ -92,6 +95,10 @@ typedef struct bs_stats {
     uint64_t backplane_up;               /* 1 while connected to Redis (0 without a backplane) */
     uint64_t backplane_queued;           /* publishes waiting for Redis */
     uint64_t backplane_refused;          /* publishes refused because that queue was full */
+    uint64_t history_channels;           /* channels with a history kept for recovery */
+    uint64_t history_bytes;              /* what those histories hold, counted against history_memory */
+    uint64_t clients_refused;            /* handshakes refused at max_clients */
+    uint64_t clients_evicted;            /* never-connected sessions dropped to make room */
 } bs_stats_t;
 
 enum {

@@ -20,6 +20,9 @@
 #include "core.h"
 
 #define SUPPORTED (BS_CT_LONG_POLLING | BS_CT_CROSS_ORIGIN | BS_CT_WEBSOCKET)
+/* A session that has not sent /meta/connect within this long (or the
+ * connect timeout, if shorter) was a handshake and nothing more. */
+#define CONNECT_GRACE_MS 10000
 
 static const char *const meta_channels[] = {
     "/meta/handshake", "/meta/connect", "/meta/subscribe", "/meta/unsubscribe", "/meta/disconnect"
@@ -72,11 +75,54 @@ int bs_random_id(bs_engine_t *e, char *out, size_t n)
     return 0;
 }
 
-static bs_client_t *client_create(bs_engine_t *e)
+/* The list of sessions that have not connected yet, oldest first. */
+static void waiting_remove(bs_engine_t *e, bs_client_t *c)
 {
-    bs_client_t *c = calloc(1, sizeof(*c));
+    if (!c->waiting)
+        return;
+    c->waiting = 0;
+    if (c->wprev)
+        c->wprev->wnext = c->wnext;
+    else
+        e->waiting_head = c->wnext;
+    if (c->wnext)
+        c->wnext->wprev = c->wprev;
+    else
+        e->waiting_tail = c->wprev;
+    c->wprev = c->wnext = NULL;
+}
 
-    if (!c)
+static void waiting_append(bs_engine_t *e, bs_client_t *c)
+{
+    c->waiting = 1;
+    c->wprev = e->waiting_tail;
+    if (e->waiting_tail)
+        e->waiting_tail->wnext = c;
+    else
+        e->waiting_head = c;
+    e->waiting_tail = c;
+}
+
+static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link);
+
+/* Returns a new session, or NULL with *full set when max_clients are live
+ * and every one of them has connected: a flood of handshakes never evicts a
+ * connected client, only sessions that never connected, oldest first. */
+static bs_client_t *client_create(bs_engine_t *e, int *full)
+{
+    bs_client_t *c;
+
+    *full = 0;
+    if (e->clients.count >= (uint32_t)e->cfg->max_clients) {
+        if (!e->waiting_head) {
+            *full = 1;
+            BS_STAT_ADD(e, clients_refused, 1);
+            return NULL;
+        }
+        BS_STAT_ADD(e, clients_evicted, 1);
+        client_destroy(e, e->waiting_head, 0);
+    }
+    if (!(c = calloc(1, sizeof(*c))))
         return NULL;
     do {
         if (bs_random_id(e, c->id, BS_ID_LEN)) {
@@ -93,7 +139,8 @@ static bs_client_t *client_create(bs_engine_t *e)
     if (e->all)
         e->all->prev = c;
     e->all = c;
-    c->last_seen = bs_now_ms();
+    c->last_seen = c->born = bs_now_ms();
+    waiting_append(e, c);
     BS_STAT_ADD(e, clients, 1);
     return c;
 }
@@ -132,16 +179,18 @@ static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
         bs_link_lost_client(e->server, l, close_link);
     }
     bs_table_remove(&e->clients, &c->node);
+    waiting_remove(e, c);
     if (c->prev)
         c->prev->next = c->next;
     else
         e->all = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    e->freed_bytes += sizeof(*c) + (size_t)c->subs_cap * sizeof(bs_sub_t) +
+                      (size_t)c->queue.cap * sizeof(bs_frame_t *);
     bs_channels_unsubscribe_all(e, c);
     bs_ring_free(&c->queue);
     BS_STAT_SUB(e, clients, 1);
-    e->freed_since_trim++;
     free(c);
 }
 
@@ -273,7 +322,7 @@ static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *j
 /* 1 when h holds every message after the client's since. */
 static int covered(const bs_history_t *h, const bs_msg_t *m)
 {
-    uint64_t oldest = h->len ? h->ring[h->head].offset : h->offset + 1;
+    uint64_t oldest = bs_history_oldest(h);
 
     return m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0 && m->since_offset <= h->offset &&
            m->since_offset + 1 >= oldest;
@@ -316,6 +365,7 @@ static void handshake(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
     static const char types[] =
         ",\"version\":\"1.0\",\"supportedConnectionTypes\":[\"long-polling\",\"cross-origin-long-polling\",\"websocket\"]";
     bs_client_t *c;
+    int full;
 
     if (!m->version)
         return fail(e, out, m, json, NULL, 402, "version", 7, "Missing required parameter");
@@ -324,8 +374,16 @@ static void handshake(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
                     "Missing required parameter");
     if (!(m->conn_types & SUPPORTED))
         return fail(e, out, m, json, NULL, 301, "", 0, "Connection types not supported");
-    if (!(c = client_create(e)))
-        return fail(e, out, m, json, NULL, 500, "", 0, "Internal server error");
+    if (!(c = client_create(e, &full))) {
+        if (!full)
+            return fail(e, out, m, json, NULL, 500, "", 0, "Internal server error");
+        /* Full: come back later, not at once. */
+        reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, NULL, 0);
+        bs_buf_append_str(out, ",\"error\":\"503::Server full (max_clients): try again later\","
+                               "\"advice\":{\"reconnect\":\"handshake\",\"interval\":5000}}");
+        BS_STAT_ADD(e, errors, 1);
+        return;
+    }
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
     bs_buf_append(out, types, sizeof(types) - 1);
     advice(out, e, 1);
@@ -392,9 +450,13 @@ static void connect(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t 
         return;
     if (!m->connection_type)
         return fail(e, out, m, json, c->id, 402, "connectionType", 14, "Missing required parameter");
-    if (!(bs_conn_type_bit(m->connection_type) & SUPPORTED))
+    /* A connect must name the transport it came on: "websocket" over HTTP
+     * would be held as if a socket were there to push on. */
+    if (!(bs_conn_type_bit(m->connection_type) & SUPPORTED) ||
+        (l && l->via == BS_VIA_HTTP && bs_conn_type_bit(m->connection_type) == BS_CT_WEBSOCKET))
         return fail(e, out, m, json, c->id, 301, m->connection_type, strlen(m->connection_type),
                     "Connection types not supported");
+    waiting_remove(e, c);
     if (!l) {
         /* Nothing to hold it on: answer at once. */
         reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
@@ -657,7 +719,12 @@ void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_
     char ep[BS_EPOCH_LEN + 1];
 
     BS_STAT_ADD(e, messages_in, 1);
-    if (!bs_channel_valid_name(channel, chlen) || !(f = bs_frame_new(flen)))
+    if (!bs_channel_valid_name(channel, chlen) || !bs_utf8_valid(frame, flen)) {
+        BS_STAT_ADD(e, errors, 1);
+        bs_log(e->server, 'W', "dropped a message from Redis that is not valid UTF-8 or has no valid channel");
+        return;
+    }
+    if (!(f = bs_frame_new(flen)))
         return;
     memcpy(BS_FRAME_DATA(f), frame, flen);
     if (e->cfg->history_size > 0 && (h = bs_history_get(e, channel, chlen))) {
@@ -734,6 +801,16 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
     bs_batch_t b;
     uint32_t i;
 
+    /* Before anything is stored or delivered: a browser drops a WebSocket
+     * that carries invalid UTF-8, so one such publish kept in history would
+     * cut off every subscriber that recovers it. */
+    if (!bs_utf8_valid(json, len)) {
+        error_reply(out, NO_ID, NULL, 0, NULL, "400::Bad request: the message is not valid UTF-8", 0);
+        BS_STAT_ADD(e, errors, 1);
+        bs_log(e->server, 'W', "refused %s message that is not valid UTF-8 (%zu bytes)",
+               l && l->via == BS_VIA_WS ? "a WebSocket" : "an HTTP", len);
+        return 400;
+    }
     if (bs_batch_parse(&b, json, len, e->cfg->max_depth, e->cfg->max_batch)) {
         char err[128];
 
@@ -749,7 +826,10 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
 
         BS_STAT_ADD(e, messages_in, 1);
         if (m->bad) {
-            fail(e, out, m, json, NULL, 400, "", 0, "Bad request: a field has the wrong type");
+            char why[96];
+
+            snprintf(why, sizeof(why), "Bad request: %s", m->bad);
+            fail(e, out, m, json, NULL, 400, "", 0, why);
             continue;
         }
         if (!m->channel) {
@@ -797,11 +877,20 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
     /* Faye's memory engine forgets a client about 1.6 timeouts after its last
      * connect; we do the same, counting only while no connect is held. */
     int64_t expiry = (int64_t)e->cfg->timeout * 1600;
+    int64_t grace = (int64_t)e->cfg->timeout * 1000 < CONNECT_GRACE_MS ? (int64_t)e->cfg->timeout * 1000
+                                                                      : CONNECT_GRACE_MS;
     bs_client_t *c, *next;
 
     if (e->histories.count && now - e->last_history_sweep >= 1000) {
         bs_history_sweep(e, now);
         e->last_history_sweep = now;
+    }
+    /* Handshakes that never connected, oldest first. */
+    while (e->waiting_head && now - e->waiting_head->born > grace) {
+        if (bs_log_verbose(e->server))
+            bs_log(e->server, 'I', "client %s expired: no /meta/connect after its handshake",
+                   e->waiting_head->id);
+        client_destroy(e, e->waiting_head, 1);
     }
     /* Held connects are the transport's to answer on time (server.c). */
     for (c = e->all; c; c = next) {

@@ -276,6 +276,7 @@ static bs_channel_t *channel_create(bs_engine_t *e, const char *name, size_t len
 
 static void channel_destroy(bs_engine_t *e, bs_channel_t *c)
 {
+    bs_history_release(e, c->name, c->len);
     bs_table_remove(&e->channels, &c->node);
     e->npatterns -= (uint32_t)c->pattern;
     BS_STAT_SUB(e, channels, 1);

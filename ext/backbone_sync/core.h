@@ -115,6 +115,9 @@ struct bs_channel {
 struct bs_client {
     bs_hnode_t node;                       /* first: in engine->clients */
     bs_client_t *prev, *next;              /* every client, for the sweep */
+    bs_client_t *wprev, *wnext;            /* never connected yet, oldest first: evicted first */
+    int waiting;                           /* in that list: no /meta/connect seen yet */
+    int64_t born;                          /* ms */
     char id[BS_ID_LEN + 1];
     bs_sub_t *subs;
     uint32_t nsubs;
@@ -179,14 +182,15 @@ typedef struct bs_engine {
     void *server;                          /* back pointer for bs_link_* and logging */
     bs_table_t clients;                    /* by id */
     bs_client_t *all;                      /* list head */
+    bs_client_t *waiting_head, *waiting_tail; /* handshaken, never connected, oldest first */
     bs_table_t channels;                   /* by name */
     uint32_t npatterns;                    /* wildcard entries: skip expansion when 0 */
     uint64_t stamp;
     uint32_t ndoomed;                      /* clients to free after the current fan-out */
-    uint32_t freed_since_trim;             /* clients freed; server.c trims the heap */
+    size_t freed_bytes;                    /* freed since the heap was last trimmed (server.c) */
     bs_table_t histories;                  /* by channel name */
     bs_history_t *lru_head, *lru_tail;
-    size_t hist_bytes;
+    size_t hist_bytes;                     /* everything the histories hold: see history.c */
     bs_buf_t build;                        /* a frame being composed */
     struct bs_backplane *backplane;        /* Redis, or NULL for a single node */
     int64_t last_history_sweep;            /* ms */
@@ -243,7 +247,7 @@ typedef struct bs_msg {
     uint32_t conn_types;                   /* BS_CT_* bits offered by a handshake */
     int has_conn_types;
     int has_id, has_data, has_ext, has_subscription;
-    int bad;                               /* a field had the wrong type */
+    const char *bad;                       /* why the message is refused (a wrong type, a repeated member), or NULL */
     int64_t advice_timeout;                /* ms, or -1 */
     size_t channel_len, client_id_len, secret_len, token_len;
 } bs_msg_t;
@@ -265,6 +269,8 @@ int bs_batch_parse(bs_batch_t *b, const char *json, size_t len, int max_depth, i
 void bs_batch_free(bs_batch_t *b);
 uint32_t bs_conn_type_bit(const char *s);
 
+/* 1 when s[0..len) is valid UTF-8 (RFC 3629), else 0. Any thread. */
+int bs_utf8_valid(const char *s, size_t len);
 /* Appends s as a JSON string (quoted and escaped). */
 int bs_json_str(bs_buf_t *b, const char *s, size_t len);
 
@@ -319,6 +325,10 @@ int bs_history_replay(bs_engine_t *e, bs_history_t *h, uint64_t since, bs_client
 void bs_history_reset(bs_engine_t *e, bs_history_t *h, const char *epoch, uint64_t offset);
 /* Keeps f as the entry for `offset`, if it comes after the last kept one. */
 void bs_history_put(bs_engine_t *e, bs_history_t *h, uint64_t offset, bs_frame_t *f);
+/* The offset of the oldest kept entry (the next one when none is kept). */
+uint64_t bs_history_oldest(const bs_history_t *h);
+/* The channel lost its last subscriber: a history never published to goes. */
+void bs_history_release(bs_engine_t *e, const char *name, size_t len);
 void bs_history_sweep(bs_engine_t *e, int64_t now);
 void bs_history_free_all(bs_engine_t *e);
 

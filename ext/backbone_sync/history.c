@@ -3,23 +3,51 @@
  * messages, so a client that comes back can be given exactly what it missed.
  * Thread: the service thread only.
  *
- * Every exact channel that is published to, or subscribed to, has an epoch
- * (random, fixed for the life of its history) and a 64-bit offset that each
- * publish increments. The last history_size frames are kept, none older than
- * history_ttl seconds, and all channels together hold at most history_memory
- * bytes: past that, the channels published to least recently lose their
- * oldest entries first. A channel with no entries and no subscribers is
- * forgotten once idle; a client that asks for it later learns that its
- * history is gone (a new epoch) and refetches.
+ * A channel gets a history at its first publish, or at its first subscribe
+ * (the reply names the epoch and offset its messages will carry). Its epoch
+ * is random and fixed for the life of the history; each publish increments
+ * its 64-bit offset. The last history_size frames are kept, none older than
+ * history_ttl seconds.
+ *
+ * history_memory bounds everything the histories hold together: the frames,
+ * the rings, the structs with their names, and their table slots. Past it,
+ * the channels published to least recently give up their oldest entries
+ * first; one left empty is forgotten when nobody subscribes to it, else it
+ * keeps only its struct (its subscribers hold that much anyway). A history
+ * that was never published to goes with its last subscriber; one that is
+ * empty, idle and unsubscribed goes at the sweep. A client that asks for a
+ * forgotten history later meets a new epoch and refetches.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core.h"
 
+#define RING_FIRST 4                        /* entries a ring starts with; it doubles up to history_size */
+
 static bs_entry_t *entry_at(const bs_history_t *h, uint32_t i)
 {
     return &h->ring[(h->head + i) % h->cap];
+}
+
+/* What one kept frame costs: its allocation, shared or not. */
+static size_t frame_cost(const bs_frame_t *f)
+{
+    return sizeof(*f) + BS_PRE + f->len;
+}
+
+/* What a history costs besides its frames. */
+static size_t shell_cost(const bs_history_t *h)
+{
+    return sizeof(*h) + h->name_len + 1 + sizeof(bs_hnode_t *) + (size_t)h->cap * sizeof(bs_entry_t);
+}
+
+static void count(bs_engine_t *e, bs_history_t *h, size_t add, size_t sub)
+{
+    h->bytes = h->bytes + add - sub;
+    e->hist_bytes = e->hist_bytes + add - sub;
+    e->freed_bytes += sub;
+    __atomic_store_n(&e->stats.history_bytes, (uint64_t)e->hist_bytes, __ATOMIC_RELAXED);
 }
 
 bs_history_t *bs_history_find(bs_engine_t *e, const char *name, size_t len)
@@ -84,7 +112,9 @@ bs_history_t *bs_history_get(bs_engine_t *e, const char *name, size_t len)
     h->name[len] = '\0';
     h->name_len = len;
     h->last_used = bs_now_ms();
+    count(e, h, shell_cost(h), 0);
     lru_front(e, h);
+    BS_STAT_ADD(e, history_channels, 1);
     return h;
 }
 
@@ -92,54 +122,94 @@ static void drop_oldest(bs_engine_t *e, bs_history_t *h)
 {
     bs_entry_t *x = entry_at(h, 0);
 
-    h->bytes -= x->frame->len;
-    e->hist_bytes -= x->frame->len;
+    count(e, h, 0, frame_cost(x->frame));
     bs_frame_unref(x->frame);
     h->head = (h->head + 1) % h->cap;
     h->len--;
+}
+
+/* Gives the ring back; only an empty one. */
+static void free_ring(bs_engine_t *e, bs_history_t *h)
+{
+    size_t before = shell_cost(h);
+
+    free(h->ring);
+    h->ring = NULL;
+    h->cap = h->head = 0;
+    count(e, h, shell_cost(h), before);
 }
 
 static void destroy(bs_engine_t *e, bs_history_t *h)
 {
     while (h->len)
         drop_oldest(e, h);
+    count(e, h, 0, shell_cost(h));
     bs_table_remove(&e->histories, &h->node);
     lru_unlink(e, h);
     free(h->ring);
     free(h);
+    BS_STAT_SUB(e, history_channels, 1);
 }
 
-int bs_history_append(bs_engine_t *e, bs_history_t *h, bs_frame_t *f)
+/* Room for one more entry: the ring doubles, up to history_size. */
+static int ring_room(bs_engine_t *e, bs_history_t *h)
 {
-    uint32_t size = (uint32_t)e->cfg->history_size;
+    uint32_t size = (uint32_t)e->cfg->history_size, cap, i;
+    bs_entry_t *v;
+    size_t before;
 
-    if (!h->ring) {
-        if (!(h->ring = malloc(sizeof(*h->ring) * size)))
-            return -1;
-        h->cap = size;
-    }
-    if (h->len == h->cap)
+    if (h->len < h->cap)
+        return 0;
+    if (h->cap >= size) {
         drop_oldest(e, h);
-    *entry_at(h, h->len) = (bs_entry_t){ .offset = h->offset, .at = bs_now_ms(), .frame = f };
-    h->len++;
-    bs_frame_ref(f);
-    h->bytes += f->len;
-    e->hist_bytes += f->len;
-    h->last_used = bs_now_ms();
-    lru_front(e, h);
-    /* Over the global bound: the least recently published channels give up
-     * their oldest entries first. */
-    while (e->hist_bytes > e->cfg->history_memory && e->lru_tail) {
+        return 0;
+    }
+    cap = h->cap ? h->cap * 2 : RING_FIRST;
+    if (cap > size)
+        cap = size;
+    if (!(v = malloc(sizeof(*v) * cap)))
+        return -1;
+    for (i = 0; i < h->len; i++)
+        v[i] = *entry_at(h, i);
+    before = shell_cost(h);
+    free(h->ring);
+    h->ring = v;
+    h->head = 0;
+    h->cap = cap;
+    count(e, h, shell_cost(h), before);
+    return 0;
+}
+
+/* Over history_memory: the least recently published give way, never `keep`. */
+static void enforce_bound(bs_engine_t *e, bs_history_t *keep)
+{
+    while (e->hist_bytes > e->cfg->history_memory && e->lru_tail && e->lru_tail != keep) {
         bs_history_t *old = e->lru_tail;
 
         while (old->len && e->hist_bytes > e->cfg->history_memory)
             drop_oldest(e, old);
-        if (e->hist_bytes > e->cfg->history_memory) {
-            if (old == h)
-                break;
-            lru_unlink(e, old);     /* empty now: keep its offset, off the list */
+        if (old->len)
+            break;                          /* under the bound again */
+        if (!bs_channels_find(e, old->name, old->name_len)) {
+            destroy(e, old);
+        } else {
+            free_ring(e, old);
+            lru_unlink(e, old);             /* its subscribers keep the struct */
         }
     }
+}
+
+int bs_history_append(bs_engine_t *e, bs_history_t *h, bs_frame_t *f)
+{
+    if (ring_room(e, h))
+        return -1;
+    *entry_at(h, h->len) = (bs_entry_t){ .offset = h->offset, .at = bs_now_ms(), .frame = f };
+    h->len++;
+    bs_frame_ref(f);
+    count(e, h, frame_cost(f), 0);
+    h->last_used = bs_now_ms();
+    lru_front(e, h);
+    enforce_bound(e, h);
     return 0;
 }
 
@@ -190,6 +260,19 @@ int bs_history_replay(bs_engine_t *e, bs_history_t *h, uint64_t since, bs_client
     return 0;
 }
 
+uint64_t bs_history_oldest(const bs_history_t *h)
+{
+    return h->len ? entry_at(h, 0)->offset : h->offset + 1;
+}
+
+void bs_history_release(bs_engine_t *e, const char *name, size_t len)
+{
+    bs_history_t *h = bs_history_find(e, name, len);
+
+    if (h && !h->offset && !h->len)
+        destroy(e, h);
+}
+
 void bs_history_sweep(bs_engine_t *e, int64_t now)
 {
     int64_t ttl = (int64_t)e->cfg->history_ttl * 1000;
@@ -204,8 +287,12 @@ void bs_history_sweep(bs_engine_t *e, int64_t now)
             next = n->next;
             while (h->len && now - entry_at(h, 0)->at > ttl)
                 drop_oldest(e, h);
-            if (!h->len && now - h->last_used > ttl && !bs_channels_find(e, h->name, h->name_len))
+            if (h->len || now - h->last_used <= ttl)
+                continue;
+            if (!bs_channels_find(e, h->name, h->name_len))
                 destroy(e, h);
+            else if (h->ring)
+                free_ring(e, h);
         }
     }
 }

@@ -7,7 +7,14 @@
  * past the current token. That lets us keep `id`, `data`, `subscription` and
  * the members of `ext` as raw spans of the input: a client publish is passed
  * on byte for byte, never decoded and encoded again. yajl has already
- * checked that those bytes are valid JSON and valid UTF-8.
+ * checked that those bytes are valid JSON; yajl's UTF-8 check is loose
+ * (overlongs, surrogates and code points past U+10FFFF pass), so the engine
+ * checks the whole input with bs_utf8_valid first.
+ *
+ * A member the server interprets may appear once in a message, and a string
+ * it interprets may not hold NUL: a second "subscription", or
+ * "/meta/subscribe\u0000x", would make the server act on one thing and
+ * report another.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +27,7 @@ enum field {
     F_NONE, F_CHANNEL, F_CLIENT_ID, F_CONNECTION_TYPE, F_VERSION, F_ID, F_DATA,
     F_SUBSCRIPTION, F_TYPES, F_EXT, F_ADVICE, F_OTHER
 };
-enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT, X_SINCE };
+enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT, X_SINCE, X_OFFSET, X_EPOCH };
 enum since_key { S_OTHER, S_OFFSET, S_EPOCH };
 
 typedef struct parse {
@@ -44,6 +51,8 @@ typedef struct parse {
     int ext_members;
     size_t ext_start;
     size_t subs_start;            /* arena offset of the first subscription */
+    uint32_t seen;                /* bits of the fields met in the current message */
+    uint32_t ext_seen;            /* bits of the ext members met */
     const char *error;
 } parse_t;
 
@@ -128,14 +137,39 @@ static int ext_member_done(parse_t *p)
         return 1;
     sp = span_from(p, p->member_start);
     p->member_start = consumed(p);
-    if (p->xkey == X_SECRET)
-        return 1;                                /* never passed on */
+    /* The secret is never passed on; offset and epoch are the server's to give. */
+    if (p->xkey == X_SECRET || p->xkey == X_OFFSET || p->xkey == X_EPOCH)
+        return 1;
     if ((p->ext_members++ && bs_buf_append(&p->b->ext, ",", 1)) ||
         bs_buf_append(&p->b->ext, p->json + sp.off, sp.len)) {
         p->error = "out of memory";
         return 0;
     }
     return 1;
+}
+
+#define WRONG_TYPE "a field has the wrong type"
+
+/* 1 when the string just read is one the server acts on. */
+static int interpreted_string(const parse_t *p)
+{
+    if (p->depth == p->msg_depth)
+        return p->field == F_CHANNEL || p->field == F_CLIENT_ID || p->field == F_CONNECTION_TYPE ||
+               p->field == F_VERSION || p->field == F_SUBSCRIPTION;
+    if (p->depth == p->msg_depth + 1)
+        return p->field == F_SUBSCRIPTION || p->field == F_TYPES ||
+               (p->field == F_EXT && (p->xkey == X_SECRET || p->xkey == X_TOKEN));
+    return p->depth == p->msg_depth + 2 && p->field == F_EXT && p->xkey == X_SINCE;
+}
+
+/* Marks the message bad when `bit` was met before in the same object. */
+static void once(parse_t *p, uint32_t *seen, uint32_t bit, const char *why)
+{
+    bs_msg_t *m = cur(p);
+
+    if (*seen & bit)
+        m->bad = why;
+    *seen |= bit;
 }
 
 /* A scalar finished at the current depth: route it. */
@@ -149,11 +183,13 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
         return 0;
     }
     m = cur(p);
+    if (is_string && memchr(str, '\0', len) && interpreted_string(p))
+        m->bad = "a string the server reads holds a NUL character";
     if (p->depth == p->msg_depth) {
         switch (p->field) {
         case F_CHANNEL: case F_CLIENT_ID: case F_CONNECTION_TYPE: case F_VERSION:
             if (!is_string) {
-                m->bad = 1;
+                m->bad = WRONG_TYPE;
                 break;
             }
             if ((off = arena_put(p, str, len)) < 0)
@@ -166,7 +202,7 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
             break;
         case F_SUBSCRIPTION:
             if (!is_string) {
-                m->bad = 1;
+                m->bad = WRONG_TYPE;
                 break;
             }
             if ((off = arena_put(p, str, len)) < 0)
@@ -176,7 +212,7 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
             break;
         case F_TYPES: case F_EXT: case F_ADVICE:
             if (p->field == F_TYPES)
-                m->bad = 1;                  /* must be an array */
+                m->bad = WRONG_TYPE;         /* must be an array */
             break;
         default:
             break;
@@ -187,7 +223,7 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
     if (p->depth == p->msg_depth + 1) {
         if (p->field == F_SUBSCRIPTION) {
             if (!is_string) {
-                m->bad = 1;
+                m->bad = WRONG_TYPE;
                 return 1;
             }
             if ((off = arena_put(p, str, len)) < 0)
@@ -241,7 +277,7 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
     }
     /* Deeper values belong to a captured span; nothing to collect. */
     if (p->depth == p->msg_depth + 2 && p->field == F_SUBSCRIPTION)
-        m->bad = 1;
+        m->bad = WRONG_TYPE;
     return 1;
 }
 
@@ -308,6 +344,7 @@ static int open_container(parse_t *p, int is_map)
         b->n++;
         p->msg_depth = p->depth;
         p->field = F_NONE;
+        p->seen = 0;
         return 1;
     }
     if (!p->msg_depth) {
@@ -327,6 +364,7 @@ static int open_container(parse_t *p, int is_map)
                 }
                 p->ext_start = b->ext.len - 1;
                 p->ext_members = 0;
+                p->ext_seen = 0;
                 p->member_start = consumed(p);
             } else {
                 p->field = F_OTHER;              /* a non-object ext is ignored */
@@ -334,17 +372,17 @@ static int open_container(parse_t *p, int is_map)
         } else if (p->field == F_ADVICE && !is_map) {
             p->field = F_OTHER;
         } else if ((p->field == F_SUBSCRIPTION || p->field == F_TYPES) && is_map) {
-            m->bad = 1;
+            m->bad = WRONG_TYPE;
         } else if (p->field == F_SUBSCRIPTION) {
             p->subs_start = b->arena.len;
         } else if (p->field == F_TYPES) {
             m->has_conn_types = 1;
         } else if (p->field == F_CHANNEL || p->field == F_CLIENT_ID ||
                    p->field == F_CONNECTION_TYPE || p->field == F_VERSION) {
-            m->bad = 1;
+            m->bad = WRONG_TYPE;
         }
     } else if (p->depth == p->msg_depth + 2 && (p->field == F_SUBSCRIPTION || p->field == F_TYPES)) {
-        cur(p)->bad = 1;                         /* only strings belong in these arrays */
+        cur(p)->bad = WRONG_TYPE;                         /* only strings belong in these arrays */
     }
     return 1;
 }
@@ -410,12 +448,18 @@ static int cb_map_key(void *ctx, const unsigned char *k, size_t len)
                    KEY("id") ? F_ID : KEY("data") ? F_DATA : KEY("subscription") ? F_SUBSCRIPTION :
                    KEY("supportedConnectionTypes") ? F_TYPES : KEY("ext") ? F_EXT :
                    KEY("advice") ? F_ADVICE : F_OTHER;
+        if (p->field != F_OTHER)
+            once(p, &p->seen, 1u << p->field, "a member appears twice in one message");
         p->value_start = consumed(p);
     } else if (p->msg_depth && p->depth == p->msg_depth + 1) {
-        if (p->field == F_EXT)
-            p->xkey = KEY("secret") ? X_SECRET : KEY("token") ? X_TOKEN : KEY("since") ? X_SINCE : X_OTHER;
-        else if (p->field == F_ADVICE)
+        if (p->field == F_EXT) {
+            p->xkey = KEY("secret") ? X_SECRET : KEY("token") ? X_TOKEN : KEY("since") ? X_SINCE :
+                      KEY("offset") ? X_OFFSET : KEY("epoch") ? X_EPOCH : X_OTHER;
+            if (p->xkey != X_OTHER)
+                once(p, &p->ext_seen, 1u << p->xkey, "a member appears twice in ext");
+        } else if (p->field == F_ADVICE) {
             p->xkey = KEY("timeout") ? X_TIMEOUT : X_OTHER;
+        }
     } else if (p->msg_depth && p->depth == p->msg_depth + 2 && p->field == F_EXT && p->xkey == X_SINCE) {
         p->skey = KEY("offset") ? S_OFFSET : KEY("epoch") ? S_EPOCH : S_OTHER;
     }
@@ -507,4 +551,45 @@ int bs_json_str(bs_buf_t *b, const char *s, size_t len)
     if (bs_buf_append(b, s + run, len - run))
         return -1;
     return bs_buf_append(b, "\"", 1);
+}
+
+/* RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF. */
+int bs_utf8_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str, *end = s + len;
+
+    while (s < end) {
+        unsigned char c = *s;
+        size_t n;
+        unsigned char lo = 0x80, hi = 0xBF;
+
+        if (c < 0x80) {
+            s++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            if (c == 0xE0)
+                lo = 0xA0;                       /* overlong below U+0800 */
+            else if (c == 0xED)
+                hi = 0x9F;                       /* surrogates U+D800..U+DFFF */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            if (c == 0xF0)
+                lo = 0x90;                       /* overlong below U+10000 */
+            else if (c == 0xF4)
+                hi = 0x8F;                       /* past U+10FFFF */
+        } else {
+            return 0;                            /* C0, C1, F5..FF, or a stray continuation */
+        }
+        if ((size_t)(end - s) <= n || s[1] < lo || s[1] > hi)
+            return 0;
+        for (size_t i = 2; i <= n; i++)
+            if ((s[i] & 0xC0) != 0x80)
+                return 0;
+        s += n + 1;
+    }
+    return 1;
 }

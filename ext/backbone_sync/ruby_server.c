@@ -125,7 +125,7 @@ static VALUE Server_configure(VALUE self, VALUE hash)
 {
     server_wrapper_t *w = unwrap(self);
     bs_server_config_t cfg;
-    VALUE keep_signed = Qnil, keep_public = Qnil;
+    VALUE keep_signed = Qnil, keep_public = Qnil, keep_origins = Qnil;
     VALUE signed_opt, client_js;
     bs_server_t *srv;
 
@@ -156,6 +156,9 @@ static VALUE Server_configure(VALUE self, VALUE hash)
         .max_batch = opt_int(hash, "max_batch", 100),
         .max_subscriptions = opt_int(hash, "max_subscriptions", 1000),
         .max_queue = opt_int(hash, "max_queue", 1000),
+        .max_clients = opt_int(hash, "max_clients", 100000),
+        .request_timeout = opt_int(hash, "request_timeout", 10),
+        .allowed_origins = opt_patterns(hash, "allowed_origins", &keep_origins),
         .client_js = NIL_P(client_js) ? NULL : RSTRING_PTR(client_js),
         .client_js_len = NIL_P(client_js) ? 0 : (size_t)RSTRING_LEN(client_js),
         /* 0 / NULL: the core's defaults; server.rb sets these only when given */
@@ -183,6 +186,7 @@ static VALUE Server_configure(VALUE self, VALUE hash)
     RB_GC_GUARD(client_js);
     RB_GC_GUARD(keep_signed);
     RB_GC_GUARD(keep_public);
+    RB_GC_GUARD(keep_origins);
     if (!srv)
         rb_memerror();
 
@@ -345,6 +349,10 @@ static VALUE Server_stats(VALUE self)
     STAT(backplane_up);
     STAT(backplane_queued);
     STAT(backplane_refused);
+    STAT(history_channels);
+    STAT(history_bytes);
+    STAT(clients_refused);
+    STAT(clients_evicted);
 #undef STAT
     return h;
 }

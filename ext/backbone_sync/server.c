@@ -10,6 +10,7 @@
  * context and the engine and never calls Ruby. The only shared state is the
  * publish queue and `alive`, under `lock`, and the stats counters (atomics).
  */
+#define _GNU_SOURCE                         /* pthread_setname_np */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -33,7 +34,7 @@ _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
 #define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; connects have the heap */
 #define DUE_SLACK_MS 10                     /* held connects due this close together share a wakeup */
-#define TRIM_AFTER 1000                     /* clients freed before memory is handed back to the OS */
+#define TRIM_AFTER (4u << 20)               /* bytes freed before the heap is handed back to the OS */
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
 #define MAX_WRITES_PER_CALLBACK 16
@@ -45,6 +46,7 @@ enum route { R_NONE, R_BAYEUX, R_JS, R_STATS, R_PREFLIGHT, R_STATUS };
 typedef struct link link_t;                 /* lws's per-session memory, below */
 
 static void on_due(lws_sorted_usec_list_t *sul);
+static int http_write(bs_server_t *s, struct lws *wsi, bs_link_t *l, int now);
 
 /* Work for the service thread from other threads: an in-process publish
  * (its encoded data), a message from the backplane (a whole frame, with its
@@ -66,7 +68,7 @@ typedef struct pending {
 struct bs_server {
     bs_server_config_t cfg;                 /* strings below are our own copies */
     char *host, *mount, *key, *cert, *secret;
-    char **signed_channels, **public_channels;
+    char **signed_channels, **public_channels, **allowed_origins;
     unsigned char *js;                      /* client_js with BS_PRE headroom */
     char *js_path, *js_path2;
 
@@ -167,12 +169,29 @@ static void lws_emit(int level, const char *line)
  * among the held connects. */
 struct link {
     bs_link_t core;                         /* first: the engine's bs_link_t * is ours too */
-    uint32_t heap_idx;                      /* 1 + its place among held connects, or 0 */
+    uint32_t heap_idx;                      /* 1 + its place in the deadline heap, or 0 */
+    int64_t due;                            /* ms: its held connect is due, or its request body late */
+    int reading;                            /* HTTP: a request body is being read */
+    int busy;                               /* HTTP: a whole request is in, its response not yet out */
 };
 
 /*
- * Held connects, earliest deadline first: a binary heap of links, and one
- * lws timer set to the top's deadline. lws 4.1 keeps its timers in one
+ * HTTP/1.1 pipelining. lws 4.1 keeps the bytes that follow a request and
+ * offers them again on every loop turn; while a POST is unanswered it hands
+ * them back as one more BODY_COMPLETION, consuming nothing, forever (and a
+ * POST read from those kept bytes does the same even once the first request
+ * is answered). Flow control does not help: lws stops writing to a link it
+ * stopped reading. So a link that is offered a second request before it has
+ * answered the first answers the first at once (a held connect early) and
+ * closes: the client sends the rest again on a new connection, as HTTP
+ * clients do when a pipelined connection closes.
+ */
+
+/*
+ * Deadlines, earliest first: held connects to answer, and request bodies
+ * that must be in (request_timeout: lws restarts its own timeout at every
+ * chunk, so a body dribbled a byte at a time would never end). A binary
+ * heap of links, and one lws timer set to the top's deadline. lws 4.1 keeps its timers in one
  * sorted list that every (re)schedule walks, so a timer per connect costs
  * O(connections) each time; and every wakeup of the loop costs a poll() over
  * every socket, so the loop wakes only when a connect is due (deadlines
@@ -191,7 +210,7 @@ static void heap_swap(bs_server_t *s, uint32_t a, uint32_t b)
 
 static int64_t deadline(const bs_server_t *s, uint32_t i)
 {
-    return s->heap[i]->core.held_until;
+    return s->heap[i]->due;
 }
 
 static void heap_up(bs_server_t *s, uint32_t i)
@@ -259,10 +278,38 @@ static void on_due(lws_sorted_usec_list_t *sul)
         link_t *lk = s->heap[0];
 
         heap_remove(s, lk);
-        if (lk->core.held)
+        if (lk->core.held) {
             lws_callback_on_writable(lk->core.wsi);
+        } else if (lk->reading) {
+            BS_STAT_ADD(&s->engine, errors, 1);
+            if (bs_log_verbose(s))
+                bs_log(s, 'W', "request body not in within request_timeout (%d s): closed",
+                       s->cfg.request_timeout);
+            lws_set_timeout(lk->core.wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        }
     }
     schedule_due(s);
+}
+
+/* Puts lk in the heap at `due`; 0 when there was no room (nothing waits then). */
+static int heap_add(bs_server_t *s, link_t *lk, int64_t due)
+{
+    heap_remove(s, lk);
+    if (s->heap_len == s->heap_cap) {
+        uint32_t cap = s->heap_cap ? s->heap_cap * 2 : 256;
+        link_t **v = realloc(s->heap, sizeof(*v) * cap);
+
+        if (!v)
+            return 0;
+        s->heap = v;
+        s->heap_cap = cap;
+    }
+    lk->due = due;
+    s->heap[s->heap_len] = lk;
+    lk->heap_idx = ++s->heap_len;
+    heap_up(s, s->heap_len - 1);
+    schedule_due(s);
+    return 1;
 }
 
 /* After a batch: a held connect goes into the heap at its deadline. */
@@ -271,23 +318,8 @@ static void arm_due(bs_server_t *s, bs_link_t *l)
     link_t *lk = (link_t *)l;
 
     heap_remove(s, lk);
-    if (!l->held)
-        return;
-    if (s->heap_len == s->heap_cap) {
-        uint32_t cap = s->heap_cap ? s->heap_cap * 2 : 256;
-        link_t **v = realloc(s->heap, sizeof(*v) * cap);
-
-        if (!v) {
-            lws_callback_on_writable(l->wsi); /* no room to wait: answer now */
-            return;
-        }
-        s->heap = v;
-        s->heap_cap = cap;
-    }
-    s->heap[s->heap_len] = lk;
-    lk->heap_idx = ++s->heap_len;
-    heap_up(s, s->heap_len - 1);
-    schedule_due(s);
+    if (l->held && !heap_add(s, lk, l->held_until))
+        lws_callback_on_writable(l->wsi); /* no room to wait: answer now */
 }
 
 static void link_open(bs_link_t *l, struct lws *wsi, int via)
@@ -356,7 +388,9 @@ static uint32_t take_frames(bs_server_t *s, bs_client_t *c, size_t budget, int c
 
 static int ws_receive(bs_server_t *s, struct lws *wsi, bs_link_t *l, const void *in, size_t len)
 {
-    if (l->rx.len + len > s->cfg.max_message_size) {
+    /* What the frame header declares counts: a frame announcing more than
+     * the bound is refused at its first bytes, not once they have arrived. */
+    if (l->rx.len + len + lws_remaining_packet_payload(wsi) > s->cfg.max_message_size) {
         static const char why[] = "message larger than max_message_size";
 
         BS_STAT_ADD(&s->engine, errors, 1);
@@ -445,11 +479,28 @@ static int ws_write(bs_server_t *s, struct lws *wsi, bs_link_t *l)
 
 /* ---- HTTP ---------------------------------------------------------------------- */
 
-static int header_eq(struct lws *wsi, enum lws_token_indexes t, char *buf, int size)
+/* Copies header t into buf (NUL-terminated); its length, or -1 when absent or too long. */
+static int header_copy(struct lws *wsi, enum lws_token_indexes t, char *buf, int size)
 {
     int n = lws_hdr_copy(wsi, buf, size, t);
 
     return n < 0 ? -1 : n;
+}
+
+/*
+ * CORS. Without allowed_origins any page may call us, but its cookies are
+ * not asked for: nothing here is authorised by a cookie. With it, only
+ * those origins are answered, with credentials. The WebSocket upgrade obeys
+ * the same list.
+ */
+static int origin_listed(const bs_server_t *s, const char *origin)
+{
+    const char *const *p;
+
+    for (p = s->cfg.allowed_origins; p && *p; p++)
+        if (strcmp(*p, origin) == 0)
+            return 1;
+    return 0;
 }
 
 /* Decodes the `message` field of a form body in place; returns its length or -1. */
@@ -519,7 +570,7 @@ static int http_request(bs_server_t *s, struct lws *wsi, bs_link_t *l, const cha
     l->status = 200;
     l->responding = l->too_big = l->form = 0;
     l->route = R_NONE;
-    if (header_eq(wsi, WSI_TOKEN_ORIGIN, l->origin, sizeof(l->origin)) < 0)
+    if (header_copy(wsi, WSI_TOKEN_ORIGIN, l->origin, sizeof(l->origin)) < 0)
         l->origin[0] = '\0';
 
     if (strcmp(path, s->mount) == 0 || (strncmp(path, s->mount, mlen) == 0 && strcmp(path + mlen, "/") == 0)) {
@@ -528,13 +579,17 @@ static int http_request(bs_server_t *s, struct lws *wsi, bs_link_t *l, const cha
             l->responding = 1;
         } else if (post) {
             l->route = R_BAYEUX;
-            if (header_eq(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, ctype, sizeof(ctype)) > 0 &&
+            if (header_copy(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, ctype, sizeof(ctype)) > 0 &&
                 strstr(ctype, "application/x-www-form-urlencoded"))
                 l->form = 1;
             if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0) {
                 bayeux_error(s, l, "400::Bad request: empty body");
             } else {
-                return 0;                   /* the body follows */
+                link_t *lk = (link_t *)l;
+
+                /* The body follows, within request_timeout. */
+                lk->reading = heap_add(s, lk, bs_now_ms() + (int64_t)s->cfg.request_timeout * 1000);
+                return 0;
             }
         } else {
             bayeux_error(s, l, "400::Bad request: send Bayeux messages with POST");
@@ -545,7 +600,7 @@ static int http_request(bs_server_t *s, struct lws *wsi, bs_link_t *l, const cha
     } else if (strcmp(path, "/stats") == 0) {
         char auth[256];
         size_t slen = s->secret ? strlen(s->secret) : 0;
-        int n = header_eq(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof(auth));
+        int n = header_copy(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, auth, sizeof(auth));
 
         if (slen && n == (int)(7 + slen) && strncmp(auth, "Bearer ", 7) == 0 &&
             CRYPTO_memcmp(auth + 7, s->secret, slen) == 0) {
@@ -557,6 +612,7 @@ static int http_request(bs_server_t *s, struct lws *wsi, bs_link_t *l, const cha
     } else {
         http_status(l, 404, "{\"error\":\"not found\"}");
     }
+    ((link_t *)l)->busy = 1;
     lws_callback_on_writable(wsi);
     return 0;
 }
@@ -575,8 +631,22 @@ static int http_body(bs_server_t *s, bs_link_t *l, const void *in, size_t len)
 
 static int http_body_done(bs_server_t *s, struct lws *wsi, bs_link_t *l)
 {
+    link_t *lk = (link_t *)l;
     long len;
 
+    /* A second request before this one's answer: pipelining (above). */
+    if (lk->reading) {
+        lk->reading = 0;
+        heap_remove(s, lk);
+    }
+    if (lk->busy) {
+        if (bs_log_verbose(s))
+            bs_log(s, 'I', "pipelined HTTP request: answering the first, then closing");
+        if (l->held || l->responding)
+            http_write(s, wsi, l, 1);
+        return -1;
+    }
+    lk->busy = 1;
     if (l->route != R_BAYEUX)
         return 0;
     l->responding = 1;
@@ -621,8 +691,14 @@ static int http_respond(bs_server_t *s, struct lws *wsi, bs_link_t *l, int statu
     if (lws_add_http_common_headers(wsi, (unsigned int)status, ctype, len, &p, end) ||
         add_header(wsi, "cache-control:", "no-cache, no-store", &p, end))
         return -1;
-    if (l->origin[0] && (add_header(wsi, "access-control-allow-origin:", l->origin, &p, end) ||
-                         add_header(wsi, "access-control-allow-credentials:", "true", &p, end)))
+    if (add_header(wsi, "vary:", "Origin", &p, end))
+        return -1;
+    if (l->origin[0] && !s->cfg.allowed_origins &&
+        add_header(wsi, "access-control-allow-origin:", l->origin, &p, end))
+        return -1;
+    if (l->origin[0] && origin_listed(s, l->origin) &&
+        (add_header(wsi, "access-control-allow-origin:", l->origin, &p, end) ||
+         add_header(wsi, "access-control-allow-credentials:", "true", &p, end)))
         return -1;
     if (l->route == R_PREFLIGHT &&
         (add_header(wsi, "access-control-allow-methods:", "POST, GET", &p, end) ||
@@ -638,35 +714,40 @@ static int http_respond(bs_server_t *s, struct lws *wsi, bs_link_t *l, int statu
     l->responding = 0;
     l->route = R_NONE;
     bs_buf_reset(&l->out);
+    ((link_t *)l)->busy = 0;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
 static int stats_json(bs_server_t *s)
 {
     bs_stats_t st;
-    char tmp[768];
+    char tmp[1024];
 
     bs_server_stats(s, &st);
     snprintf(tmp, sizeof(tmp),
              "{\"connections\":%llu,\"clients\":%llu,\"channels\":%llu,\"subscriptions\":%llu,"
              "\"messages_in\":%llu,\"messages_out\":%llu,\"bytes_out\":%llu,"
              "\"slow_clients_dropped\":%llu,\"errors\":%llu,\"backplane_up\":%llu,"
-             "\"backplane_queued\":%llu,\"backplane_refused\":%llu}",
+             "\"backplane_queued\":%llu,\"backplane_refused\":%llu,\"history_channels\":%llu,"
+             "\"history_bytes\":%llu,\"clients_refused\":%llu,\"clients_evicted\":%llu}",
              (unsigned long long)st.connections, (unsigned long long)st.clients,
              (unsigned long long)st.channels, (unsigned long long)st.subscriptions,
              (unsigned long long)st.messages_in, (unsigned long long)st.messages_out,
              (unsigned long long)st.bytes_out, (unsigned long long)st.slow_clients_dropped,
              (unsigned long long)st.errors, (unsigned long long)st.backplane_up,
-             (unsigned long long)st.backplane_queued, (unsigned long long)st.backplane_refused);
+             (unsigned long long)st.backplane_queued, (unsigned long long)st.backplane_refused,
+             (unsigned long long)st.history_channels, (unsigned long long)st.history_bytes,
+             (unsigned long long)st.clients_refused, (unsigned long long)st.clients_evicted);
     return bs_buf_append_str(&s->tx, tmp);
 }
 
-static int http_write(bs_server_t *s, struct lws *wsi, bs_link_t *l)
+/* Writes the response due on l; a held connect only once due, unless now. */
+static int http_write(bs_server_t *s, struct lws *wsi, bs_link_t *l, int now)
 {
     if (l->held) {
         bs_client_t *c = l->client;
 
-        if (!bs_engine_due(&s->engine, l, bs_now_ms()))
+        if (!now && !bs_engine_due(&s->engine, l, bs_now_ms()))
             return 0;
         /* The long-poll answer: the batch's replies with the connect's last,
          * then the deliveries, as Faye orders them. */
@@ -747,19 +828,25 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     bs_server_t *s = lws_container_of(sul, bs_server_t, tick);
 
     bs_engine_sweep(&s->engine, bs_now_ms());
-    /* glibc keeps what thousands of departed clients freed; give it back. */
-    if (s->engine.freed_since_trim >= TRIM_AFTER) {
-        s->engine.freed_since_trim = 0;
+    /* glibc keeps what departed clients and forgotten histories freed; give it back. */
+    if (s->engine.freed_bytes >= TRIM_AFTER) {
+        s->engine.freed_bytes = 0;
         malloc_trim(0);
     }
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
 }
 
-static int upgrade_allowed(bs_server_t *s, struct lws *wsi)
+/* 0 when a WebSocket upgrade may proceed, else the HTTP status that refuses it. */
+static unsigned int upgrade_refusal(bs_server_t *s, struct lws *wsi)
 {
-    char path[512];
+    char path[512], origin[256];
 
-    return header_eq(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) > 0 && strcmp(path, s->mount) == 0;
+    if (header_copy(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) <= 0 || strcmp(path, s->mount) != 0)
+        return HTTP_STATUS_NOT_FOUND;
+    if (s->cfg.allowed_origins && lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0 &&
+        (header_copy(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin)) < 0 || !origin_listed(s, origin)))
+        return HTTP_STATUS_FORBIDDEN;
+    return 0;
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -792,16 +879,20 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return http_body_done(s, wsi, l);
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return l ? http_write(s, wsi, l) : 0;
+        return l ? http_write(s, wsi, l, 0) : 0;
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         link_close(s, l);
         return 0;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        if (upgrade_allowed(s, wsi))
+    {
+        unsigned int status = upgrade_refusal(s, wsi);
+
+        if (!status)
             return 0;
-        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
+        lws_return_http_status(wsi, status, NULL);
         return 1;
+    }
     case LWS_CALLBACK_ESTABLISHED:
         link_open(l, wsi, BS_VIA_WS);
         if (bs_log_verbose(s)) {
@@ -830,6 +921,8 @@ static void *service_main(void *arg)
     bs_server_t *s = arg;
     int n = 0;
 
+    /* Named, so that its CPU can be told apart (/proc/<pid>/task/<tid>/comm). */
+    pthread_setname_np(pthread_self(), "backbone_sync");
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
     s->alive_for_drain = 1;
     while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
@@ -903,6 +996,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     s->secret = cfg->secret && *cfg->secret ? dup_str(cfg->secret) : NULL;
     s->signed_channels = dup_list(cfg->signed_channels);
     s->public_channels = dup_list(cfg->public_channels);
+    s->allowed_origins = dup_list(cfg->allowed_origins);
     mlen = strlen(s->mount ? s->mount : "");
     s->js_path = malloc(mlen + 4);
     s->js_path2 = malloc(mlen + 11);
@@ -921,6 +1015,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     s->cfg.secret = s->secret;
     s->cfg.signed_channels = (const char *const *)s->signed_channels;
     s->cfg.public_channels = (const char *const *)s->public_channels;
+    s->cfg.allowed_origins = (const char *const *)s->allowed_origins;
     s->cfg.client_js = NULL;
     if (!s->cfg.timeout)
         s->cfg.timeout = 45;
@@ -934,6 +1029,10 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         s->cfg.max_subscriptions = 1000;
     if (!s->cfg.max_queue)
         s->cfg.max_queue = 1000;
+    if (!s->cfg.max_clients)
+        s->cfg.max_clients = 100000;
+    if (!s->cfg.request_timeout)
+        s->cfg.request_timeout = 10;
     if (!s->cfg.history_size)
         s->cfg.history_size = 100;
     if (!s->cfg.history_ttl)
@@ -943,7 +1042,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     if (!s->host || !s->mount || !s->js_path || !s->js_path2 ||
         (cfg->key_path && !s->key) || (cfg->cert_path && !s->cert) ||
         (cfg->client_js_len && !s->js) || (cfg->signed_channels && !s->signed_channels) ||
-        (cfg->public_channels && !s->public_channels)) {
+        (cfg->public_channels && !s->public_channels) || (cfg->allowed_origins && !s->allowed_origins)) {
         bs_server_free(s);
         return NULL;
     }
@@ -1038,6 +1137,9 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     }
     info.retry_and_idle_policy = &s->retry;
     info.timeout_secs = 20;
+    /* The headers of a request must all be in within request_timeout (lws
+     * counts from the first byte); its body gets as long again (below). */
+    info.timeout_secs_ah_idle = (unsigned int)s->cfg.request_timeout;
     info.keepalive_timeout = 5;
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
@@ -1126,6 +1228,7 @@ void bs_server_free(bs_server_t *s)
     free(s->secret);
     free_list(s->signed_channels);
     free_list(s->public_channels);
+    free_list(s->allowed_origins);
     free(s->js);
     free(s->js_path);
     free(s->js_path2);
@@ -1253,6 +1356,10 @@ void bs_server_stats(bs_server_t *s, bs_stats_t *out)
     out->messages_out = LOAD(e, messages_out);
     out->slow_clients_dropped = LOAD(e, slow_clients_dropped);
     out->errors = LOAD(e, errors);
+    out->history_channels = LOAD(e, history_channels);
+    out->history_bytes = LOAD(e, history_bytes);
+    out->clients_refused = LOAD(e, clients_refused);
+    out->clients_evicted = LOAD(e, clients_evicted);
     out->backplane_up = out->backplane_queued = out->backplane_refused = 0;
     if (s->backplane)
         bs_backplane_stats(s->backplane, out);

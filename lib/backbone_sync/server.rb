@@ -22,8 +22,8 @@ module BackboneSync
 
     attr_reader :host, :mount, :timeout, :key, :cert, :secret, :logger, :verbose,
                 :signed_subscriptions, :public_channels, :max_message_size, :max_depth,
-                :max_batch, :max_subscriptions, :max_queue, :history_size, :history_ttl,
-                :history_memory, :redis, :redis_prefix
+                :max_batch, :max_subscriptions, :max_queue, :max_clients, :request_timeout,
+                :allowed_origins, :history_size, :history_ttl, :history_memory, :redis, :redis_prefix
 
     # Servers started in this process, stopped at exit and forgotten in
     # forked children.
@@ -65,7 +65,8 @@ module BackboneSync
                    key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
                    signed_subscriptions: false, public_channels: [],
                    max_message_size: 65_536, max_depth: 32, max_batch: 100,
-                   max_subscriptions: 1000, max_queue: 1000,
+                   max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000,
+                   request_timeout: 10, allowed_origins: nil,
                    history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
                    redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: "backbone_sync:")
       @host = validate_host(host)
@@ -83,6 +84,10 @@ module BackboneSync
       @max_batch = validate_int(:max_batch, max_batch, 1, 10_000)
       @max_subscriptions = validate_int(:max_subscriptions, max_subscriptions, 1, 100_000)
       @max_queue = validate_int(:max_queue, max_queue, 1, 10_000_000)
+      @max_clients = validate_int(:max_clients, max_clients, 1, 10_000_000, "live Bayeux sessions")
+      @request_timeout = validate_int(:request_timeout, request_timeout, 1, 3600,
+                                      "seconds for an HTTP request's headers, and again for its body")
+      @allowed_origins = validate_origins(allowed_origins)
       # History lets a client that reconnects get what it missed (ext.since);
       # 0 or false turns it off.
       @history_size = validate_int(:history_size, history_size || 0, 0, 100_000, "0 turns history off")
@@ -188,7 +193,8 @@ module BackboneSync
         secret: secret, verbose: verbose, signed_subscriptions: signed_subscriptions,
         public_channels: public_channels, max_message_size: max_message_size,
         max_depth: max_depth, max_batch: max_batch, max_subscriptions: max_subscriptions,
-        max_queue: max_queue, client_js: client_js,
+        max_queue: max_queue, max_clients: max_clients, request_timeout: request_timeout,
+        allowed_origins: allowed_origins, client_js: client_js,
         history_size: history_size.zero? ? -1 : history_size, history_ttl: history_ttl,
         history_memory: history_memory,
         log_fd: @log_writer ? @log_writer.fileno : -1
@@ -325,6 +331,20 @@ module BackboneSync
       end
 
       secret
+    end
+
+    # nil: any page may call the server, without credentials; else the exact
+    # origins (scheme://host[:port]) that may, with credentials.
+    def validate_origins(list)
+      return nil if list.nil?
+
+      unless list.is_a?(Array) && list.all? { |o| o.is_a?(String) && o.match?(%r{\A[a-z][a-z0-9+.-]*://[^/\s\0]+\z|\Anull\z}) }
+        raise ArgumentError, "allowed_origins must be nil (any origin, without credentials) or an Array of " \
+                             "origins such as [\"https://app.example.com\"] (scheme://host[:port], no path), " \
+                             "got #{list.inspect}"
+      end
+
+      list.map { |o| o.dup.freeze }.freeze
     end
 
     def validate_logger(logger)

@@ -6,15 +6,41 @@ RSpec.describe BackboneSync::Server, "HTTP endpoints" do
   let(:handshake) { [{ channel: "/meta/handshake", version: "1.0", supportedConnectionTypes: ["long-polling"], id: "1" }] }
 
   describe "CORS" do
-    it "echoes the Origin with credentials on a Bayeux POST, and says no-cache" do
+    it "echoes any Origin without credentials by default, varies on Origin, and says no-cache" do
       with_server do |server|
         res = post_json(server.url, handshake, headers: { "Origin" => "http://app.example.test" })
         expect(res.status).to eq(200)
         expect(res["content-type"]).to start_with("application/json")
         expect(res["access-control-allow-origin"]).to eq("http://app.example.test")
-        expect(res["access-control-allow-credentials"]).to eq("true")
+        expect(res["access-control-allow-credentials"]).to be_nil
+        expect(res["vary"]).to eq("Origin")
         expect(res["cache-control"]).to include("no-cache")
         expect(res.json.first["successful"]).to be(true)
+      end
+    end
+
+    it "with allowed_origins, answers those origins with credentials and no others, null included" do
+      with_server(allowed_origins: ["https://app.example.test"]) do |server|
+        res = post_json(server.url, handshake, headers: { "Origin" => "https://app.example.test" })
+        expect(res["access-control-allow-origin"]).to eq("https://app.example.test")
+        expect(res["access-control-allow-credentials"]).to eq("true")
+        expect(res["vary"]).to eq("Origin")
+        %w[https://evil.example.test null http://app.example.test].each do |other|
+          res = post_json(server.url, handshake, headers: { "Origin" => other })
+          expect(res["access-control-allow-origin"]).to be_nil, other
+          expect(res["access-control-allow-credentials"]).to be_nil, other
+        end
+      end
+    end
+
+    it "with allowed_origins, refuses a WebSocket upgrade from another origin with 403" do
+      with_server(allowed_origins: ["https://app.example.test"]) do |server|
+        expect { BackboneSyncSpec::WSClient.new(ws_url(server), headers: { "Origin" => "https://evil.example.test" }) }
+          .to raise_error(/403/)
+        ws = BackboneSyncSpec::WSClient.new(ws_url(server), headers: { "Origin" => "https://app.example.test" })
+        ws.close
+        ws = BackboneSyncSpec::WSClient.new(ws_url(server)) # no Origin: not a browser
+        ws.close
       end
     end
 
@@ -27,7 +53,7 @@ RSpec.describe BackboneSync::Server, "HTTP endpoints" do
                       })
         expect(res.status).to be_between(200, 204)
         expect(res["access-control-allow-origin"]).to eq("http://app.example.test")
-        expect(res["access-control-allow-credentials"]).to eq("true")
+        expect(res["access-control-allow-credentials"]).to be_nil
         expect(res["access-control-allow-methods"].split(/,\s*/)).to include("POST", "GET")
         expect(res["access-control-allow-headers"].split(/,\s*/))
           .to include("Accept", "Authorization", "Content-Type", "Pragma", "X-Requested-With")
@@ -92,7 +118,8 @@ RSpec.describe BackboneSync::Server, "HTTP endpoints" do
         stats = res.json
         expect(stats.keys).to match_array(%w[connections clients channels subscriptions messages_in messages_out
                                              bytes_out slow_clients_dropped errors backplane_up
-                                             backplane_queued backplane_refused])
+                                             backplane_queued backplane_refused history_channels
+                                             history_bytes clients_refused clients_evicted])
         expect(stats["backplane_up"]).to eq(0) # no Redis configured
         expect(stats.values).to all(be_an(Integer))
         expect(stats["clients"]).to eq(1)
