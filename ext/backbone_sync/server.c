@@ -617,10 +617,36 @@ static int http_request(bs_server_t *s, struct lws *wsi, bs_link_t *l, const cha
     return 0;
 }
 
-static int http_body(bs_server_t *s, bs_link_t *l, const void *in, size_t len)
+/*
+ * 1 when a body's first bytes are its own request line. lws 4.1 hands a POST
+ * that was pipelined behind a request it had to answer first (it kept the
+ * bytes meanwhile) to BODY from the start of those bytes, headers included;
+ * no Bayeux body starts "POST <path> HTTP/1." (nor with any part of it: JSON
+ * starts with a bracket or a blank, a form with "message=").
+ */
+static int body_is_request_line(struct lws *wsi, const char *in, size_t len)
+{
+    char line[560];
+    int n = lws_hdr_copy(wsi, line + 5, (int)sizeof(line) - 20, WSI_TOKEN_POST_URI);
+
+    if (n <= 0)
+        return 0;
+    memcpy(line, "POST ", 5);
+    memcpy(line + 5 + n, " HTTP/1.", 8);
+    n += 13;
+    /* A short body holds only the start of it. */
+    return len && memcmp(in, line, len < (size_t)n ? len : (size_t)n) == 0;
+}
+
+static int http_body(bs_server_t *s, struct lws *wsi, bs_link_t *l, const void *in, size_t len)
 {
     if (l->too_big)
         return 0;
+    if (!l->rx.len && body_is_request_line(wsi, in, len)) {
+        if (bs_log_verbose(s))
+            bs_log(s, 'I', "pipelined HTTP request after an answered one: closing");
+        return -1;
+    }
     if (l->rx.len + len > s->cfg.max_message_size) {
         l->too_big = 1;
         bs_buf_free(&l->rx);
@@ -875,7 +901,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP:
         return http_request(s, wsi, l, in);
     case LWS_CALLBACK_HTTP_BODY:
-        return http_body(s, l, in, len);
+        return http_body(s, wsi, l, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return http_body_done(s, wsi, l);
     case LWS_CALLBACK_HTTP_WRITEABLE:
