@@ -81,6 +81,36 @@ RSpec.describe "the standalone launcher" do
     end
   end
 
+  it "takes every bound from its flag" do
+    argv = [RbConfig.ruby, bin, "--port", "0", "--secret", shared_secret, "--max-message-size", "2048",
+            "--max-clients", "1", "--request-timeout", "1", "--allowed-origin", "https://app.example.test",
+            "--max-batch", "2", "--history-size", "0"]
+    with_launched(argv) do |_pid, url, _lines|
+      big = post_json(url, [{ channel: "/x", data: "x" * 3000, ext: { secret: shared_secret } }])
+      expect(big.json.first["error"]).to include("(2048 bytes)")
+      three = post_json(url, Array.new(3) { { channel: "/meta/handshake", version: "1.0", supportedConnectionTypes: ["long-polling"] } })
+      expect(three.json.first["error"]).to include("too many messages")
+      hs = post_json(url, [{ channel: "/meta/handshake", version: "1.0", supportedConnectionTypes: ["long-polling"] }],
+                     headers: { "Origin" => "https://app.example.test" })
+      expect(hs["access-control-allow-credentials"]).to eq("true")
+      client_id = hs.json.first["clientId"]
+      BackboneSyncSpec::BayeuxHTTP::Session.new(url).handshake! # evicts the first: max 1, never connected
+      stats = request(:get, url.sub(%r{/faye\z}, "/stats"), headers: { "Authorization" => "Bearer #{shared_secret}" }).json
+      expect(stats["clients_evicted"]).to eq(1)
+      sub = post_json(url, [{ channel: "/meta/subscribe", clientId: client_id, subscription: "/h" }]).json.first
+      expect(sub["error"]).to start_with("401:")
+      reply = BackboneSyncSpec::BayeuxHTTP::Session.new(url).tap(&:handshake!).subscribe!("/h")
+      expect(reply).not_to have_key("ext") # --history-size 0: no position to report
+      uri = URI(url)
+      sock = TCPSocket.new(uri.host, uri.port)
+      sock.write("POST /faye HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nx")
+      # --request-timeout 1: closed well before lws's own 20 s.
+      expect(sock.wait_readable(5)).to be_truthy
+      expect(sock.read_nonblock(10, exception: false)).to be_nil # EOF
+      sock.close
+    end
+  end
+
   it "prints help and the version" do
     out, status = Open3.capture2(RbConfig.ruby, bin, "--help")
     expect(status.exitstatus).to eq(0)
