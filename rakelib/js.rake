@@ -1,0 +1,11 @@
+# frozen_string_literal: true
+
+require_relative "js_bundle"
+
+namespace :js do
+  desc "Build vendor/assets/javascripts/backbone_sync.js and backbone_sync.esm.js from the source files"
+  task :build do
+    changed = JsBundle.write
+    puts(changed.empty? ? "js:build: up to date" : "js:build: wrote #{changed.join(', ')}")
+  end
+end
