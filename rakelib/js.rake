@@ -9,3 +9,12 @@ namespace :js do
     puts(changed.empty? ? "js:build: up to date" : "js:build: wrote #{changed.join(', ')}")
   end
 end
+
+namespace :js do
+  desc "Pack the npm package (npm/ plus the built files) into pkg/backbone_sync-<version>.tgz"
+  task pack: :build do
+    require_relative "../lib/backbone_sync/version"
+    tarball = JsBundle.pack(File.join(JsBundle::ROOT, "pkg"))
+    puts "js:pack: #{tarball}"
+  end
+end

@@ -58,6 +58,29 @@ class JsBundle
     end
   end
 
+  # Stages the npm package (npm/package.json with the gem's version, the
+  # built files, README and LICENSE) under tmp/npm and packs it into `dir`
+  # with `npm pack`; returns the tarball's path.
+  def self.pack(dir)
+    require "json"
+    require "fileutils"
+    require_relative "../lib/backbone_sync/version"
+
+    stage = File.join(ROOT, "tmp/npm/backbone_sync")
+    FileUtils.rm_rf(stage)
+    FileUtils.mkdir_p([stage, dir])
+    manifest = JSON.parse(File.read(File.join(ROOT, "npm/package.json")))
+    manifest = { "name" => manifest.delete("name"), "version" => BackboneSync::VERSION }.merge(manifest)
+    File.write(File.join(stage, "package.json"), "#{JSON.pretty_generate(manifest)}\n")
+    FileUtils.cp(File.join(ROOT, "npm/README.md"), stage)
+    FileUtils.cp(File.join(ROOT, "LICENSE"), stage)
+    outputs.each { |name, text| File.write(File.join(stage, name), text) }
+    name = IO.popen(["npm", "pack", "--silent", "--pack-destination", File.expand_path(dir)], chdir: stage, &:read)
+    raise "npm pack failed in #{stage}" unless $?.success?
+
+    File.join(File.expand_path(dir), name.lines.last.strip)
+  end
+
   def classic
     <<~JS + bodies
       // backbone_sync.js: the browser side of backbone_sync in one classic
