@@ -1,7 +1,9 @@
 # frozen_string_literal: true
 
 require "spec_helper"
+require "json"
 require_relative "support/rails_app"
+require_relative "../../rakelib/js_bundle"
 
 # From `rails new` to a live page, for each JavaScript setup: the install
 # generator (run twice: the second run changes nothing), a Member with
@@ -71,6 +73,43 @@ RSpec.describe "bin/rails generate backbone_sync:install" do
     ERB
   end
 
+  # What `bin/rails javascript:install:esbuild` (jsbundling-rails) writes;
+  # the task itself would run `yarn add` and `gem install foreman`, which
+  # need the network.
+  def install_jsbundling_esbuild(app)
+    app.write("package.json", JSON.pretty_generate(
+      "name" => "app", "private" => true,
+      "scripts" => { "build" => "esbuild app/javascript/*.* --bundle --sourcemap --format=esm " \
+                                "--outdir=app/assets/builds --public-path=/assets" }
+    ))
+    app.write("app/assets/builds/.keep", "")
+    app.write("app/javascript/application.js", "// Entry point for the build script in your package.json\n")
+    app.write("app/assets/config/manifest.js", "#{app.read('app/assets/config/manifest.js')}//= link_tree ../builds\n")
+    layout = app.read("app/views/layouts/application.html.erb")
+    app.write("app/views/layouts/application.html.erb", layout.sub(%r{\s*</head>}, <<~ERB.chomp))
+
+          <%= javascript_include_tag "application", "data-turbo-track": "reload", type: "module" %>
+        </head>
+    ERB
+  end
+
+  # `npm install backbone_sync backbone underscore jquery`, offline: our
+  # package packed by `rake js:pack`'s code, the others from npm's cache
+  # (bin/setup's `npm ci` fetched the versions package-lock.json names).
+  def npm_install_libraries(app)
+    tarball = JsBundle.pack(File.join(File.dirname(app.dir), "pkg"))
+    lock = JSON.parse(File.read(File.join(InstallSpecApp::ROOT, "package-lock.json"))).fetch("packages")
+    registry = `npm config get registry`.strip.chomp("/")
+    urls = { "backbone" => "backbone-1.6.1", "underscore" => "underscore", "jquery" => "jquery" }.map do |name, dir|
+      "#{registry}/#{name}/-/#{name}-#{lock.fetch("node_modules/#{dir}").fetch('version')}.tgz"
+    end
+    app.app!("npm", "install", "--offline", "--no-audit", "--no-fund", tarball, *urls)
+    app.write("app/javascript/members.js", page_script(app, :module))
+    app.write("app/javascript/application.js", %(#{app.read('app/javascript/application.js')}import "./members"\n))
+    # esbuild is the gem's own dev dependency, not installed in the app.
+    app.app!("npm", "run", "build", env: { "PATH" => "#{File.join(InstallSpecApp::ROOT, 'node_modules/.bin')}:#{ENV.fetch('PATH')}" })
+  end
+
   def two_pages_in_step(app)
     url = app.start_server
     output, status = Open3.capture2e("node", File.join(__dir__, "support/two_pages.mjs"), url)
@@ -114,6 +153,20 @@ RSpec.describe "bin/rails generate backbone_sync:install" do
     expect(app.read("config/importmap.rb")).to include(%(pin "backbone_sync", to: "backbone_sync.esm.js"))
 
     add_importmap_libraries(app)
+    app.add_members
+    two_pages_in_step(app)
+  end
+
+  it "wires a jsbundling app (esbuild) to a live page, through the npm package" do
+    app = InstallSpecApp.new("jsbundling-esbuild")
+    app.create("--javascript=esbuild")
+    install_jsbundling_esbuild(app)
+    said = install_twice(app)
+    expect(said).to include("installed for jsbundling", "npm install backbone_sync@#{BackboneSync::VERSION} backbone underscore jquery")
+    expect(app.read("app/javascript/application.js")).to include(%(import "backbone_sync"))
+
+    npm_install_libraries(app)
+    expect(app.read("app/assets/builds/application.js")).to include("X-BackboneSync-Origin")
     app.add_members
     two_pages_in_step(app)
   end

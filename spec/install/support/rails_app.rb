@@ -38,9 +38,9 @@ class InstallSpecApp
   end
 
   # Runs a command of the app, in its own bundle.
-  def app!(*command, timeout: 120)
-    run!({ "BUNDLE_GEMFILE" => path("Gemfile"), "RAILS_ENV" => "development" }, *command, chdir: dir, timeout: timeout,
-                                                                                 unbundled: true)
+  def app!(*command, env: {}, timeout: 120)
+    run!({ "BUNDLE_GEMFILE" => path("Gemfile"), "RAILS_ENV" => "development" }.merge(env), *command,
+         chdir: dir, timeout: timeout, unbundled: true)
   end
 
   def rails!(*args)
