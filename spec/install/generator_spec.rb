@@ -110,6 +110,27 @@ RSpec.describe "bin/rails generate backbone_sync:install" do
     app.app!("npm", "run", "build", env: { "PATH" => "#{File.join(InstallSpecApp::ROOT, 'node_modules/.bin')}:#{ENV.fetch('PATH')}" })
   end
 
+  # An app whose JavaScript Sprockets concatenates (as before Rails 7), with
+  # Backbone, Underscore and jQuery vendored and required.
+  def add_sprockets_application_js(app)
+    app.write("vendor/assets/javascripts/underscore.js", without_source_map(app.node_module("underscore/underscore-umd.js")))
+    app.write("vendor/assets/javascripts/jquery.js", app.node_module("jquery/dist/jquery.js"))
+    app.write("vendor/assets/javascripts/backbone.js", app.node_module("backbone-1.6.1/backbone.js"))
+    app.write("app/assets/javascripts/application.js", <<~JS)
+      //= require jquery
+      //= require underscore
+      //= require backbone
+      //= require_self
+    JS
+    app.write("app/assets/config/manifest.js", "#{app.read('app/assets/config/manifest.js')}//= link application.js\n")
+    layout = app.read("app/views/layouts/application.html.erb")
+    app.write("app/views/layouts/application.html.erb", layout.sub(%r{\s*</head>}, <<~ERB.chomp))
+
+          <%= javascript_include_tag "application" %>
+        </head>
+    ERB
+  end
+
   def two_pages_in_step(app)
     url = app.start_server
     output, status = Open3.capture2e("node", File.join(__dir__, "support/two_pages.mjs"), url)
@@ -167,6 +188,20 @@ RSpec.describe "bin/rails generate backbone_sync:install" do
 
     npm_install_libraries(app)
     expect(app.read("app/assets/builds/application.js")).to include("X-BackboneSync-Origin")
+    app.add_members
+    two_pages_in_step(app)
+  end
+
+  it "wires a classic Sprockets app (//= require) to a live page" do
+    app = InstallSpecApp.new("sprockets-classic")
+    app.create("--skip-javascript")
+    add_sprockets_application_js(app)
+    said = install_twice(app)
+    expect(said).to include("installed for Sprockets")
+    expect(app.read("app/assets/javascripts/application.js"))
+      .to eq("//= require jquery\n//= require underscore\n//= require backbone\n//= require backbone_sync\n//= require_self\n")
+
+    app.write("app/assets/javascripts/application.js", app.read("app/assets/javascripts/application.js") + page_script(app, :classic))
     app.add_members
     two_pages_in_step(app)
   end
