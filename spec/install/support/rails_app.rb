@@ -77,15 +77,16 @@ class InstallSpecApp
     end
   end
 
-  # The members list: model with push, JSON controller, page, route.
+  # The members list: model with push, JSON controller, page, routes.
   def add_members
     rails!("generate", "model", "Member", "name:string", "--quiet")
     write("app/models/member.rb", fixture("member.rb"))
-    write("app/controllers/members_controller.rb", fixture("members_controller.rb"))
+    # The demo's JSON API (spec/dummy), which the page's collection talks to.
+    write("app/controllers/members_controller.rb", File.read(File.join(ROOT, "spec/dummy/app/controllers/members_controller.rb")))
     write("app/views/members/index.html.erb", fixture("index.html.erb"))
     write("config/routes.rb", <<~RUBY)
       Rails.application.routes.draw do
-        resources :members, only: %i[index create update destroy]
+        resources :members, only: %i[index show create update destroy]
         root "members#index"
       end
     RUBY
