@@ -27,41 +27,7 @@ module BackboneSync
       # The ES module (importmap); backbone_sync.js is the classic script.
       ES_MODULE = "backbone_sync.esm.js"
 
-      def create_initializer
-        return say_status(:exist, INITIALIZER, :blue) if exist?(INITIALIZER)
-
-        template "backbone_sync.rb", INITIALIZER
-      end
-
-      def add_layout_tags
-        return say_layout_missing("<%= backbone_sync_tags %>") unless exist?(LAYOUT)
-        return if read(LAYOUT).include?("backbone_sync_tags")
-
-        if read(LAYOUT).match?(/<%= csrf_meta_tags %>/)
-          inject_into_file LAYOUT, "\n    <%= backbone_sync_tags %>", after: /<%= csrf_meta_tags %>/
-        else
-          inject_into_file LAYOUT, "    <%= backbone_sync_tags %>\n", before: %r{^\s*</head>}
-        end
-      end
-
-      def add_javascript
-        send(:"add_javascript_for_#{javascript_setup}")
-      end
-
-      def show_next_steps
-        say ""
-        say "backbone_sync is installed for #{SETUP_NAMES.fetch(javascript_setup)}.", :green
-        say NEXT_STEPS.fetch(javascript_setup).gsub("VERSION", BackboneSync::VERSION)
-        say <<~TEXT
-          Backbone 0.9.2 to 1.6.1 works; Backbone.sync needs jQuery (Backbone.$) or
-          your own Backbone.ajax. Then declare `push` in a model and follow its
-          collection in the page:
-            new BackboneSync.RailsFayeSubscriber(members, {channel: "members"})
-        TEXT
-      end
-
-      private
-
+      # What each setup is called, and what is left to do after the run.
       SETUP_NAMES = {
         importmap: "importmap",
         jsbundling: "jsbundling (#{MODULE_ENTRY})",
@@ -101,6 +67,41 @@ module BackboneSync
             <%= javascript_include_tag "jquery", "underscore", "backbone", "backbone_sync" %>
         TEXT
       }.freeze
+
+      def create_initializer
+        return say_status(:exist, INITIALIZER, :blue) if exist?(INITIALIZER)
+
+        template "backbone_sync.rb", INITIALIZER
+      end
+
+      def add_layout_tags
+        return say_layout_missing("<%= backbone_sync_tags %>") unless exist?(LAYOUT)
+        return if read(LAYOUT).include?("backbone_sync_tags")
+
+        if read(LAYOUT).match?(/<%= csrf_meta_tags %>/)
+          inject_into_file LAYOUT, "\n    <%= backbone_sync_tags %>", after: /<%= csrf_meta_tags %>/
+        else
+          inject_into_file LAYOUT, "    <%= backbone_sync_tags %>\n", before: %r{^\s*</head>}
+        end
+      end
+
+      def add_javascript
+        send(:"add_javascript_for_#{javascript_setup}")
+      end
+
+      def show_next_steps
+        say ""
+        say "backbone_sync is installed for #{SETUP_NAMES.fetch(javascript_setup)}.", :green
+        say NEXT_STEPS.fetch(javascript_setup).gsub("VERSION", BackboneSync::VERSION)
+        say <<~TEXT
+          Backbone 0.9.2 to 1.6.1 works; Backbone.sync needs jQuery (Backbone.$) or
+          your own Backbone.ajax. Then declare `push` in a model and follow its
+          collection in the page:
+            new BackboneSync.RailsFayeSubscriber(members, {channel: "members"})
+        TEXT
+      end
+
+      private
 
       # What loads the app's JavaScript: importmap (config/importmap.rb),
       # a jsbundling bundler (package.json with a build script), or classic
