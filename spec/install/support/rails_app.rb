@@ -34,6 +34,11 @@ class InstallSpecApp
     # In the gem's own bundle, where railties is.
     run!({}, RbConfig.ruby, Gem.bin_path("railties", "rails"), "new", dir, "--quiet", *SKIPS, *options, chdir: ROOT)
     File.write(path("Gemfile"), read("Gemfile") + %(\ngem "backbone_sync", path: #{ROOT.inspect}\n))
+    # The embedded server (on in development) takes a port of its own
+    # choosing: 9292 may be busy on a shared machine, and today it also
+    # starts in bin/rails generate.
+    write("config/initializers/embedded_server_port.rb",
+          "Rails.application.config.backbone_sync.embedded = { port: 0 }\n")
     app!("bundle", "install", "--local", "--quiet")
   end
 
@@ -90,10 +95,6 @@ class InstallSpecApp
         root "members#index"
       end
     RUBY
-    # The server runs in the Puma process, on a port of its own choosing.
-    File.write(path("config/initializers/backbone_sync.rb"),
-               read("config/initializers/backbone_sync.rb") +
-               "\nRails.application.config.backbone_sync.embedded = { port: 0 }\n")
     rails!("db:migrate")
   end
 
