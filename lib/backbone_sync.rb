@@ -37,12 +37,11 @@ module BackboneSync
     end
 
     # +channel+ as a String fit to publish to, or ChannelError saying what a
-    # channel looks like. A Symbol is taken as its name; wildcards, /meta/
-    # and /service/ are refused.
+    # channel looks like. A Symbol is taken as its name; wildcards, /meta
+    # and /service are refused (BackboneSync.channel?, the C core's rule).
     def channel!(channel)
       channel = channel.to_s if channel.is_a?(Symbol)
-      unless channel.is_a?(String) && !channel.include?("\0") && _valid_channel_name?(channel) &&
-             !channel.start_with?("/meta/", "/service/")
+      unless channel?(channel)
         raise ChannelError, "#{channel.inspect} is not a valid channel: use segments of letters, " \
                             "digits and - _ ! ~ ( ) $ @ such as \"/sync/family_7_members\" " \
                             "(no spaces, no wildcards, not under /meta/ or /service/)"
@@ -55,7 +54,7 @@ module BackboneSync
     # "<expires>.<hex HMAC-SHA256(secret, "#{channel}\n#{expires}")>".
     # Give it to the browser, which sends it as ext.token when subscribing.
     def sign(channel, expires_in: 3600, secret: self.secret, now: Time.now)
-      unless channel.is_a?(String) && _valid_channel_name?(channel)
+      unless channel?(channel)
         raise ChannelError, "cannot sign #{channel.inspect}: a token is for one channel " \
                             "such as \"/sync/users\" (no wildcards)"
       end

@@ -70,6 +70,11 @@ RSpec.describe BackboneSync::Server, "options and logging" do
       with_server(max_message_size: 1024) do |server|
         expect { server.publish("/a/*", 1) }.to raise_error(BackboneSync::ChannelError, %r{invalid channel "/a/\*": use /segment/segment})
         expect { server.publish("no-slash", 1) }.to raise_error(BackboneSync::ChannelError)
+        # /meta and /service themselves, not only what is below them (one rule, in channel.c).
+        %w[/meta /meta/x /service /service/x].each do |reserved|
+          expect { server.publish(reserved, 1) }.to raise_error(BackboneSync::ChannelError, /not under \/meta/), reserved
+          expect { BackboneSync.channel!(reserved) }.to raise_error(BackboneSync::ChannelError), reserved
+        end
         expect { server.publish(42, 1) }.to raise_error(BackboneSync::ChannelError, /channel must be a String/)
         expect { server.publish("/big", "x" * 2000) }.to raise_error(ArgumentError, /larger than max_message_size/)
         expect { server.publish("/bad", { "s" => "\xFF" }) }.to raise_error(BackboneSync::EncodeError)

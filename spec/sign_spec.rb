@@ -108,3 +108,17 @@ RSpec.describe "BackboneSync.sign and BackboneSync.secret" do
     end
   end
 end
+
+RSpec.describe "BackboneSync.channel? and .channel_pattern?, the C core's channel rules" do
+  it "says which names may be published to or signed for, and which patterns subscribed to" do
+    { "/a" => true, "/a/b-c_d" => true, "/a/*" => false, "/meta" => false, "/meta/x" => false,
+      "/service" => false, "/service/x" => false, "/metadata" => true, "/servicex/y" => true,
+      "a" => false, "/a/" => false, "/a\0b" => false, "" => false, nil => false, :"/a" => false }.each do |name, ok|
+      expect(BackboneSync.channel?(name)).to be(ok), name.inspect
+    end
+    { "/a" => true, "/a/*" => true, "/a/**" => true, "/**" => true, "/meta/*" => false, "/meta" => false,
+      "/service/**" => false, "/a/*/b" => false, "/a/***" => false, 42 => false }.each do |pattern, ok|
+      expect(BackboneSync.channel_pattern?(pattern)).to be(ok), pattern.inspect
+    end
+  end
+end

@@ -1,8 +1,21 @@
 /*
- * backbone_sync.h: the structs and functions shared between the C core
- * (server.c, bayeux.c, channels.c, json.c, buf.c) and the Ruby bindings
- * (ruby_*.c). Core files never include ruby.h; bindings never include
- * libwebsockets.h. Everything here is plain C data.
+ * backbone_sync.h: the C core's API for the Ruby bindings (ruby_*.c): the
+ * server (server.c), plus the containers, channel rules and plain types
+ * they share with the core. Core files never include ruby.h; bindings never
+ * include libwebsockets.h.
+ *
+ * The core, bottom to top (each file includes only the headers below it):
+ *   utilities     buf.c util.c deadline.c
+ *   frames        frame.c
+ *   pure codecs   json.c channel.c
+ *   state         registry.c history.c
+ *   engine        bayeux.c
+ *   backplane     backplane.c
+ *   transports    inbox.c transport.c http.c ws.c
+ *   server        server.c
+ * Going back up happens only through ops structs and visitors registered
+ * at init (bs_engine_ops_t, bs_backplane_sink_t, the registry's and the
+ * history's callbacks).
  */
 #ifndef BACKBONE_SYNC_H
 #define BACKBONE_SYNC_H
@@ -10,110 +23,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- growable byte buffer (buf.c) -------------------------------------- */
-
-/* A plain growable buffer. Not thread-safe; each owner uses its own. */
-typedef struct bs_buf {
-    char *ptr;
-    size_t len;
-    size_t cap;
-} bs_buf_t;
-
-void bs_buf_init(bs_buf_t *b);
-/* Returns 0, or -1 when memory runs out (the buffer is left as it was). */
-int bs_buf_reserve(bs_buf_t *b, size_t extra);
-int bs_buf_append(bs_buf_t *b, const void *p, size_t n);
-int bs_buf_append_str(bs_buf_t *b, const char *s);
-void bs_buf_reset(bs_buf_t *b);
-void bs_buf_free(bs_buf_t *b);
-
-/* ---- channel names (channels.c) ----------------------------------------- */
-
-/* Faye's grammar: /seg(/seg)* with seg = [A-Za-z0-9-_!~()$@]+.
- * Return 1 when valid, 0 otherwise. A pattern is a name, or a name prefix
- * followed by a final wildcard segment, one star or two (a lone "/" + stars too). */
-int bs_channel_valid_name(const char *s, size_t len);
-int bs_channel_valid_pattern(const char *s, size_t len);
-
-/* ---- signed subscription tokens (channels.c) --------------------------- */
-
-/* A token is "<expires>.<hex>" where <expires> is Unix seconds in decimal and
- * <hex> is lowercase hex HMAC-SHA256(secret, channel + "\n" + <expires>).
- * Ruby's BackboneSync.sign makes the same string with OpenSSL::HMAC.
- * Returns 1 when the token is genuine and not expired at `now`, else 0. */
-int bs_token_verify(const char *secret, const char *channel, size_t chlen,
-                    const char *token, size_t toklen, int64_t now);
-
-/* ---- the server (server.c), driven by ruby_server.c ---------------------- */
+#include "buf.h"
+#include "channel.h"
+#include "types.h"
 
 typedef struct bs_server bs_server_t;
 
-typedef struct bs_server_config {
-    const char *host;                    /* "127.0.0.1" */
-    int port;                            /* 0 picks a free port: see bs_server_port */
-    const char *mount;                   /* "/faye" */
-    int timeout;                         /* seconds a /meta/connect is held; advice.timeout */
-    const char *key_path;                /* TLS private key (PEM), or NULL */
-    const char *cert_path;               /* TLS certificate (PEM), or NULL */
-    const char *secret;                  /* publishers' secret, or NULL: publish in-process only */
-    int signed_subscriptions;            /* 1: every subscribe needs a valid ext.token */
-    const char *const *signed_channels;  /* NULL-terminated patterns needing a token, or NULL */
-    const char *const *public_channels;  /* NULL-terminated patterns clients may publish to, or NULL */
-    size_t max_message_size;             /* bytes of one request body / WS message; 65536 */
-    int max_depth;                       /* JSON nesting of inbound messages; 32 */
-    int max_batch;                       /* Bayeux messages in one request/frame; 100 */
-    int max_subscriptions;               /* per client; 1000 (a pushable model subscribes on its own) */
-    int max_queue;                       /* messages queued for one client before it is dropped; 1000 */
-    int max_clients;                     /* live Bayeux sessions; 100000 */
-    int request_timeout;                 /* seconds for an HTTP request's headers, and again for its body; 10 */
-    const char *const *allowed_origins;  /* NULL-terminated CORS origins served with credentials, or NULL: any, without */
-    const char *client_js;               /* browser client bytes, served at <mount>.js and <mount>/client.js */
-    size_t client_js_len;
-    int history_size;                    /* messages kept per channel for recovery; 100; -1: no history */
-    int history_ttl;                     /* seconds a kept message stays recoverable; 300 */
-    size_t history_memory;               /* bytes of history over all channels; 64 MiB */
-    const char *redis_host;              /* Redis backplane, or NULL for a single node */
-    int redis_port;                      /* 6379 */
-    const char *redis_password;          /* or NULL */
-    int redis_db;
-    const char *redis_script;            /* the text of lib/backbone_sync/publish.lua */
-    const char *redis_prefix;            /* key prefix; "backbone_sync:" */
-    int log_fd;                          /* -1, or the write end of a pipe: lines "<L> <text>\n", L in E W I D */
-    int verbose;                         /* 1: log connections, subscriptions and publishes at I */
-} bs_server_config_t;
-
-typedef struct bs_stats {
-    uint64_t connections;                /* open TCP connections (HTTP and WebSocket) */
-    uint64_t clients;                    /* live Bayeux sessions (clientIds) */
-    uint64_t channels;                   /* channels and patterns with at least one subscriber */
-    uint64_t subscriptions;
-    uint64_t messages_in;                /* Bayeux messages received, and publishes made in-process */
-    uint64_t messages_out;               /* deliveries queued to subscribers */
-    uint64_t bytes_out;                  /* bytes written to sockets */
-    uint64_t slow_clients_dropped;
-    uint64_t errors;                     /* Bayeux error replies and protocol violations */
-    uint64_t backplane_up;               /* 1 while connected to Redis (0 without a backplane) */
-    uint64_t backplane_queued;           /* publishes waiting for Redis */
-    uint64_t backplane_refused;          /* publishes refused because that queue was full */
-    uint64_t history_channels;           /* channels with a history kept for recovery */
-    uint64_t history_bytes;              /* what those histories hold, counted against history_memory */
-    uint64_t clients_refused;            /* handshakes refused at max_clients */
-    uint64_t clients_evicted;            /* never-connected sessions dropped to make room */
-} bs_stats_t;
-
-enum {
-    BS_OK = 0,
-    BS_ESTOPPED = -1,                    /* not running (never started, stopped, or inherited by fork) */
-    BS_EFULL = -2,                       /* the publish queue is at its bound */
-    BS_EINVAL = -3,                      /* not a valid channel name */
-    BS_ETOOBIG = -4,                     /* over max_message_size */
-    BS_ENOMEM = -5
-};
-
-/* Copies the config and every string it points to. NULL when memory runs out. */
+/* Copies the config and every string it points to. NULL when memory runs
+ * out or a value is missing (the Ruby layer gives every one). */
 bs_server_t *bs_server_new(const bs_server_config_t *cfg);
-/* Caller's thread: creates the context and binds, then starts the service
- * thread. Returns 0 once listening; else -1 with a sentence in err. */
+/* Caller's thread: creates the context and binds, starts the backplane
+ * (when configured) and the service thread. Returns 0 once listening;
+ * else -1 with a sentence in err. */
 int bs_server_start(bs_server_t *s, char *err, size_t errlen);
 /* The port actually bound (differs from config when it was 0). */
 int bs_server_port(const bs_server_t *s);
@@ -127,7 +48,8 @@ void bs_server_forget(bs_server_t *s);
 /* Stops if needed, then frees. */
 void bs_server_free(bs_server_t *s);
 /* Any thread. Copies `json` (the encoded `data`) into one frame addressed to
- * `channel`; never blocks on clients. Returns BS_OK or a BS_E* code. */
+ * `channel`; never blocks on clients. Returns BS_OK or a BS_E* code
+ * (BS_EINVAL: bs_channel_publishable says no). */
 int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen,
                       const char *json, size_t len);
 /* Any thread: a snapshot of the counters. */

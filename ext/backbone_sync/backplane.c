@@ -8,9 +8,10 @@
  * and fans each message out to its own subscribers: once per node, in offset
  * order. Ruby processes publish with the same script, straight into Redis.
  *
- * Threads: the backplane thread owns two connections, `sub` (SUBSCRIBE) and
- * `cmd` (EVALSHA), reconnects with backoff, and hands what arrives to the
- * service thread through bs_server_remote(). Any thread may queue a publish
+ * Layer: backplane (see backplane.h). Threads: the backplane thread owns two
+ * connections, `sub` (SUBSCRIBE) and `cmd` (EVALSHA), reconnects with
+ * backoff, and hands what arrives up through the sink (server.c passes it
+ * on to the service thread). Any thread may queue a publish
  * (bs_backplane_publish); the queue is bounded, and while Redis is away it
  * holds publishes until Redis is back, then refuses. The service thread owns
  * a third connection, `reader`, with short timeouts, used only to load a
@@ -31,22 +32,16 @@
 
 #include <hiredis/hiredis.h>
 
-#include "core.h"
+#include "backplane.h"
 
 #define MAX_OUT 10000                       /* publishes waiting for Redis */
 #define MAX_OUT_BYTES (16u << 20)
 #define PIPELINE 256                        /* EVALSHAs sent before reading replies */
 
-typedef struct out {
-    struct out *next;
-    size_t chlen, hlen;
-    char epoch[BS_EPOCH_LEN + 1];           /* proposed, for a channel Redis does not know */
-    char *channel;                          /* NUL-terminated, after the struct */
-    char *head;                             /* after the channel */
-} out_t;
 
 struct bs_backplane {
-    void *server;
+    const bs_log_t *log;
+    bs_backplane_sink_t sink;
     char *host, *password, *script, *prefix;
     int port, db, history_size, history_ttl;
     char sha[41];
@@ -54,7 +49,7 @@ struct bs_backplane {
     pthread_t thread;
     int started;
     pthread_mutex_t lock;
-    out_t *head, *tail;                     /* lock */
+    bs_item_t *head, *tail;                     /* lock */
     size_t nout, out_bytes;                 /* lock */
     int stop;                               /* lock */
     int wake[2];                            /* a byte here wakes the backplane thread */
@@ -72,36 +67,20 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-static void random_epoch(char *out)
-{
-    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-    unsigned char r[BS_EPOCH_LEN * 2];
-    size_t i = 0, j = 0;
-
-    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
-        memset(r, 0, sizeof(r));
-    while (i < BS_EPOCH_LEN && j < sizeof(r)) {
-        if (r[j] < 252)
-            out[i++] = digits[r[j] % 36];
-        j++;
-    }
-    while (i < BS_EPOCH_LEN)
-        out[i++] = '0';
-    out[BS_EPOCH_LEN] = '\0';
-}
-
-bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, void *server)
+bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, const bs_log_t *log,
+                                 const bs_backplane_sink_t *sink)
 {
     bs_backplane_t *b = calloc(1, sizeof(*b));
 
     if (!b)
         return NULL;
-    b->server = server;
+    b->log = log;
+    b->sink = *sink;
     b->host = dup_or_null(cfg->redis_host);
     b->password = dup_or_null(cfg->redis_password);
     b->script = dup_or_null(cfg->redis_script);
-    b->prefix = dup_or_null(cfg->redis_prefix ? cfg->redis_prefix : "backbone_sync:");
-    b->port = cfg->redis_port ? cfg->redis_port : 6379;
+    b->prefix = dup_or_null(cfg->redis_prefix);
+    b->port = cfg->redis_port;
     b->db = cfg->redis_db;
     b->history_size = cfg->history_size > 0 ? cfg->history_size : 0;
     b->history_ttl = cfg->history_ttl;
@@ -215,8 +194,8 @@ static void handle_message(bs_backplane_t *b, const char *p, size_t len)
     offset = strtoull(nl1 + 1, &stop, 10);
     if (stop != nl2 || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2)
         return;
-    bs_server_remote(b->server, ch, (size_t)(nl1 - ch), offset, nl2 + 1, (size_t)(nl3 - nl2 - 1),
-                     nl3 + 1, (size_t)(end - nl3 - 1));
+    b->sink.message(b->sink.ctx, ch, (size_t)(nl1 - ch), offset, nl2 + 1, (size_t)(nl3 - nl2 - 1),
+                    nl3 + 1, (size_t)(end - nl3 - 1));
 }
 
 static int read_sub(bs_backplane_t *b)
@@ -244,12 +223,12 @@ static int read_sub(bs_backplane_t *b)
 static int flush_out(bs_backplane_t *b)
 {
     for (;;) {
-        out_t *batch[PIPELINE];
+        bs_item_t *batch[PIPELINE];
         size_t n = 0, i;
         char size[16], ttl[16];
 
         pthread_mutex_lock(&b->lock);
-        for (out_t *o = b->head; o && n < PIPELINE; o = o->next)
+        for (bs_item_t *o = b->head; o && n < PIPELINE; o = o->next)
             batch[n++] = o;
         pthread_mutex_unlock(&b->lock);
         if (!n)
@@ -257,9 +236,9 @@ static int flush_out(bs_backplane_t *b)
         snprintf(size, sizeof(size), "%d", b->history_size);
         snprintf(ttl, sizeof(ttl), "%d", b->history_ttl);
         for (i = 0; i < n; i++) {
-            const char *argv[] = { "EVALSHA", b->sha, "0", b->prefix, batch[i]->channel, batch[i]->head,
+            const char *argv[] = { "EVALSHA", b->sha, "0", b->prefix, batch[i]->channel, batch[i]->data,
                                    size, ttl, batch[i]->epoch };
-            size_t lens[] = { 7, 40, 1, strlen(b->prefix), batch[i]->chlen, batch[i]->hlen,
+            size_t lens[] = { 7, 40, 1, strlen(b->prefix), batch[i]->chlen, batch[i]->len,
                               strlen(size), strlen(ttl), BS_EPOCH_LEN };
 
             redisAppendCommandArgv(b->cmd, 9, argv, lens);
@@ -272,16 +251,16 @@ static int flush_out(bs_backplane_t *b)
                 return -1;
             r = reply;
             if (r->type == REDIS_REPLY_ERROR)
-                bs_log(b->server, 'E', "Redis refused a publish to %s: %s", batch[i]->channel, r->str);
+                bs_log(b->log, 'E', "Redis refused a publish to %s: %s", batch[i]->channel, r->str);
             freeReplyObject(r);
         }
         pthread_mutex_lock(&b->lock);
         for (i = 0; i < n; i++) {
-            out_t *o = b->head;
+            bs_item_t *o = b->head;
 
             b->head = o->next;
             b->nout--;
-            b->out_bytes -= o->hlen;
+            b->out_bytes -= o->len;
             free(o);
         }
         if (!b->head)
@@ -319,7 +298,7 @@ static void *backplane_main(void *arg)
             if (connect_both(b, why, sizeof(why))) {
                 struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
 
-                bs_log(b->server, 'W', "Redis at %s:%d unreachable (%s); retrying in %d ms",
+                bs_log(b->log, 'W', "Redis at %s:%d unreachable (%s); retrying in %d ms",
                        b->host, b->port, why, backoff);
                 poll(&pfd, 1, backoff);
                 drain_wake(b);
@@ -328,15 +307,15 @@ static void *backplane_main(void *arg)
             }
             backoff = 100;
             __atomic_store_n(&b->up, 1, __ATOMIC_RELEASE);
-            bs_log(b->server, 'I', "Redis backplane connected at %s:%d", b->host, b->port);
+            bs_log(b->log, 'I', "Redis backplane connected at %s:%d", b->host, b->port);
             /* Messages may have passed while we were away: every client
              * starts again and recovers from the history in Redis. */
             if (was_up)
-                bs_server_resync(b->server);
+                b->sink.resync(b->sink.ctx);
             was_up = 1;
         }
         if (flush_out(b)) {
-            bs_log(b->server, 'W', "Redis connection lost while publishing; publishes are held until it is back");
+            bs_log(b->log, 'W', "Redis connection lost while publishing; publishes are held until it is back");
             disconnect(b);
             continue;
         }
@@ -351,7 +330,7 @@ static void *backplane_main(void *arg)
             if (pfd[1].revents)
                 drain_wake(b);
             if ((pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) && read_sub(b)) {
-                bs_log(b->server, 'W', "Redis subscription lost; reconnecting");
+                bs_log(b->log, 'W', "Redis subscription lost; reconnecting");
                 disconnect(b);
             }
         }
@@ -360,17 +339,20 @@ static void *backplane_main(void *arg)
     return NULL;
 }
 
-int bs_backplane_start(bs_backplane_t *b)
+int bs_backplane_start(bs_backplane_t *b, char *err, size_t errlen)
 {
     sigset_t all, old;
     int rc;
 
+    /* Signals belong to Ruby: the thread is born with all blocked. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     rc = pthread_create(&b->thread, NULL, backplane_main, b);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc)
+    if (rc) {
+        snprintf(err, errlen, "could not start the Redis backplane thread: %s", strerror(rc));
         return -1;
+    }
     b->started = 1;
     return 0;
 }
@@ -391,7 +373,7 @@ void bs_backplane_stop(bs_backplane_t *b)
 
 void bs_backplane_free(bs_backplane_t *b)
 {
-    out_t *o, *next;
+    bs_item_t *o, *next;
 
     if (!b)
         return;
@@ -430,20 +412,14 @@ void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st)
 
 int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen)
 {
-    out_t *o = malloc(sizeof(*o) + chlen + 1 + hlen);
+    /* data: the delivery head; epoch: proposed, for a channel Redis does not know. */
+    bs_item_t *o = bs_item_new(0, channel, chlen, head, hlen);
     int was_empty;
 
     if (!o)
         return BS_ENOMEM;
-    o->next = NULL;
-    o->chlen = chlen;
-    o->hlen = hlen;
-    o->channel = (char *)(o + 1);
-    memcpy(o->channel, channel, chlen);
-    o->channel[chlen] = '\0';
-    o->head = o->channel + chlen + 1;
-    memcpy(o->head, head, hlen);
-    random_epoch(o->epoch);
+    if (bs_random_id(o->epoch, BS_EPOCH_LEN))
+        memset(o->epoch, '0', BS_EPOCH_LEN);
     pthread_mutex_lock(&b->lock);
     if (b->stop || b->nout >= MAX_OUT || b->out_bytes + hlen > MAX_OUT_BYTES) {
         int stop = b->stop;
@@ -472,21 +448,27 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
 
 /* ---- history loads, in the service thread -------------------------------------- */
 
-static int load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h, int *stale);
+static int load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out,
+                int *stale);
 
-int bs_backplane_load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h)
+int bs_backplane_load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out)
 {
     int stale = 0;
 
     if (!bs_backplane_up(b))
         return -1;
     /* A kept connection may have died with a Redis restart: once more, fresh. */
-    if (load(b, e, h, &stale) == 0)
+    if (load(b, name, len, epoch, out, &stale) == 0)
         return 0;
-    return stale ? load(b, e, h, &stale) : -1;
+    bs_loaded_free(out);
+    if (stale && load(b, name, len, epoch, out, &stale) == 0)
+        return 0;
+    bs_loaded_free(out);
+    return -1;
 }
 
-static int load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h, int *stale)
+static int load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out,
+                int *stale)
 {
     redisReply *r = NULL;
     char why[256];
@@ -504,35 +486,33 @@ static int load(bs_backplane_t *b, bs_engine_t *e, bs_history_t *h, int *stale)
             return -1;
         }
     }
-    /* Agree on an epoch first: ours, unless Redis has one. */
-    r = redisCommand(b->reader, "SET %sepoch:%b %s NX EX %d", b->prefix, h->name, h->name_len,
-                     h->epoch, b->history_ttl > 86400 ? b->history_ttl : 86400);
+    /* Agree on an epoch first: the proposed one, unless Redis has one. */
+    r = redisCommand(b->reader, "SET %sepoch:%b %s NX EX %d", b->prefix, name, len, epoch,
+                     b->history_ttl > 86400 ? b->history_ttl : 86400);
     if (!r || r->type == REDIS_REPLY_ERROR)
         goto fail;
     freeReplyObject(r);
-    r = redisCommand(b->reader, "MGET %sepoch:%b %soffset:%b", b->prefix, h->name, h->name_len,
-                     b->prefix, h->name, h->name_len);
+    r = redisCommand(b->reader, "MGET %sepoch:%b %soffset:%b", b->prefix, name, len, b->prefix, name, len);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN)
         goto fail;
-    bs_history_reset(e, h, r->element[0]->str,
-                     r->element[1]->type == REDIS_REPLY_STRING ? strtoull(r->element[1]->str, NULL, 10) : 0);
+    memcpy(out->epoch, r->element[0]->str, r->element[0]->len);
+    out->epoch[r->element[0]->len] = '\0';
+    out->offset = r->element[1]->type == REDIS_REPLY_STRING ? strtoull(r->element[1]->str, NULL, 10) : 0;
     freeReplyObject(r);
     if (b->history_size <= 0)
         return 0;
-    r = redisCommand(b->reader, "ZRANGE %shistory:%b 0 -1 WITHSCORES", b->prefix, h->name, h->name_len);
+    r = redisCommand(b->reader, "ZRANGE %shistory:%b 0 -1 WITHSCORES", b->prefix, name, len);
     if (!r || r->type != REDIS_REPLY_ARRAY)
         goto fail;
     for (i = 0; i + 1 < r->elements; i += 2) {
         redisReply *frame = r->element[i], *score = r->element[i + 1];
-        uint64_t offset = strtoull(score->str, NULL, 10);
-        bs_frame_t *f;
 
-        if (frame->type != REDIS_REPLY_STRING || offset > h->offset || !(f = bs_frame_new(frame->len)))
-            continue;
-        memcpy(BS_FRAME_DATA(f), frame->str, frame->len);
-        bs_history_put(e, h, offset, f);
-        bs_frame_unref(f);
+        if (frame->type == REDIS_REPLY_STRING &&
+            bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len)) {
+            freeReplyObject(r);
+            return -1;
+        }
     }
     freeReplyObject(r);
     return 0;
@@ -540,7 +520,7 @@ fail:
     if (kept && !r) {
         *stale = 1;
     } else {
-        bs_log(b->server, 'W', "could not load the history of %s from Redis: %s", h->name,
+        bs_log(b->log, 'W', "could not load the history of %.*s from Redis: %s", (int)len, name,
                r && r->type == REDIS_REPLY_ERROR ? r->str : b->reader->errstr);
         b->reader_retry_at = now + 1000;
     }

@@ -1,23 +1,23 @@
 /*
  * bayeux.c: the Bayeux protocol as Faye 1.4 speaks it: sessions (clients),
  * /meta/handshake, connect, subscribe, unsubscribe, disconnect, publish, and
- * the per-client delivery queues. Thread: the service thread only.
+ * the per-client delivery queues (see bayeux.h). Layer: engine. Thread: the
+ * service thread.
  *
  * A client's queue holds references to shared frames; the transport drains
  * it (server.c). A /meta/connect is held on the link it came on until it is
  * due: at the server timeout, or, for HTTP long-polling, as soon as the
  * client has something queued.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
 
-#include "core.h"
+#include "bayeux.h"
+#include "channel.h"
 
 #define SUPPORTED (BS_CT_LONG_POLLING | BS_CT_CROSS_ORIGIN | BS_CT_WEBSOCKET)
 /* A session that has not sent /meta/connect within this long (or the
@@ -27,14 +27,6 @@
 static const char *const meta_channels[] = {
     "/meta/handshake", "/meta/connect", "/meta/subscribe", "/meta/unsubscribe", "/meta/disconnect"
 };
-
-int64_t bs_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- clients ------------------------------------------------------------- */
 
@@ -52,56 +44,7 @@ static bs_client_t *client_find(bs_engine_t *e, const char *id, size_t len)
     return NULL;
 }
 
-/* Base-36 digits from the kernel's CSPRNG: 32 of them (about 165 bits) make
- * a client id. */
-int bs_random_id(bs_engine_t *e, char *out, size_t n)
-{
-    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned char r;
-
-        if (e->rnd_used == 0 || e->rnd_used >= sizeof(e->rnd)) {
-            if (getrandom(e->rnd, sizeof(e->rnd), 0) != (ssize_t)sizeof(e->rnd))
-                return -1;
-            e->rnd_used = 0;
-        }
-        r = e->rnd[e->rnd_used++];
-        if (r < 252)                              /* 252 = 7 * 36: no modulo bias */
-            out[i++] = digits[r % 36];
-    }
-    out[n] = '\0';
-    return 0;
-}
-
-/* The list of sessions that have not connected yet, oldest first. */
-static void waiting_remove(bs_engine_t *e, bs_client_t *c)
-{
-    if (!c->waiting)
-        return;
-    c->waiting = 0;
-    if (c->wprev)
-        c->wprev->wnext = c->wnext;
-    else
-        e->waiting_head = c->wnext;
-    if (c->wnext)
-        c->wnext->wprev = c->wprev;
-    else
-        e->waiting_tail = c->wprev;
-    c->wprev = c->wnext = NULL;
-}
-
-static void waiting_append(bs_engine_t *e, bs_client_t *c)
-{
-    c->waiting = 1;
-    c->wprev = e->waiting_tail;
-    if (e->waiting_tail)
-        e->waiting_tail->wnext = c;
-    else
-        e->waiting_head = c;
-    e->waiting_tail = c;
-}
+#define CLIENT_OF(node, member) BS_CONTAINER(node, bs_client_t, member)
 
 static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link);
 
@@ -114,18 +57,18 @@ static bs_client_t *client_create(bs_engine_t *e, int *full)
 
     *full = 0;
     if (e->clients.count >= (uint32_t)e->cfg->max_clients) {
-        if (!e->waiting_head) {
+        if (!e->waiting.head) {
             *full = 1;
-            BS_STAT_ADD(e, clients_refused, 1);
+            BS_STAT_ADD(&e->stats, clients_refused, 1);
             return NULL;
         }
-        BS_STAT_ADD(e, clients_evicted, 1);
-        client_destroy(e, e->waiting_head, 0);
+        BS_STAT_ADD(&e->stats, clients_evicted, 1);
+        client_destroy(e, CLIENT_OF(e->waiting.head, waiting), 0);
     }
     if (!(c = calloc(1, sizeof(*c))))
         return NULL;
     do {
-        if (bs_random_id(e, c->id, BS_ID_LEN)) {
+        if (bs_rng_id(&e->rng, c->id, BS_ID_LEN)) {
             free(c);
             return NULL;
         }
@@ -135,13 +78,10 @@ static bs_client_t *client_create(bs_engine_t *e, int *full)
         free(c);
         return NULL;
     }
-    c->next = e->all;
-    if (e->all)
-        e->all->prev = c;
-    e->all = c;
+    bs_dlist_push_front(&e->all, &c->every);
     c->last_seen = c->born = bs_now_ms();
-    waiting_append(e, c);
-    BS_STAT_ADD(e, clients, 1);
+    bs_dlist_append(&e->waiting, &c->waiting);
+    BS_STAT_ADD(&e->stats, clients, 1);
     return c;
 }
 
@@ -176,35 +116,32 @@ static void client_destroy(bs_engine_t *e, bs_client_t *c, int close_link)
             l->held_id = NULL;
             l->held = 0;
         }
-        bs_link_lost_client(e->server, l, close_link);
+        e->ops->lost_client(e->ops_ctx, l, close_link);
     }
     bs_table_remove(&e->clients, &c->node);
-    waiting_remove(e, c);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        e->all = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    e->freed_bytes += sizeof(*c) + (size_t)c->subs_cap * sizeof(bs_sub_t) +
-                      (size_t)c->queue.cap * sizeof(bs_frame_t *);
-    bs_channels_unsubscribe_all(e, c);
+    bs_dlist_remove(&e->waiting, &c->waiting);
+    bs_dlist_remove(&e->all, &c->every);
+    e->freed += sizeof(*c) + (size_t)c->sub.subs_cap * sizeof(bs_sub_t) +
+                (size_t)c->queue.cap * sizeof(bs_frame_t *);
+    bs_registry_unsubscribe_all(&e->registry, &c->sub);
     bs_ring_free(&c->queue);
-    BS_STAT_SUB(e, clients, 1);
+    BS_STAT_SUB(&e->stats, clients, 1);
     free(c);
 }
 
 static void reap_doomed(bs_engine_t *e)
 {
-    bs_client_t *c, *next;
+    bs_dnode_t *n, *next;
 
     if (!e->ndoomed)
         return;
-    for (c = e->all; c; c = next) {
-        next = c->next;
+    for (n = e->all.head; n; n = next) {
+        bs_client_t *c = CLIENT_OF(n, every);
+
+        next = n->next;
         if (c->doomed) {
-            if (bs_log_verbose(e->server))
-                bs_log(e->server, 'W', "client %s dropped: %u messages queued (max_queue)",
+            if (bs_log_verbose(e->log))
+                bs_log(e->log, 'W', "client %s dropped: %u messages queued (max_queue)",
                        c->id, c->queue.len);
             client_destroy(e, c, 1);
         }
@@ -212,19 +149,38 @@ static void reap_doomed(bs_engine_t *e)
     e->ndoomed = 0;
 }
 
-void bs_engine_deliver(bs_engine_t *e, bs_client_t *c, bs_frame_t *f)
+/* Queues f for c; drops c (counted as slow) when its queue is full. */
+static void deliver(bs_engine_t *e, bs_client_t *c, bs_frame_t *f)
 {
     if (c->doomed)
         return;
     if (c->queue.len >= (uint32_t)e->cfg->max_queue || bs_ring_push(&c->queue, f)) {
         c->doomed = 1;
         e->ndoomed++;
-        BS_STAT_ADD(e, slow_clients_dropped, 1);
+        BS_STAT_ADD(&e->stats, slow_clients_dropped, 1);
         return;
     }
-    BS_STAT_ADD(e, messages_out, 1);
+    BS_STAT_ADD(&e->stats, messages_out, 1);
     if (c->queue.len == 1 && c->link)
-        bs_link_wake(e->server, c->link);
+        e->ops->wake(e->ops_ctx, c->link);
+}
+
+/* The registry's fan-out and the history's replay reach clients here. */
+static void deliver_to_subscriber(void *ctx, bs_subscriber_t *who, bs_frame_t *f)
+{
+    deliver(ctx, (bs_client_t *)((char *)who - offsetof(bs_client_t, sub)), f);
+}
+
+typedef struct replay_to {
+    bs_engine_t *e;
+    bs_client_t *c;
+} replay_to_t;
+
+static void deliver_replayed(void *ctx, bs_frame_t *f)
+{
+    replay_to_t *to = ctx;
+
+    deliver(to->e, to->c, f);
 }
 
 /* ---- replies ------------------------------------------------------------- */
@@ -316,16 +272,7 @@ static void fail(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *j
             add_subscription(out, m, json);
     }
     bs_buf_free(&err);
-    BS_STAT_ADD(e, errors, 1);
-}
-
-/* 1 when h holds every message after the client's since. */
-static int covered(const bs_history_t *h, const bs_msg_t *m)
-{
-    uint64_t oldest = bs_history_oldest(h);
-
-    return m->since_epoch && strcmp(m->since_epoch, h->epoch) == 0 && m->since_offset <= h->offset &&
-           m->since_offset + 1 >= oldest;
+    BS_STAT_ADD(&e->stats, errors, 1);
 }
 
 /* Where an exact channel's stream stands, and, when the client asked with
@@ -381,15 +328,15 @@ static void handshake(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
         reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, NULL, 0);
         bs_buf_append_str(out, ",\"error\":\"503::Server full (max_clients): try again later\","
                                "\"advice\":{\"reconnect\":\"handshake\",\"interval\":5000}}");
-        BS_STAT_ADD(e, errors, 1);
+        BS_STAT_ADD(&e->stats, errors, 1);
         return;
     }
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
     bs_buf_append(out, types, sizeof(types) - 1);
     advice(out, e, 1);
     bs_buf_append(out, "}", 1);
-    if (bs_log_verbose(e->server))
-        bs_log(e->server, 'I', "handshake: client %s", c->id);
+    if (bs_log_verbose(e->log))
+        bs_log(e->log, 'I', "handshake: client %s", c->id);
 }
 
 static bs_client_t *known_client(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m,
@@ -430,7 +377,7 @@ void bs_engine_answer(bs_engine_t *e, bs_link_t *l)
     l->held = 0;
 }
 
-int bs_engine_due(bs_engine_t *e, bs_link_t *l, int64_t now)
+int bs_engine_due(const bs_engine_t *e, const bs_link_t *l, int64_t now)
 {
     (void)e;
     if (!l->held)
@@ -456,7 +403,7 @@ static void connect(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t 
         (l && l->via == BS_VIA_HTTP && bs_conn_type_bit(m->connection_type) == BS_CT_WEBSOCKET))
         return fail(e, out, m, json, c->id, 301, m->connection_type, strlen(m->connection_type),
                     "Connection types not supported");
-    waiting_remove(e, c);
+    bs_dlist_remove(&e->waiting, &c->waiting);
     if (!l) {
         /* Nothing to hold it on: answer at once. */
         reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
@@ -471,7 +418,7 @@ static void connect(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t 
         bs_engine_answer(e, old);
         old->client = NULL;
         c->link = NULL;
-        bs_link_wake(e->server, old);
+        e->ops->wake(e->ops_ctx, old);
     }
     if (l->held)
         bs_engine_answer(e, l);
@@ -492,23 +439,7 @@ static void connect(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t 
     l->held_until = bs_now_ms() + hold;
     /* What was queued while the client had no link goes out now. */
     if (c->queue.len)
-        bs_link_wake(e->server, l);
-}
-
-static int subscribed(const bs_client_t *c, const char *s, size_t len)
-{
-    uint32_t i;
-
-    for (i = 0; i < c->nsubs; i++)
-        if (c->subs[i].channel->len == len && memcmp(c->subs[i].channel->name, s, len) == 0)
-            return 1;
-    return 0;
-}
-
-static int forbidden_subscription(const char *s, size_t len)
-{
-    return (len >= 5 && memcmp(s, "/meta", 5) == 0 && (len == 5 || s[5] == '/')) ||
-           (len >= 8 && memcmp(s, "/service", 8) == 0 && (len == 8 || s[8] == '/'));
+        e->ops->wake(e->ops_ctx, l);
 }
 
 static int needs_token(const bs_engine_t *e, const char *s, size_t len)
@@ -543,56 +474,65 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
             return fail(e, out, m, json, c->id, 405, s, len, "Invalid channel");
         if (!on)
             continue;
-        if (forbidden_subscription(s, len))
+        if (!bs_channel_subscribable(s, len))
             return fail(e, out, m, json, c->id, 403, s, len, "Forbidden channel");
-        if (subscribed(c, s, len))
+        if (bs_registry_holds(&c->sub, s, len))
             continue;                           /* again: not one more */
         if (needs_token(e, s, len) &&
             !(m->token && bs_token_verify(e->cfg->secret, s, len, m->token, m->token_len,
                                           (int64_t)time(NULL)))) {
-            if (bs_log_verbose(e->server))
-                bs_log(e->server, 'W', "subscribe refused: client %s, %s: missing, forged or expired token",
+            if (bs_log_verbose(e->log))
+                bs_log(e->log, 'W', "subscribe refused: client %s, %s: missing, forged or expired token",
                        c->id, s);
             return fail(e, out, m, json, c->id, 403, s, len, "Forbidden channel");
         }
         fresh++;
     }
-    if (on && c->nsubs + fresh > (uint32_t)e->cfg->max_subscriptions)
+    if (on && c->sub.nsubs + fresh > (uint32_t)e->cfg->max_subscriptions)
         return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
                     "Too many subscriptions for one client (max_subscriptions)");
     /* One exact channel: report its epoch and offset, and replay from since. */
-    if (on && m->nsubs == 1 && e->cfg->history_size > 0 &&
-        bs_channel_valid_name(m->subs, strlen(m->subs))) {
-        int fresh_h = !bs_history_find(e, m->subs, strlen(m->subs));
+    if (on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs))) {
+        size_t len = strlen(m->subs);
+        int fresh_h = !bs_history_find(&e->histories, m->subs, len);
 
-        h = bs_history_get(e, m->subs, strlen(m->subs));
+        h = bs_history_get(&e->histories, m->subs, len);
         /* With Redis, the truth is there: load what this node does not know. */
-        if (h && e->backplane && (fresh_h || !h->epoch[0] || (m->has_since && !covered(h, m))) &&
-            bs_backplane_load(e->backplane, e, h))
-            bs_history_reset(e, h, "", h->offset);
+        if (h && e->ops->load &&
+            (fresh_h || !h->epoch[0] || (m->has_since && !bs_history_covers(h, m->since_epoch, m->since_offset)))) {
+            bs_loaded_t loaded = { .offset = 0 };
+
+            if (e->ops->load(e->ops_ctx, m->subs, len, h->epoch, &loaded) == 0)
+                bs_history_load(&e->histories, h, &loaded);
+            else
+                bs_history_reset(&e->histories, h, "", h->offset);
+            bs_loaded_free(&loaded);
+        }
     }
     for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
         if (!on) {
-            bs_channels_unsubscribe(e, c, s, strlen(s));
-        } else if (!(sub = bs_channels_subscribe(e, c, s, strlen(s)))) {
+            bs_registry_unsubscribe(&e->registry, &c->sub, s, strlen(s));
+        } else if (!(sub = bs_registry_subscribe(&e->registry, &c->sub, s, strlen(s)))) {
             return fail(e, out, m, json, c->id, 500, "", 0, "Internal server error");
         }
-        if (bs_log_verbose(e->server))
-            bs_log(e->server, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
+        if (bs_log_verbose(e->log))
+            bs_log(e->log, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
     }
     /* Recoverable: what is still queued for this channel goes, and the
      * history after since is queued in its place, in order, once. Frames
      * already written may have died with a socket; these come again. */
-    if (h && h->epoch[0] && m->has_since && covered(h, m)) {
+    if (h && m->has_since && bs_history_covers(h, m->since_epoch, m->since_offset)) {
+        replay_to_t to = { e, c };
+
         bs_ring_remove_channel(&c->queue, h->name, h->name_len);
-        recovered = bs_history_replay(e, h, m->since_offset, c) == 0;
+        recovered = bs_history_replay(h, m->since_offset, deliver_replayed, &to) == 0;
     }
     /* Whatever reaches this node later with an offset up to here, the
      * client has had or did not ask for. */
     if (h && sub)
         sub->floor = h->offset;
-    if (h && m->has_since && bs_log_verbose(e->server))
-        bs_log(e->server, 'I', "recovery for client %s on %s from offset %llu: %s", c->id, m->subs,
+    if (h && m->has_since && bs_log_verbose(e->log))
+        bs_log(e->log, 'I', "recovery for client %s on %s from offset %llu: %s", c->id, m->subs,
                (unsigned long long)m->since_offset, recovered ? "complete" : "not possible");
     subscription_reply(out, m, json, c, h, recovered);
     reap_doomed(e);
@@ -606,15 +546,15 @@ static void disconnect(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const c
     if (!c)
         return;
     memcpy(id, c->id, sizeof(id));
-    if (bs_log_verbose(e->server))
-        bs_log(e->server, 'I', "disconnect: client %s", id);
+    if (bs_log_verbose(e->log))
+        bs_log(e->log, 'I', "disconnect: client %s", id);
     /* A connect still held is answered as usual, not with "Unknown client":
      * the client is leaving, not to be sent back to handshake. */
     if (c->link && c->link->held) {
         bs_link_t *l = c->link;
 
         bs_engine_answer(e, l);
-        bs_link_wake(e->server, l);
+        e->ops->wake(e->ops_ctx, l);
     }
     client_destroy(e, c, 0);
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, id, 1);
@@ -672,18 +612,18 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
     bs_frame_t *f;
     char tail[80];
 
-    /* /service/ messages are for the server only; nobody may subscribe to them. */
-    if (chlen >= 9 && memcmp(channel, "/service/", 9) == 0)
-        return 0;
+    /* /service messages are for the server only; nobody may subscribe to them. */
+    if (bs_channel_kind(channel, chlen) == BS_CHANNEL_SERVICE)
+        return BS_OK;
     bs_buf_reset(b);
     if (bs_delivery_head(b, channel, chlen, data, dlen, id, idlen, ext, extlen))
-        return -1;
+        return BS_ENOMEM;
     /* With a backplane, Redis numbers the message and every node, this one
      * included, fans it out when it comes back (bs_engine_remote). */
-    if (e->backplane)
-        return bs_backplane_publish(e->backplane, channel, chlen, b->ptr, b->len) == BS_OK ? 0 : -2;
-    if (e->cfg->history_size > 0 && !(h = bs_history_get(e, channel, chlen)))
-        return -1;
+    if (e->ops->route)
+        return e->ops->route(e->ops_ctx, channel, chlen, b->ptr, b->len);
+    if (e->histories.size > 0 && !(h = bs_history_get(&e->histories, channel, chlen)))
+        return BS_ENOMEM;
     if (h) {
         snprintf(tail, sizeof(tail), "\"offset\":%llu,\"epoch\":\"%s\"}}]",
                  (unsigned long long)(h->offset + 1), h->epoch);
@@ -695,20 +635,20 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
         snprintf(tail, sizeof(tail), "}]");
     }
     if (bs_buf_append_str(b, tail) || !(f = bs_frame_new(b->len)))
-        return -1;
+        return BS_ENOMEM;
     memcpy(BS_FRAME_DATA(f), b->ptr, b->len);
     if (h) {
         h->offset++;
-        if (bs_history_append(e, h, f)) {
+        if (bs_history_append(&e->histories, h, f)) {
             h->offset--;
             bs_frame_unref(f);
-            return -1;
+            return BS_ENOMEM;
         }
     }
-    bs_channels_fanout(e, channel, chlen, f, h ? h->offset : 0);
+    bs_registry_fanout(&e->registry, channel, chlen, f, h ? h->offset : 0, deliver_to_subscriber, e);
     bs_frame_unref(f);
     reap_doomed(e);
-    return 0;
+    return BS_OK;
 }
 
 void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_t offset,
@@ -718,26 +658,26 @@ void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_
     bs_frame_t *f;
     char ep[BS_EPOCH_LEN + 1];
 
-    BS_STAT_ADD(e, messages_in, 1);
+    BS_STAT_ADD(&e->stats, messages_in, 1);
     if (!bs_channel_valid_name(channel, chlen) || !bs_utf8_valid(frame, flen)) {
-        BS_STAT_ADD(e, errors, 1);
-        bs_log(e->server, 'W', "dropped a message from Redis that is not valid UTF-8 or has no valid channel");
+        BS_STAT_ADD(&e->stats, errors, 1);
+        bs_log(e->log, 'W', "dropped a message from Redis that is not valid UTF-8 or has no valid channel");
         return;
     }
     if (!(f = bs_frame_new(flen)))
         return;
     memcpy(BS_FRAME_DATA(f), frame, flen);
-    if (e->cfg->history_size > 0 && (h = bs_history_get(e, channel, chlen))) {
+    if (e->histories.size > 0 && (h = bs_history_get(&e->histories, channel, chlen))) {
         /* This node's copy of the channel's history follows Redis. */
         if (elen > BS_EPOCH_LEN)
             elen = BS_EPOCH_LEN;
         memcpy(ep, epoch, elen);
         ep[elen] = '\0';
         if (strcmp(ep, h->epoch) != 0)
-            bs_history_reset(e, h, ep, offset - 1);
-        bs_history_put(e, h, offset, f);
+            bs_history_reset(&e->histories, h, ep, offset - 1);
+        bs_history_put(&e->histories, h, offset, f);
     }
-    bs_channels_fanout(e, channel, chlen, f, offset);
+    bs_registry_fanout(&e->registry, channel, chlen, f, offset, deliver_to_subscriber, e);
     bs_frame_unref(f);
     reap_doomed(e);
 }
@@ -747,15 +687,15 @@ void bs_engine_resync(bs_engine_t *e)
     uint32_t i;
     unsigned n = 0;
 
-    while (e->all) {
-        client_destroy(e, e->all, 1);
+    while (e->all.head) {
+        client_destroy(e, CLIENT_OF(e->all.head, every), 1);
         n++;
     }
     /* What this node kept may have gaps now: reload from Redis when asked. */
-    for (i = 0; i < e->histories.size; i++)
-        for (bs_hnode_t *n = e->histories.buckets[i]; n; n = n->next)
-            bs_history_reset(e, (bs_history_t *)n, "", ((bs_history_t *)n)->offset);
-    bs_log(e->server, 'W', "Redis was unreachable for a while: %u clients were asked to reconnect and recover",
+    for (i = 0; i < e->histories.table.size; i++)
+        for (bs_hnode_t *n = e->histories.table.buckets[i]; n; n = n->next)
+            bs_history_reset(&e->histories, (bs_history_t *)n, "", ((bs_history_t *)n)->offset);
+    bs_log(e->log, 'W', "Redis was unreachable for a while: %u clients were asked to reconnect and recover",
            n);
 }
 
@@ -771,19 +711,20 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
         return fail(e, out, m, json, client_id, 402, "data", 4, "Missing required parameter");
     if (!secret_matches(e->cfg->secret, m->secret, m->secret_len) &&
         !public_channel(e, m->channel, m->channel_len)) {
-        if (bs_log_verbose(e->server))
-            bs_log(e->server, 'W', "publish refused on %s: no valid secret", m->channel);
+        if (bs_log_verbose(e->log))
+            bs_log(e->log, 'W', "publish refused on %s: no valid secret", m->channel);
         return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len, "Forbidden channel");
     }
     /* The delivery is the message as published, less clientId and the secret. */
-    if (bs_log_verbose(e->server))
-        bs_log(e->server, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
+    if (bs_log_verbose(e->log))
+        bs_log(e->log, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
     switch (bs_engine_publish(e, m->channel, m->channel_len, json + m->raw_data.off, m->raw_data.len,
                               m->has_id ? json + m->raw_id.off : NULL, m->raw_id.len,
                               m->has_ext ? b->ext.ptr + m->raw_ext.off : NULL, m->raw_ext.len)) {
-    case 0:
+    case BS_OK:
         break;
-    case -2:
+    case BS_EFULL:
+    case BS_ESTOPPED:
         return fail(e, out, m, json, client_id, 407, m->channel, m->channel_len,
                     "Failed to publish: Redis is unreachable and the publishes waiting for it are at their bound");
     default:
@@ -806,8 +747,8 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
      * cut off every subscriber that recovers it. */
     if (!bs_utf8_valid(json, len)) {
         error_reply(out, NO_ID, NULL, 0, NULL, "400::Bad request: the message is not valid UTF-8", 0);
-        BS_STAT_ADD(e, errors, 1);
-        bs_log(e->server, 'W', "refused %s message that is not valid UTF-8 (%zu bytes)",
+        BS_STAT_ADD(&e->stats, errors, 1);
+        bs_log(e->log, 'W', "refused %s message that is not valid UTF-8 (%zu bytes)",
                l && l->via == BS_VIA_WS ? "a WebSocket" : "an HTTP", len);
         return 400;
     }
@@ -816,7 +757,7 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
 
         snprintf(err, sizeof(err), "400::Bad request: %s", b.error);
         error_reply(out, NO_ID, NULL, 0, NULL, err, 0);
-        BS_STAT_ADD(e, errors, 1);
+        BS_STAT_ADD(&e->stats, errors, 1);
         bs_batch_free(&b);
         return 400;
     }
@@ -824,7 +765,7 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
         const bs_msg_t *m = &b.msgs[i];
         size_t k;
 
-        BS_STAT_ADD(e, messages_in, 1);
+        BS_STAT_ADD(&e->stats, messages_in, 1);
         if (m->bad) {
             char why[96];
 
@@ -836,8 +777,7 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
             fail(e, out, m, json, NULL, 405, "", 0, "Invalid channel");
             continue;
         }
-        if (m->channel_len >= 5 && memcmp(m->channel, "/meta", 5) == 0 &&
-            (m->channel_len == 5 || m->channel[5] == '/')) {
+        if (bs_channel_kind(m->channel, m->channel_len) == BS_CHANNEL_META) {
             /* Exact names only: "/meta/subscribe/x" is not a subscribe. */
             for (k = 0; k < 5; k++)
                 if (strcmp(m->channel, meta_channels[k]) == 0)
@@ -879,46 +819,70 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
     int64_t expiry = (int64_t)e->cfg->timeout * 1600;
     int64_t grace = (int64_t)e->cfg->timeout * 1000 < CONNECT_GRACE_MS ? (int64_t)e->cfg->timeout * 1000
                                                                       : CONNECT_GRACE_MS;
-    bs_client_t *c, *next;
+    bs_client_t *c;
+    bs_dnode_t *n, *next;
 
-    if (e->histories.count && now - e->last_history_sweep >= 1000) {
-        bs_history_sweep(e, now);
-        e->last_history_sweep = now;
-    }
+    bs_history_sweep(&e->histories, now);
     /* Handshakes that never connected, oldest first. */
-    while (e->waiting_head && now - e->waiting_head->born > grace) {
-        if (bs_log_verbose(e->server))
-            bs_log(e->server, 'I', "client %s expired: no /meta/connect after its handshake",
-                   e->waiting_head->id);
-        client_destroy(e, e->waiting_head, 1);
+    while (e->waiting.head && now - (c = CLIENT_OF(e->waiting.head, waiting))->born > grace) {
+        if (bs_log_verbose(e->log))
+            bs_log(e->log, 'I', "client %s expired: no /meta/connect after its handshake", c->id);
+        client_destroy(e, c, 1);
     }
     /* Held connects are the transport's to answer on time (server.c). */
-    for (c = e->all; c; c = next) {
-        next = c->next;
+    for (n = e->all.head; n; n = next) {
+        c = CLIENT_OF(n, every);
+        next = n->next;
         if (!(c->link && c->link->held) && now - c->last_seen > expiry) {
-            if (bs_log_verbose(e->server))
-                bs_log(e->server, 'I', "client %s expired", c->id);
+            if (bs_log_verbose(e->log))
+                bs_log(e->log, 'I', "client %s expired", c->id);
             client_destroy(e, c, 1);
         }
     }
 }
 
-void bs_engine_init(bs_engine_t *e, const bs_server_config_t *cfg, void *server)
+/* The registry and the history tell each other through the engine. */
+static void channel_gone(void *ctx, const char *name, size_t len)
+{
+    bs_engine_t *e = ctx;
+
+    bs_history_release(&e->histories, name, len);
+}
+
+static int channel_subscribed(void *ctx, const char *name, size_t len)
+{
+    bs_engine_t *e = ctx;
+
+    return bs_registry_find(&e->registry, name, len) != NULL;
+}
+
+void bs_engine_init(bs_engine_t *e, const bs_server_config_t *cfg, const bs_log_t *log,
+                    const bs_engine_ops_t *ops, void *ops_ctx)
 {
     memset(e, 0, sizeof(*e));
     e->cfg = cfg;
-    e->server = server;
-    bs_buf_init(&e->scratch);
+    e->log = log;
+    e->ops = ops;
+    e->ops_ctx = ops_ctx;
+    bs_registry_init(&e->registry, &e->stats, channel_gone, e);
+    bs_histories_init(&e->histories, cfg, &e->stats, channel_subscribed, e);
     bs_buf_init(&e->build);
 }
 
 void bs_engine_free(bs_engine_t *e)
 {
-    while (e->all)
-        client_destroy(e, e->all, 0);
+    while (e->all.head)
+        client_destroy(e, CLIENT_OF(e->all.head, every), 0);
     bs_table_free(&e->clients);
-    bs_history_free_all(e);
-    bs_channels_free(e);
-    bs_buf_free(&e->scratch);
+    bs_histories_free(&e->histories);
+    bs_registry_free(&e->registry);
     bs_buf_free(&e->build);
+}
+
+size_t bs_engine_take_freed(bs_engine_t *e)
+{
+    size_t n = e->freed + e->histories.freed;
+
+    e->freed = e->histories.freed = 0;
+    return n;
 }

@@ -1,13 +1,14 @@
 /*
  * buf.c: small containers. The growable byte buffer used by the JSON
- * encoders and by request reassembly, and the intrusive hash table that
- * keeps clients, channels and histories. Owned by one thread at a time; no
- * locking.
+ * encoders and by request reassembly, the intrusive hash table that keeps
+ * clients, channels and histories, the intrusive list, and the item that
+ * carries a message between threads. Layer: utilities. Thread: owned by
+ * one thread at a time; no locking.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "core.h"
+#include "buf.h"
 
 void bs_buf_init(bs_buf_t *b)
 {
@@ -123,4 +124,64 @@ void bs_table_free(bs_table_t *t)
 {
     free(t->buckets);
     memset(t, 0, sizeof(*t));
+}
+
+void bs_dlist_push_front(bs_dlist_t *l, bs_dnode_t *n)
+{
+    bs_dlist_remove(l, n);
+    n->linked = 1;
+    n->prev = NULL;
+    n->next = l->head;
+    if (l->head)
+        l->head->prev = n;
+    l->head = n;
+    if (!l->tail)
+        l->tail = n;
+}
+
+void bs_dlist_append(bs_dlist_t *l, bs_dnode_t *n)
+{
+    bs_dlist_remove(l, n);
+    n->linked = 1;
+    n->next = NULL;
+    n->prev = l->tail;
+    if (l->tail)
+        l->tail->next = n;
+    l->tail = n;
+    if (!l->head)
+        l->head = n;
+}
+
+void bs_dlist_remove(bs_dlist_t *l, bs_dnode_t *n)
+{
+    if (!n->linked)
+        return;
+    n->linked = 0;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        l->head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        l->tail = n->prev;
+    n->prev = n->next = NULL;
+}
+
+bs_item_t *bs_item_new(int kind, const char *channel, size_t chlen, const char *data, size_t len)
+{
+    bs_item_t *p = malloc(sizeof(*p) + chlen + 1 + len);
+
+    if (!p)
+        return NULL;
+    memset(p, 0, sizeof(*p));
+    p->kind = kind;
+    p->chlen = chlen;
+    p->len = len;
+    p->channel = (char *)(p + 1);
+    memcpy(p->channel, channel, chlen);
+    p->channel[chlen] = '\0';
+    p->data = p->channel + chlen + 1;
+    memcpy(p->data, data, len);
+    return p;
 }

@@ -1,7 +1,7 @@
 /*
  * history.c: per-channel offsets, epochs and a bounded history of recent
  * messages, so a client that comes back can be given exactly what it missed.
- * Thread: the service thread only.
+ * Layer: history. Thread: the service thread.
  *
  * A channel gets a history at its first publish, or at its first subscribe
  * (the reply names the epoch and offset its messages will carry). Its epoch
@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core.h"
+#include "history.h"
 
 #define RING_FIRST 4                        /* entries a ring starts with; it doubles up to history_size */
 
@@ -30,32 +30,26 @@ static bs_entry_t *entry_at(const bs_history_t *h, uint32_t i)
     return &h->ring[(h->head + i) % h->cap];
 }
 
-/* What one kept frame costs: its allocation, shared or not. */
-static size_t frame_cost(const bs_frame_t *f)
-{
-    return sizeof(*f) + BS_PRE + f->len;
-}
-
 /* What a history costs besides its frames. */
 static size_t shell_cost(const bs_history_t *h)
 {
     return sizeof(*h) + h->name_len + 1 + sizeof(bs_hnode_t *) + (size_t)h->cap * sizeof(bs_entry_t);
 }
 
-static void count(bs_engine_t *e, bs_history_t *h, size_t add, size_t sub)
+static void count(bs_histories_t *hs, bs_history_t *h, size_t add, size_t sub)
 {
     h->bytes = h->bytes + add - sub;
-    e->hist_bytes = e->hist_bytes + add - sub;
-    e->freed_bytes += sub;
-    __atomic_store_n(&e->stats.history_bytes, (uint64_t)e->hist_bytes, __ATOMIC_RELAXED);
+    hs->bytes = hs->bytes + add - sub;
+    hs->freed += sub;
+    BS_STAT_SET(hs->stats, history_bytes, hs->bytes);
 }
 
-bs_history_t *bs_history_find(bs_engine_t *e, const char *name, size_t len)
+bs_history_t *bs_history_find(const bs_histories_t *hs, const char *name, size_t len)
 {
     uint32_t hv = bs_hash(name, len);
     bs_hnode_t *n;
 
-    for (n = bs_table_chain(&e->histories, hv); n; n = n->next) {
+    for (n = bs_table_chain(&hs->table, hv); n; n = n->next) {
         bs_history_t *h = (bs_history_t *)n;
 
         if (n->hash == hv && h->name_len == len && memcmp(h->name, name, len) == 0)
@@ -64,46 +58,18 @@ bs_history_t *bs_history_find(bs_engine_t *e, const char *name, size_t len)
     return NULL;
 }
 
-static void lru_unlink(bs_engine_t *e, bs_history_t *h)
-{
-    if (!h->in_lru)
-        return;
-    h->in_lru = 0;
-    if (h->lru_prev)
-        h->lru_prev->lru_next = h->lru_next;
-    else
-        e->lru_head = h->lru_next;
-    if (h->lru_next)
-        h->lru_next->lru_prev = h->lru_prev;
-    else
-        e->lru_tail = h->lru_prev;
-    h->lru_prev = h->lru_next = NULL;
-}
+#define LRU_OLDEST(hs) ((hs)->lru.tail ? BS_CONTAINER((hs)->lru.tail, bs_history_t, lru) : NULL)
 
-static void lru_front(bs_engine_t *e, bs_history_t *h)
+bs_history_t *bs_history_get(bs_histories_t *hs, const char *name, size_t len)
 {
-    if (e->lru_head == h)
-        return;
-    lru_unlink(e, h);
-    h->in_lru = 1;
-    h->lru_next = e->lru_head;
-    if (e->lru_head)
-        e->lru_head->lru_prev = h;
-    e->lru_head = h;
-    if (!e->lru_tail)
-        e->lru_tail = h;
-}
-
-bs_history_t *bs_history_get(bs_engine_t *e, const char *name, size_t len)
-{
-    bs_history_t *h = bs_history_find(e, name, len);
+    bs_history_t *h = bs_history_find(hs, name, len);
 
     if (h)
         return h;
     if (!(h = calloc(1, sizeof(*h) + len + 1)))
         return NULL;
     h->node.hash = bs_hash(name, len);
-    if (bs_random_id(e, h->epoch, BS_EPOCH_LEN) || bs_table_insert(&e->histories, &h->node)) {
+    if (bs_random_id(h->epoch, BS_EPOCH_LEN) || bs_table_insert(&hs->table, &h->node)) {
         free(h);
         return NULL;
     }
@@ -112,56 +78,56 @@ bs_history_t *bs_history_get(bs_engine_t *e, const char *name, size_t len)
     h->name[len] = '\0';
     h->name_len = len;
     h->last_used = bs_now_ms();
-    count(e, h, shell_cost(h), 0);
-    lru_front(e, h);
-    BS_STAT_ADD(e, history_channels, 1);
+    count(hs, h, shell_cost(h), 0);
+    bs_dlist_push_front(&hs->lru, &h->lru);
+    BS_STAT_ADD(hs->stats, history_channels, 1);
     return h;
 }
 
-static void drop_oldest(bs_engine_t *e, bs_history_t *h)
+static void drop_oldest(bs_histories_t *hs, bs_history_t *h)
 {
     bs_entry_t *x = entry_at(h, 0);
 
-    count(e, h, 0, frame_cost(x->frame));
+    count(hs, h, 0, bs_frame_cost(x->frame));
     bs_frame_unref(x->frame);
     h->head = (h->head + 1) % h->cap;
     h->len--;
 }
 
 /* Gives the ring back; only an empty one. */
-static void free_ring(bs_engine_t *e, bs_history_t *h)
+static void free_ring(bs_histories_t *hs, bs_history_t *h)
 {
     size_t before = shell_cost(h);
 
     free(h->ring);
     h->ring = NULL;
     h->cap = h->head = 0;
-    count(e, h, shell_cost(h), before);
+    count(hs, h, shell_cost(h), before);
 }
 
-static void destroy(bs_engine_t *e, bs_history_t *h)
+static void destroy(bs_histories_t *hs, bs_history_t *h)
 {
     while (h->len)
-        drop_oldest(e, h);
-    count(e, h, 0, shell_cost(h));
-    bs_table_remove(&e->histories, &h->node);
-    lru_unlink(e, h);
+        drop_oldest(hs, h);
+    count(hs, h, 0, shell_cost(h));
+    bs_table_remove(&hs->table, &h->node);
+    bs_dlist_remove(&hs->lru, &h->lru);
     free(h->ring);
     free(h);
-    BS_STAT_SUB(e, history_channels, 1);
+    BS_STAT_SUB(hs->stats, history_channels, 1);
 }
 
 /* Room for one more entry: the ring doubles, up to history_size. */
-static int ring_room(bs_engine_t *e, bs_history_t *h)
+static int ring_room(bs_histories_t *hs, bs_history_t *h)
 {
-    uint32_t size = (uint32_t)e->cfg->history_size, cap, i;
+    uint32_t size = hs->size, cap, i;
     bs_entry_t *v;
     size_t before;
 
     if (h->len < h->cap)
         return 0;
     if (h->cap >= size) {
-        drop_oldest(e, h);
+        drop_oldest(hs, h);
         return 0;
     }
     cap = h->cap ? h->cap * 2 : RING_FIRST;
@@ -176,49 +142,49 @@ static int ring_room(bs_engine_t *e, bs_history_t *h)
     h->ring = v;
     h->head = 0;
     h->cap = cap;
-    count(e, h, shell_cost(h), before);
+    count(hs, h, shell_cost(h), before);
     return 0;
 }
 
 /* Over history_memory: the least recently published give way, never `keep`. */
-static void enforce_bound(bs_engine_t *e, bs_history_t *keep)
+static void enforce_bound(bs_histories_t *hs, bs_history_t *keep)
 {
-    while (e->hist_bytes > e->cfg->history_memory && e->lru_tail && e->lru_tail != keep) {
-        bs_history_t *old = e->lru_tail;
+    bs_history_t *old;
 
-        while (old->len && e->hist_bytes > e->cfg->history_memory)
-            drop_oldest(e, old);
+    while (hs->bytes > hs->memory && (old = LRU_OLDEST(hs)) && old != keep) {
+        while (old->len && hs->bytes > hs->memory)
+            drop_oldest(hs, old);
         if (old->len)
             break;                          /* under the bound again */
-        if (!bs_channels_find(e, old->name, old->name_len)) {
-            destroy(e, old);
+        if (!hs->subscribed(hs->ctx, old->name, old->name_len)) {
+            destroy(hs, old);
         } else {
-            free_ring(e, old);
-            lru_unlink(e, old);             /* its subscribers keep the struct */
+            free_ring(hs, old);
+            bs_dlist_remove(&hs->lru, &old->lru);             /* its subscribers keep the struct */
         }
     }
 }
 
-int bs_history_append(bs_engine_t *e, bs_history_t *h, bs_frame_t *f)
+int bs_history_append(bs_histories_t *hs, bs_history_t *h, bs_frame_t *f)
 {
-    if (ring_room(e, h))
+    if (ring_room(hs, h))
         return -1;
     *entry_at(h, h->len) = (bs_entry_t){ .offset = h->offset, .at = bs_now_ms(), .frame = f };
     h->len++;
     bs_frame_ref(f);
-    count(e, h, frame_cost(f), 0);
+    count(hs, h, bs_frame_cost(f), 0);
     h->last_used = bs_now_ms();
-    lru_front(e, h);
-    enforce_bound(e, h);
+    bs_dlist_push_front(&hs->lru, &h->lru);
+    enforce_bound(hs, h);
     return 0;
 }
 
-void bs_history_reset(bs_engine_t *e, bs_history_t *h, const char *epoch, uint64_t offset)
+void bs_history_reset(bs_histories_t *hs, bs_history_t *h, const char *epoch, uint64_t offset)
 {
     size_t n = strlen(epoch);
 
     while (h->len)
-        drop_oldest(e, h);
+        drop_oldest(hs, h);
     if (n > BS_EPOCH_LEN)
         n = BS_EPOCH_LEN;
     memcpy(h->epoch, epoch, n);
@@ -226,7 +192,7 @@ void bs_history_reset(bs_engine_t *e, bs_history_t *h, const char *epoch, uint64
     h->offset = offset;
 }
 
-void bs_history_put(bs_engine_t *e, bs_history_t *h, uint64_t offset, bs_frame_t *f)
+void bs_history_put(bs_histories_t *hs, bs_history_t *h, uint64_t offset, bs_frame_t *f)
 {
     uint64_t last = h->len ? entry_at(h, h->len - 1)->offset : 0;
     uint64_t keep = h->offset;
@@ -236,26 +202,25 @@ void bs_history_put(bs_engine_t *e, bs_history_t *h, uint64_t offset, bs_frame_t
     if (h->len && offset != last + 1) {
         /* The kept entries must be consecutive for replay to be exact. */
         while (h->len)
-            drop_oldest(e, h);
+            drop_oldest(hs, h);
     }
     h->offset = offset;
-    bs_history_append(e, h, f);
+    bs_history_append(hs, h, f);
     if (keep > h->offset)
         h->offset = keep;
 }
 
-int bs_history_replay(bs_engine_t *e, bs_history_t *h, uint64_t since, bs_client_t *c)
+int bs_history_replay(const bs_history_t *h, uint64_t since, bs_replay_fn visit, void *ctx)
 {
     uint32_t i;
-    uint64_t oldest = h->len ? entry_at(h, 0)->offset : h->offset + 1;
 
-    if (since > h->offset || since + 1 < oldest)
+    if (since > h->offset || since + 1 < bs_history_oldest(h))
         return -1;                          /* ahead of us, or older than what we keep */
     for (i = 0; i < h->len; i++) {
         bs_entry_t *x = entry_at(h, i);
 
         if (x->offset > since)
-            bs_engine_deliver(e, c, x->frame);
+            visit(ctx, x->frame);
     }
     return 0;
 }
@@ -265,44 +230,104 @@ uint64_t bs_history_oldest(const bs_history_t *h)
     return h->len ? entry_at(h, 0)->offset : h->offset + 1;
 }
 
-void bs_history_release(bs_engine_t *e, const char *name, size_t len)
+int bs_history_covers(const bs_history_t *h, const char *epoch, uint64_t since)
 {
-    bs_history_t *h = bs_history_find(e, name, len);
-
-    if (h && !h->offset && !h->len)
-        destroy(e, h);
+    return epoch && h->epoch[0] && strcmp(epoch, h->epoch) == 0 && since <= h->offset &&
+           since + 1 >= bs_history_oldest(h);
 }
 
-void bs_history_sweep(bs_engine_t *e, int64_t now)
+void bs_history_release(bs_histories_t *hs, const char *name, size_t len)
 {
-    int64_t ttl = (int64_t)e->cfg->history_ttl * 1000;
+    bs_history_t *h = bs_history_find(hs, name, len);
+
+    if (h && !h->offset && !h->len)
+        destroy(hs, h);
+}
+
+void bs_history_sweep(bs_histories_t *hs, int64_t now)
+{
     uint32_t i;
 
-    for (i = 0; i < e->histories.size; i++) {
-        bs_hnode_t *n = e->histories.buckets[i], *next;
+    if (!hs->table.count || now - hs->last_sweep < 1000)
+        return;
+    hs->last_sweep = now;
+    for (i = 0; i < hs->table.size; i++) {
+        bs_hnode_t *n = hs->table.buckets[i], *next;
 
         for (; n; n = next) {
             bs_history_t *h = (bs_history_t *)n;
 
             next = n->next;
-            while (h->len && now - entry_at(h, 0)->at > ttl)
-                drop_oldest(e, h);
-            if (h->len || now - h->last_used <= ttl)
+            while (h->len && now - entry_at(h, 0)->at > hs->ttl_ms)
+                drop_oldest(hs, h);
+            if (h->len || now - h->last_used <= hs->ttl_ms)
                 continue;
-            if (!bs_channels_find(e, h->name, h->name_len))
-                destroy(e, h);
+            if (!hs->subscribed(hs->ctx, h->name, h->name_len))
+                destroy(hs, h);
             else if (h->ring)
-                free_ring(e, h);
+                free_ring(hs, h);
         }
     }
 }
 
-void bs_history_free_all(bs_engine_t *e)
+void bs_histories_init(bs_histories_t *hs, const bs_server_config_t *cfg, bs_stats_t *stats,
+                       bs_subscribed_fn subscribed, void *ctx)
+{
+    memset(hs, 0, sizeof(*hs));
+    hs->size = cfg->history_size > 0 ? (uint32_t)cfg->history_size : 0;
+    hs->ttl_ms = (int64_t)cfg->history_ttl * 1000;
+    hs->memory = cfg->history_memory;
+    hs->stats = stats;
+    hs->subscribed = subscribed;
+    hs->ctx = ctx;
+}
+
+void bs_histories_free(bs_histories_t *hs)
 {
     uint32_t i;
 
-    for (i = 0; i < e->histories.size; i++)
-        while (e->histories.buckets[i])
-            destroy(e, (bs_history_t *)e->histories.buckets[i]);
-    bs_table_free(&e->histories);
+    for (i = 0; i < hs->table.size; i++)
+        while (hs->table.buckets[i])
+            destroy(hs, (bs_history_t *)hs->table.buckets[i]);
+    bs_table_free(&hs->table);
+}
+
+int bs_loaded_add(bs_loaded_t *l, uint64_t offset, const char *bytes, size_t len)
+{
+    bs_frame_t *f;
+
+    if (l->n == l->cap) {
+        uint32_t cap = l->cap ? l->cap * 2 : 16;
+        struct bs_loaded_entry *v = realloc(l->v, sizeof(*v) * cap);
+
+        if (!v)
+            return -1;
+        l->v = v;
+        l->cap = cap;
+    }
+    if (!(f = bs_frame_new(len)))
+        return -1;
+    memcpy(BS_FRAME_DATA(f), bytes, len);
+    l->v[l->n++] = (struct bs_loaded_entry){ .offset = offset, .frame = f };
+    return 0;
+}
+
+void bs_loaded_free(bs_loaded_t *l)
+{
+    uint32_t i;
+
+    for (i = 0; i < l->n; i++)
+        bs_frame_unref(l->v[i].frame);
+    free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+void bs_history_load(bs_histories_t *hs, bs_history_t *h, const bs_loaded_t *l)
+{
+    uint32_t i;
+
+    bs_history_reset(hs, h, l->epoch, l->offset);
+    for (i = 0; i < l->n; i++)
+        if (l->v[i].offset <= h->offset)
+            bs_history_put(hs, h, l->v[i].offset, l->v[i].frame);
 }

@@ -1,6 +1,7 @@
 /*
  * json.c: parsing inbound Bayeux batches with yajl's callback parser, and
- * escaping strings for replies. Thread: the service thread (bs_json_str: any).
+ * escaping strings for replies. Layer: pure codecs. Thread: the service
+ * thread (bs_json_str and bs_utf8_valid: any).
  *
  * The whole request body or WebSocket message is parsed in one yajl_parse
  * call, so yajl_get_bytes_consumed() inside a callback is the offset just
@@ -21,7 +22,7 @@
 
 #include <yajl/yajl_parse.h>
 
-#include "core.h"
+#include "json.h"
 
 enum field {
     F_NONE, F_CHANNEL, F_CLIENT_ID, F_CONNECTION_TYPE, F_VERSION, F_ID, F_DATA,

@@ -4,6 +4,8 @@
  * the _nogvl helpers, which touch no Ruby object. lib/backbone_sync/server.rb
  * validates arguments and serialises start/stop with a Mutex.
  */
+#include <errno.h>
+
 #include "ruby_bindings.h"
 
 static VALUE eStartError = Qnil, eNotRunning = Qnil, eOverloaded = Qnil,
@@ -84,11 +86,25 @@ static const char *opt_cstr(VALUE hash, const char *key)
     return NIL_P(v) ? NULL : StringValueCStr(v);
 }
 
-static int opt_int(VALUE hash, const char *key, int dflt)
+/* server.rb owns every default and passes every value: a missing one is a
+ * bug there, said as such. */
+static VALUE need(VALUE hash, const char *key)
 {
     VALUE v = opt(hash, key);
 
-    return NIL_P(v) ? dflt : NUM2INT(v);
+    if (NIL_P(v))
+        rb_raise(rb_eArgError, "_configure: no value for %s (BackboneSync::Server passes every option)", key);
+    return v;
+}
+
+static int need_int(VALUE hash, const char *key)
+{
+    return NUM2INT(need(hash, key));
+}
+
+static size_t need_size(VALUE hash, const char *key)
+{
+    return NUM2SIZET(need(hash, key));
 }
 
 /* A NULL-terminated array of C strings from an Array of Strings. It lives in
@@ -126,23 +142,25 @@ static VALUE Server_configure(VALUE self, VALUE hash)
     server_wrapper_t *w = unwrap(self);
     bs_server_config_t cfg;
     VALUE keep_signed = Qnil, keep_public = Qnil, keep_origins = Qnil;
-    VALUE signed_opt, client_js;
+    VALUE signed_opt, client_js, host, mount;
     bs_server_t *srv;
 
     Check_Type(hash, T_HASH);
     if (w->srv && bs_server_running(w->srv))
         rb_raise(rb_eRuntimeError, "cannot reconfigure a running server: call stop first");
 
+    host = need(hash, "host");
+    mount = need(hash, "mount");
     signed_opt = opt(hash, "signed_subscriptions");
     client_js = opt(hash, "client_js");
     if (!NIL_P(client_js))
         StringValue(client_js);
 
     cfg = (bs_server_config_t){
-        .host = opt_cstr(hash, "host"),
-        .port = opt_int(hash, "port", 9292),
-        .mount = opt_cstr(hash, "mount"),
-        .timeout = opt_int(hash, "timeout", 45),
+        .host = StringValueCStr(host),
+        .port = need_int(hash, "port"),
+        .mount = StringValueCStr(mount),
+        .timeout = need_int(hash, "timeout"),
         .key_path = opt_cstr(hash, "key"),
         .cert_path = opt_cstr(hash, "cert"),
         .secret = opt_cstr(hash, "secret"),
@@ -150,35 +168,28 @@ static VALUE Server_configure(VALUE self, VALUE hash)
         .signed_channels = RB_TYPE_P(signed_opt, T_ARRAY)
                                ? opt_patterns(hash, "signed_subscriptions", &keep_signed) : NULL,
         .public_channels = opt_patterns(hash, "public_channels", &keep_public),
-        .max_message_size = NUM2SIZET(rb_hash_lookup2(hash, ID2SYM(rb_intern("max_message_size")),
-                                                      INT2FIX(65536))),
-        .max_depth = opt_int(hash, "max_depth", 32),
-        .max_batch = opt_int(hash, "max_batch", 100),
-        .max_subscriptions = opt_int(hash, "max_subscriptions", 1000),
-        .max_queue = opt_int(hash, "max_queue", 1000),
-        .max_clients = opt_int(hash, "max_clients", 100000),
-        .request_timeout = opt_int(hash, "request_timeout", 10),
+        .max_message_size = need_size(hash, "max_message_size"),
+        .max_depth = need_int(hash, "max_depth"),
+        .max_batch = need_int(hash, "max_batch"),
+        .max_subscriptions = need_int(hash, "max_subscriptions"),
+        .max_queue = need_int(hash, "max_queue"),
+        .max_clients = need_int(hash, "max_clients"),
+        .request_timeout = need_int(hash, "request_timeout"),
         .allowed_origins = opt_patterns(hash, "allowed_origins", &keep_origins),
         .client_js = NIL_P(client_js) ? NULL : RSTRING_PTR(client_js),
         .client_js_len = NIL_P(client_js) ? 0 : (size_t)RSTRING_LEN(client_js),
-        /* 0 / NULL: the core's defaults; server.rb sets these only when given */
-        .history_size = opt_int(hash, "history_size", 0),
-        .history_ttl = opt_int(hash, "history_ttl", 0),
-        .history_memory = NUM2SIZET(rb_hash_lookup2(hash, ID2SYM(rb_intern("history_memory")),
-                                                    INT2FIX(0))),
+        .history_size = need_int(hash, "history_size"),
+        .history_ttl = need_int(hash, "history_ttl"),
+        .history_memory = need_size(hash, "history_memory"),
         .redis_host = opt_cstr(hash, "redis_host"),
-        .redis_port = opt_int(hash, "redis_port", 0),
+        .redis_port = NIL_P(opt(hash, "redis_host")) ? 0 : need_int(hash, "redis_port"),
         .redis_password = opt_cstr(hash, "redis_password"),
-        .redis_db = opt_int(hash, "redis_db", 0),
+        .redis_db = NIL_P(opt(hash, "redis_host")) ? 0 : need_int(hash, "redis_db"),
         .redis_script = opt_cstr(hash, "redis_script"),
         .redis_prefix = opt_cstr(hash, "redis_prefix"),
-        .log_fd = opt_int(hash, "log_fd", -1),
+        .log_fd = need_int(hash, "log_fd"),
         .verbose = RTEST(opt(hash, "verbose")),
     };
-    if (!cfg.host)
-        cfg.host = "127.0.0.1";
-    if (!cfg.mount)
-        cfg.mount = "/faye";
 
     /* bs_server_new copies every string, so the Ruby ones may go after this */
     srv = bs_server_new(&cfg);
@@ -187,8 +198,13 @@ static VALUE Server_configure(VALUE self, VALUE hash)
     RB_GC_GUARD(keep_signed);
     RB_GC_GUARD(keep_public);
     RB_GC_GUARD(keep_origins);
-    if (!srv)
+    RB_GC_GUARD(host);
+    RB_GC_GUARD(mount);
+    if (!srv) {
+        if (errno == EINVAL)
+            rb_raise(rb_eArgError, "_configure: a value is out of range (BackboneSync::Server validates them)");
         rb_memerror();
+    }
 
     if (w->srv)
         bs_server_free(w->srv);
@@ -305,7 +321,7 @@ static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
     case BS_EINVAL:
         rb_raise(eChannelError,
                  "invalid channel %" PRIsVALUE ": use /segment/segment with letters, "
-                 "digits and -_!~()$@ (no wildcards, no /meta/ or /service/)",
+                 "digits and -_!~()$@ (no wildcards, not under /meta or /service)",
                  rb_inspect(channel));
     case BS_ETOOBIG:
         rb_raise(rb_eArgError, "the message for %" PRIsVALUE " is larger than max_message_size; "
@@ -371,20 +387,38 @@ static VALUE Server_port(VALUE self)
     return w->srv ? INT2NUM(bs_server_port(w->srv)) : Qnil;
 }
 
-/* ---- channel names, for argument validation in Ruby -------------------- */
+/* ---- the channel rules (channel.c owns them; Ruby asks here) ------------ */
 
-static VALUE BackboneSync_valid_channel_name_p(VALUE self, VALUE name)
+/*
+ * call-seq:
+ *   BackboneSync.channel?(name) -> true or false
+ *
+ * True when +name+ is one channel a message may be published to, and a
+ * subscription token be signed for: Faye's grammar, no wildcard, not under
+ * /meta or /service. Anything but a String is false.
+ */
+static VALUE BackboneSync_channel_p(VALUE self, VALUE name)
 {
     (void)self;
-    StringValue(name);
-    return bs_channel_valid_name(RSTRING_PTR(name), (size_t)RSTRING_LEN(name)) ? Qtrue : Qfalse;
+    if (!RB_TYPE_P(name, T_STRING))
+        return Qfalse;
+    return bs_channel_publishable(RSTRING_PTR(name), (size_t)RSTRING_LEN(name)) ? Qtrue : Qfalse;
 }
 
-static VALUE BackboneSync_valid_channel_pattern_p(VALUE self, VALUE name)
+/*
+ * call-seq:
+ *   BackboneSync.channel_pattern?(pattern) -> true or false
+ *
+ * True when a client may subscribe to +pattern+: a channel, or one whose
+ * last segment is one star or two, not under /meta or /service. Anything
+ * but a String is false.
+ */
+static VALUE BackboneSync_channel_pattern_p(VALUE self, VALUE pattern)
 {
     (void)self;
-    StringValue(name);
-    return bs_channel_valid_pattern(RSTRING_PTR(name), (size_t)RSTRING_LEN(name)) ? Qtrue : Qfalse;
+    if (!RB_TYPE_P(pattern, T_STRING))
+        return Qfalse;
+    return bs_channel_subscribable(RSTRING_PTR(pattern), (size_t)RSTRING_LEN(pattern)) ? Qtrue : Qfalse;
 }
 
 void Init_BackboneSync_Server(VALUE mBackboneSync)
@@ -406,8 +440,6 @@ void Init_BackboneSync_Server(VALUE mBackboneSync)
     rb_define_private_method(cServer, "_running?", Server_running_p, 0);
     rb_define_private_method(cServer, "_port", Server_port, 0);
 
-    rb_define_private_method(rb_singleton_class(mBackboneSync), "_valid_channel_name?",
-                             BackboneSync_valid_channel_name_p, 1);
-    rb_define_private_method(rb_singleton_class(mBackboneSync), "_valid_channel_pattern?",
-                             BackboneSync_valid_channel_pattern_p, 1);
+    rb_define_module_function(mBackboneSync, "channel?", BackboneSync_channel_p, 1);
+    rb_define_module_function(mBackboneSync, "channel_pattern?", BackboneSync_channel_pattern_p, 1);
 }

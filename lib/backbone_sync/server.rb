@@ -195,7 +195,7 @@ module BackboneSync
         max_depth: max_depth, max_batch: max_batch, max_subscriptions: max_subscriptions,
         max_queue: max_queue, max_clients: max_clients, request_timeout: request_timeout,
         allowed_origins: allowed_origins, client_js: client_js,
-        history_size: history_size.zero? ? -1 : history_size, history_ttl: history_ttl,
+        history_size: history_size, history_ttl: history_ttl,
         history_memory: history_memory,
         log_fd: @log_writer ? @log_writer.fileno : -1
       }.merge(redis_options)
@@ -386,8 +386,7 @@ module BackboneSync
       end
 
       list.map do |pattern|
-        unless pattern.is_a?(String) && !pattern.include?("\0") &&
-               BackboneSync.send(:_valid_channel_pattern?, pattern)
+        unless BackboneSync.channel_pattern?(pattern)
           raise ArgumentError, "#{name}: #{pattern.inspect} is not a channel pattern; use a " \
                                "channel (\"/chat/room\") or one ending in /* or /** (\"/chat/**\")"
         end

@@ -1,10 +1,12 @@
 /*
  * bayeux_fuzz.c: libFuzzer harness for the Bayeux parser and protocol engine
- * (json.c, bayeux.c, channels.c). Built and run by `rake fuzz`.
+ * (json.c, bayeux.c, and the registry and history below it). Built and run
+ * by `rake fuzz`.
  *
  * The harness plays the transport: it owns two links, one HTTP and one
- * WebSocket, and implements the hooks server.c normally provides, so the
- * engine runs exactly as in the server minus lws. Engine state (clients,
+ * WebSocket, and gives the engine the ops the transports normally do, so
+ * the engine runs exactly as in the server minus lws (and, like any single
+ * node, without the backplane: no hiredis is linked). Engine state (clients,
  * channels, queues) persists across inputs, as it does across requests; a
  * sweep with a clock far ahead expires everything now and then, so memory
  * stays bounded.
@@ -18,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core.h"
+#include "bayeux.h"
 
 static const char *const public_channels[] = { "/chat/**", NULL };
 static const char *const signed_channels[] = { "/private/*", NULL };
@@ -26,7 +28,8 @@ static bs_server_config_t cfg = {
     .host = "127.0.0.1", .mount = "/faye", .timeout = 1, .secret = "fuzz-secret",
     .signed_channels = signed_channels, .public_channels = public_channels,
     .max_message_size = 65536, .max_depth = 32, .max_batch = 100,
-    .max_subscriptions = 20, .max_queue = 50, .log_fd = -1,
+    .max_subscriptions = 20, .max_queue = 50, .max_clients = 200, .request_timeout = 10,
+    .history_size = 10, .history_ttl = 300, .history_memory = 1 << 20, .log_fd = -1,
 };
 static bs_engine_t engine;
 static bs_link_t links[2];
@@ -62,44 +65,22 @@ static size_t expand(const uint8_t *in, size_t len, char *out)
     return o;
 }
 
-void bs_link_wake(void *server, bs_link_t *l)
+/* The engine's ops: the transport's part is played below; no backplane. */
+static void op_wake(void *ctx, bs_link_t *l)
 {
-    (void)server;
+    (void)ctx;
     (void)l;
 }
 
-void bs_link_lost_client(void *server, bs_link_t *l, int close)
+static void op_lost_client(void *ctx, bs_link_t *l, int close)
 {
-    (void)server;
+    (void)ctx;
     (void)close;
     bs_buf_reset(&l->out);
 }
 
-void bs_log(void *server, char level, const char *fmt, ...)
-{
-    (void)server;
-    (void)level;
-    (void)fmt;
-}
-
-int bs_log_verbose(void *server)
-{
-    (void)server;
-    return 0;
-}
-
-/* No backplane here (engine.backplane stays NULL): never called. */
-void bs_server_remote(void *server, const char *channel, size_t chlen, uint64_t offset,
-                      const char *epoch, size_t elen, const char *frame, size_t flen)
-{
-    (void)server, (void)channel, (void)chlen, (void)offset, (void)epoch, (void)elen, (void)frame,
-        (void)flen;
-}
-
-void bs_server_resync(void *server)
-{
-    (void)server;
-}
+static const bs_engine_ops_t ops = { .wake = op_wake, .lost_client = op_lost_client };
+static const bs_log_t no_log = { .fd = -1 };
 
 /* What the transport does when it writes: answer due connects, empty queues. */
 static void drain(bs_link_t *l)
@@ -119,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n;
 
     if (!ready) {
-        bs_engine_init(&engine, &cfg, NULL);
+        bs_engine_init(&engine, &cfg, &no_log, &ops, NULL);
         links[0].via = BS_VIA_HTTP;
         links[1].via = BS_VIA_WS;
         ready = 1;

@@ -34,7 +34,9 @@ RSpec.describe BackboneSync::Server, "under hostile traffic" do
   # bound catches a spin, which burns a whole core for as long as it lasts);
   # rss_kb: growth of the process's RSS the attack may cause.
   def under_attack(cpu: 5.0, rss_kb: 16 * 1024, **opts)
-    with_server(**{ secret: shared_secret }.merge(opts)) do |server|
+    # timeout: the watcher holds one connect; its session must outlive the
+    # attack even under valgrind, which runs a flood for many seconds.
+    with_server(**{ secret: shared_secret, timeout: 60 }.merge(opts)) do |server|
       watch, = ws_session(server.url, ["/watch"])
       begin
         rss_before = rss_kb_now

@@ -33,8 +33,7 @@ module BackboneSync
       private
 
       def valid_channel?(channel)
-        channel.length <= 512 && BackboneSync.send(:_valid_channel_name?, channel) &&
-          !channel.start_with?("/meta/", "/service/")
+        channel.length <= 512 && BackboneSync.channel?(channel)
       end
     end
   end

@@ -1,0 +1,45 @@
+/*
+ * backplane.h: the Redis backplane, so that several servers act as one
+ * (backplane.c). It reports up through a sink its owner (server.c)
+ * registers: it never calls the engine or the server by name. Layer:
+ * backplane, above the engine's types. Threads: its own thread, plus
+ * bs_backplane_publish from any thread and bs_backplane_load from the
+ * service thread.
+ */
+#ifndef BS_BACKPLANE_H
+#define BS_BACKPLANE_H
+
+#include "history.h"
+#include "types.h"
+#include "util.h"
+
+typedef struct bs_backplane bs_backplane_t;
+
+/* What arrives from Redis, handed up from the backplane thread. */
+typedef struct bs_backplane_sink {
+    /* One message for the channel's subscribers on this node, with the
+     * offset and epoch Redis gave it; frame is the whole delivery. */
+    void (*message)(void *ctx, const char *channel, size_t chlen, uint64_t offset, const char *epoch,
+                    size_t elen, const char *frame, size_t flen);
+    /* Redis came back after an outage: clients must resync. */
+    void (*resync)(void *ctx);
+    void *ctx;
+} bs_backplane_sink_t;
+
+/* Copies what it needs of cfg. NULL when memory runs out. */
+bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, const bs_log_t *log,
+                                 const bs_backplane_sink_t *sink);
+/* Starts its thread. 0, or -1 with a sentence in err. */
+int bs_backplane_start(bs_backplane_t *b, char *err, size_t errlen);
+void bs_backplane_stop(bs_backplane_t *b);
+void bs_backplane_free(bs_backplane_t *b);
+int bs_backplane_up(bs_backplane_t *b);
+void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st);
+/* Any thread: queues a publish for Redis. Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
+int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen);
+/* Service thread: what Redis holds of a channel's history (proposing
+ * `epoch` for a channel it does not know yet). 0, or -1. Blocks on Redis,
+ * with short timeouts. */
+int bs_backplane_load(bs_backplane_t *b, const char *channel, size_t chlen, const char *epoch, bs_loaded_t *out);
+
+#endif
