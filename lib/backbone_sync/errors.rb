@@ -28,6 +28,10 @@ module BackboneSync
   # BackboneSync::Publisher gave up: the server was unreachable or refused.
   class PublishError < Error; end
 
+  # A PublishError because the server could not be reached or did not answer
+  # in time (rather than refusing the message).
+  class Unreachable < PublishError; end
+
   # The C extension is not built for this Ruby (raised by require
   # "backbone_sync"); the message says what to run.
   class ExtensionMissing < Error

@@ -37,6 +37,7 @@ module BackboneSync
         BackboneSync.secret = options.secret if options.secret
         BackboneSync::Rails.subscriptions_path = options.subscriptions_path if options.key?(:subscriptions_path)
         BackboneSync::Rails.token_ttl = options.token_ttl if options.token_ttl
+        Faye.queue_size = options.queue_size if options.queue_size
       end
 
       initializer "backbone_sync.controller" do
