@@ -129,6 +129,7 @@ end
 
 require_relative "payload"
 require_relative "broadcast_queue"
+require_relative "puma_plugin"
 require_relative "rails/faye"
 require_relative "pushable"
 require_relative "rails/observer"
