@@ -15,7 +15,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
   # GET /save, which saves a Member named after the worker's pid and holds
   # the worker's only thread a moment, so that a concurrent request goes to
   # the other worker.
-  def start_puma(preload:)
+  def start_puma(preload:, workers: 2, embedded: "1")
     dir = Dir.mktmpdir("puma", RAILS_SPEC_TMP)
     File.write(File.join(dir, "config.ru"), <<~RUBY)
       require #{File.join(dummy, 'config', 'environment').inspect}
@@ -30,7 +30,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     RUBY
     @http_port = free_port
     File.write(File.join(dir, "puma.rb"), <<~RUBY)
-      workers 2
+      workers #{workers}
       threads 1, 1
       bind "tcp://127.0.0.1:#{@http_port}"
       rackup #{File.join(dir, 'config.ru').inspect}
@@ -41,7 +41,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     RUBY
     @push_port = free_port
     # embedded on, as in development: the workers must leave it to the plugin.
-    env = { "RAILS_ENV" => "test", "BACKBONE_SYNC_EMBEDDED" => "1", "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:#{@push_port}",
+    env = { "RAILS_ENV" => "test", "BACKBONE_SYNC_EMBEDDED" => embedded, "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:#{@push_port}",
             "BACKBONE_SYNC_DUMMY_DB" => ENV.fetch("BACKBONE_SYNC_DUMMY_DB") }
     puma = BackboneSyncSpec::ClientProcess.new([env, RbConfig.ruby, Gem.bin_path("puma", "puma"),
                                                 "-C", File.join(dir, "puma.rb")], stdin: false)
@@ -131,5 +131,19 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     expect_saves_from(client, saves_from_both_workers("preloaded"))
     expect_no_crash_loop(puma)
     expect(raw_lines(puma, /Worker \d+ \(PID: \d+\) booted/).size).to eq(2)
+  end
+
+  it "runs the server in the Puma process in single mode, even with embedded off" do
+    puma = start_puma(preload: false, workers: 0, embedded: "0")
+    url = puma.wait_for(timeout: 120, what: "the server's listening line") do |l|
+      l["raw"].to_s.include?("backbone_sync: embedded server listening on ")
+    end["raw"][%r{http://\S+}]
+    client = subscriber(url, ["/sync/members"])
+    puma.wait_for(timeout: 60, what: "Puma listening") { |l| l["raw"].to_s.include?("Use Ctrl-C to stop") }
+
+    http = Net::HTTP.new("127.0.0.1", @http_port)
+    expect(Integer(http.get("/save?single").body)).to eq(puma.pid)
+    expect_saves_from(client, [puma.pid])
+    expect(raw_lines(puma, /listening on/).size).to eq(1)
   end
 end
