@@ -131,6 +131,16 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     expect_saves_from(client, saves_from_both_workers("preloaded"))
     expect_no_crash_loop(puma)
     expect(raw_lines(puma, /Worker \d+ \(PID: \d+\) booted/).size).to eq(2)
+
+    # The master starts the server process again when it dies.
+    workers = raw_lines(puma, /Worker \d+ \(PID: \d+\) booted/).map { |l| Integer(l[/PID: (\d+)/, 1]) }
+    children = IO.popen(["ps", "-o", "pid=", "--ppid", puma.pid.to_s], &:read).split.map { |pid| Integer(pid) }
+    server_pids = children - workers
+    expect(server_pids.size).to eq(1), "children #{children}, workers #{workers}"
+    Process.kill("KILL", server_pids.first)
+    puma.wait_for(timeout: 60, what: "the server listening again") { raw_lines(puma, /listening on/).size == 2 }
+    again = subscriber(url, ["/sync/members"])
+    expect_saves_from(again, saves_from_both_workers("restarted"))
   end
 
   it "runs the server in the Puma process in single mode, even with embedded off" do
