@@ -87,6 +87,13 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     end
   end
 
+  # The URL of the push server once Puma (or its server process) says it listens.
+  def server_url(puma)
+    puma.wait_for(timeout: 120, what: "the server's listening line") do |l|
+      l["raw"].to_s.include?("backbone_sync: embedded server listening on ")
+    end["raw"][%r{http://\S+}]
+  end
+
   def expect_no_crash_loop(puma)
     expect(raw_lines(puma, /listening on/).size).to eq(1), puma.report
     expect(puma.stderr_text).not_to match(/already in use|StartError|PortInUse|Error/)
@@ -95,9 +102,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
 
   it "runs one server for a cluster without preload_app!, across a phased restart" do
     puma = start_puma(preload: false)
-    url = puma.wait_for(timeout: 120, what: "the server's listening line") do |l|
-      l["raw"].to_s.include?("backbone_sync: embedded server listening on ")
-    end["raw"][%r{http://\S+}]
+    url = server_url(puma)
     expect(url).to eq("http://127.0.0.1:#{@push_port}/faye")
     # One client for the whole example, phased restart included (the
     # helper's clients give up after 30 s).
@@ -122,9 +127,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
 
   it "runs one server for a cluster with preload_app!" do
     puma = start_puma(preload: true)
-    url = puma.wait_for(timeout: 120, what: "the server's listening line") do |l|
-      l["raw"].to_s.include?("backbone_sync: embedded server listening on ")
-    end["raw"][%r{http://\S+}]
+    url = server_url(puma)
     client = subscriber(url, ["/sync/members"])
     wait_booted(puma, 2)
 
@@ -145,9 +148,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
 
   it "runs the server in the Puma process in single mode, even with embedded off" do
     puma = start_puma(preload: false, workers: 0, embedded: "0")
-    url = puma.wait_for(timeout: 120, what: "the server's listening line") do |l|
-      l["raw"].to_s.include?("backbone_sync: embedded server listening on ")
-    end["raw"][%r{http://\S+}]
+    url = server_url(puma)
     client = subscriber(url, ["/sync/members"])
     puma.wait_for(timeout: 60, what: "Puma listening") { |l| l["raw"].to_s.include?("Use Ctrl-C to stop") }
 
