@@ -13,7 +13,7 @@ module BackboneSync
     # - vendor/assets/javascripts on the Sprockets path (the engine's own
     #   vendor/assets); `rake faye:start`;
     # - config.backbone_sync.* (root_address, secret, redis, client_url,
-    #   subscriptions_path, token_ttl, embedded), read before
+    #   subscriptions_path, token_ttl, embedded, queue_size), read before
     #   config/initializers run, so an initializer may still override them.
     #
     # config.backbone_sync.embedded = true (or a Hash of Server options)
