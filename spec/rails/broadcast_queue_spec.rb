@@ -43,7 +43,7 @@ RSpec.describe "the broadcast queue", :rails do
 
     times = (1..5).map { |i| timed { member.update!(name: "v#{i}") } }
     expect(times).to all(be < 0.1)
-    expect(BackboneSync::Rails::Faye.queue_stats[:queued] + errors.size).to be <= 10
+    expect(errors).to eq([]) # the saves are done; the first send still waits on the server
 
     # The first send waits out the 2 s read timeout; the circuit then opens
     # and the other nine fail at once instead of 2 s each.
