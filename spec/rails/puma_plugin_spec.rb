@@ -146,6 +146,21 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     expect_saves_from(again, saves_from_both_workers("restarted"))
   end
 
+  it "stops its server process on a hot restart, and the new master starts another" do
+    puma = start_puma(preload: true)
+    server_url(puma)
+    wait_booted(puma, 2)
+
+    Process.kill("USR2", puma.pid) # Puma execs itself; the port must be free for the new server
+    puma.wait_for(timeout: 120, what: "a second listening line") { raw_lines(puma, /listening on/).size == 2 }
+    client = subscriber(server_url(puma), ["/sync/members"])
+    puma.wait_for(timeout: 120, what: "the workers after the restart") do
+      raw_lines(puma, /Worker \d+ \(PID: \d+\) booted/).size >= 4
+    end
+    expect_saves_from(client, saves_from_both_workers("hot"))
+    expect(raw_lines(puma, /taken by another process|ended/)).to eq([]), puma.report
+  end
+
   it "runs the server in the Puma process in single mode, even with embedded off" do
     puma = start_puma(preload: false, workers: 0, embedded: "0")
     url = server_url(puma)
