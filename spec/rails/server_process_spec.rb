@@ -83,6 +83,13 @@ RSpec.describe "which process runs the server", :rails do
     expect(runner.lines).to eq([{ "route" => "http", "servers" => 0 }])
     expect(runner.stderr_text).not_to include("already in use")
 
+    # Other commands that boot the app leave the port alone too.
+    routes = IO.popen([app_env(port), RbConfig.ruby, rails_bin, "routes", "-g", "members"],
+                      err: %i[child out], &:read)
+    expect($?.exitstatus).to eq(0), routes
+    expect(routes).to include("members#index")
+    expect(routes).not_to include("already in use")
+
     line = client.wait_for(timeout: 20, what: "the runner's create") do |l|
       l.dig("message", "data", "object", "name") == "from the runner"
     end
