@@ -152,8 +152,12 @@ module BackboneSync
         # How many broadcasts may wait for the network (config.backbone_sync.queue_size).
         attr_reader :queue_size
 
+        # Set at boot: a new size makes a new queue (what the old one holds
+        # is still sent by its thread, but no longer flushed).
         def queue_size=(size)
           @lock.synchronize do
+            next if size == @queue_size && @queue
+
             @queue = nil
             @queue_size = size
             queue_locked
