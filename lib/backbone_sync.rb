@@ -7,10 +7,16 @@ require_relative "backbone_sync/errors"
 
 # BACKBONE_SYNC_EXT_DIR loads the extension from another build, such as the
 # sanitizer build that `rake spec:asan` makes in tmp/asan.
-if (ext_dir = ENV["BACKBONE_SYNC_EXT_DIR"]) && !ext_dir.empty?
-  require File.join(File.expand_path(ext_dir), "backbone_sync")
-else
-  require_relative "backbone_sync/backbone_sync"
+begin
+  if (ext_dir = ENV["BACKBONE_SYNC_EXT_DIR"]) && !ext_dir.empty?
+    require File.join(File.expand_path(ext_dir), "backbone_sync")
+  else
+    require_relative "backbone_sync/backbone_sync"
+  end
+rescue LoadError => e
+  # Bundler does not build extensions of `gem ..., path:` or git: gems, and
+  # a Ruby upgrade leaves an installed gem's build behind: say what to run.
+  raise BackboneSync::ExtensionMissing.new(e, gem_dir: File.expand_path("..", __dir__))
 end
 
 require_relative "backbone_sync/server"

@@ -76,7 +76,9 @@ RSpec.describe BackboneSync::Publisher do
       with_target do |url, ws|
         bad = described_class.new(url, secret: "wrong")
         expect { bad.publish("/pub/secret", { "n" => 1 }) }
-          .to raise_error(BackboneSync::PublishError, %r{403:/pub/secret:Forbidden channel.*secret is missing or wrong})
+          .to raise_error(BackboneSync::PublishError, %r{403:/pub/secret:Forbidden channel.*secret is missing or wrong}) { |e|
+            expect(e).not_to be_a(BackboneSync::Unreachable) # a refusal, not an outage
+          }
         expect { described_class.new(url, secret: nil).publish("/pub/secret", 2) }
           .to raise_error(BackboneSync::PublishError, /403/)
         # a later valid publish arrives, and is the first thing that does
@@ -159,7 +161,7 @@ RSpec.describe BackboneSync::Publisher do
     publisher = described_class.new("http://127.0.0.1:#{port}/faye", secret: "s", retries: 2)
     started = monotonic
     expect { publisher.publish("/pub/x", 1) }
-      .to raise_error(BackboneSync::PublishError, /could not reach .* after 3 attempts .*ECONNREFUSED.*faye:start/m)
+      .to raise_error(BackboneSync::Unreachable, /could not reach .* after 3 attempts .*ECONNREFUSED.*faye:start/m)
     expect(monotonic - started).to be < 5
   end
 
@@ -178,7 +180,7 @@ RSpec.describe BackboneSync::Publisher do
       publisher = described_class.new("http://127.0.0.1:#{listener.addr[1]}/faye", secret: "s", read_timeout: 0.5)
       started = monotonic
       expect { publisher.publish("/pub/slow", 1) }
-        .to raise_error(BackboneSync::PublishError, /did not answer within 0.5s; the message may or may not/)
+        .to raise_error(BackboneSync::Unreachable, /did not answer within 0.5s; the message may or may not/)
       expect(monotonic - started).to be_between(0.4, 3)
       expect(accepted.size).to eq(1)
     ensure

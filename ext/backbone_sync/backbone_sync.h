@@ -33,8 +33,9 @@ typedef struct bs_server bs_server_t;
  * out or a value is missing (the Ruby layer gives every one). */
 bs_server_t *bs_server_new(const bs_server_config_t *cfg);
 /* Caller's thread: creates the context and binds, starts the backplane
- * (when configured) and the service thread. Returns 0 once listening;
- * else -1 with a sentence in err. */
+ * (when configured) and the service thread. Returns 0 once listening; -2
+ * when the port is taken by another socket; else -1. Both failures leave a
+ * sentence in err. */
 int bs_server_start(bs_server_t *s, char *err, size_t errlen);
 /* The port actually bound (differs from config when it was 0). */
 int bs_server_port(const bs_server_t *s);

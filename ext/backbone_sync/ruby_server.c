@@ -8,7 +8,7 @@
 
 #include "ruby_bindings.h"
 
-static VALUE eStartError = Qnil, eNotRunning = Qnil, eOverloaded = Qnil,
+static VALUE eStartError = Qnil, ePortInUse = Qnil, eNotRunning = Qnil, eOverloaded = Qnil,
              eChannelError = Qnil;
 
 typedef struct server_wrapper {
@@ -220,17 +220,20 @@ static VALUE Server_configure(VALUE self, VALUE hash)
  *   _start -> self
  *
  * Binds and starts the service thread; returns once listening. Raises
- * BackboneSync::StartError with the core's explanation.
+ * BackboneSync::StartError with the core's explanation, or its subclass
+ * BackboneSync::PortInUse when another socket holds the port.
  */
 static VALUE Server_start(VALUE self)
 {
     bs_server_t *srv = configured(self);
     char err[512] = "";
+    int rc;
 
     /* Binding is quick and must not race a concurrent stop, so the GVL stays
      * held; the core's log lines go to a non-blocking pipe and cannot block. */
-    if (bs_server_start(srv, err, sizeof(err)) != 0)
-        rb_raise(eStartError, "%s", err[0] ? err : "the server could not start");
+    rc = bs_server_start(srv, err, sizeof(err));
+    if (rc != 0)
+        rb_raise(rc == -2 ? ePortInUse : eStartError, "%s", err[0] ? err : "the server could not start");
     return self;
 }
 
@@ -426,6 +429,7 @@ void Init_BackboneSync_Server(VALUE mBackboneSync)
     VALUE cServer = rb_define_class_under(mBackboneSync, "Server", rb_cObject);
 
     eStartError = bs_ruby_error_class("StartError");
+    ePortInUse = bs_ruby_error_class("PortInUse");
     eNotRunning = bs_ruby_error_class("NotRunning");
     eOverloaded = bs_ruby_error_class("Overloaded");
     eChannelError = bs_ruby_error_class("ChannelError");

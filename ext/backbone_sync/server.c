@@ -489,7 +489,7 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     if (s->cfg.port > 0 && port_taken(s->host, s->cfg.port)) {
         snprintf(err, errlen, "port %d on %s is already in use: stop the other server or pick another port",
                  s->cfg.port, s->host);
-        return -1;
+        return -2;
     }
     if (s->cfg.log_fd >= 0)
         fcntl(s->cfg.log_fd, F_SETFL, fcntl(s->cfg.log_fd, F_GETFL) | O_NONBLOCK);
@@ -519,6 +519,12 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
         release_log_fd(s);
+        /* Another process may have bound the port since the check above. */
+        if (s->cfg.port > 0 && port_taken(s->host, s->cfg.port)) {
+            snprintf(err, errlen, "port %d on %s is already in use: stop the other server or pick another port",
+                     s->cfg.port, s->host);
+            return -2;
+        }
         snprintf(err, errlen, "could not listen on %s:%d%s (see the log for libwebsockets' reason)",
                  s->host, s->cfg.port, s->key ? " with TLS: check that key: and cert: are readable PEM files" : "");
         return -1;

@@ -9,6 +9,10 @@ module BackboneSync
   # The server could not bind or initialise (port taken, bad certificate, ...).
   class StartError < Error; end
 
+  # The port is held by another socket, usually a server in another process
+  # of the same app (a Rails app then publishes to it over HTTP).
+  class PortInUse < StartError; end
+
   # A Ruby object could not be turned into JSON (invalid UTF-8, NaN, a cycle).
   class EncodeError < Error; end
 
@@ -23,4 +27,25 @@ module BackboneSync
 
   # BackboneSync::Publisher gave up: the server was unreachable or refused.
   class PublishError < Error; end
+
+  # A PublishError because the server could not be reached or did not answer
+  # in time (rather than refusing the message).
+  class Unreachable < PublishError; end
+
+  # The C extension is not built for this Ruby (raised by require
+  # "backbone_sync"); the message says what to run.
+  class ExtensionMissing < Error
+    def initialize(cause, gem_dir:)
+      checkout = File.exist?(File.join(gem_dir, "Rakefile")) && File.exist?(File.join(gem_dir, "ext"))
+      how = if checkout
+              "build it in the gem's directory: `cd #{gem_dir} && bundle install && bundle exec rake compile` " \
+                "(Bundler does not build extensions of gems used with `path:` or `git:`)"
+            else
+              "rebuild it: `gem pristine backbone_sync` (or `bundle pristine backbone_sync`), " \
+                "needed after a Ruby upgrade"
+            end
+      super("backbone_sync's C extension is not built for Ruby #{RUBY_VERSION} (#{cause.message}); #{how}. " \
+            "Building needs libwebsockets-dev, libyajl-dev, libssl-dev and libhiredis-dev.")
+    end
+  end
 end

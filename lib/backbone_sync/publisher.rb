@@ -75,14 +75,17 @@ module BackboneSync
       rescue *RETRYABLE => e
         disconnect
         retry if attempts <= @retries
-        raise PublishError, "could not reach #{@url} after #{attempts} attempts (#{e.class}: " \
+        raise Unreachable, "could not reach #{@url} after #{attempts} attempts (#{e.class}: " \
                             "#{e.message}); is the server running? Start it with " \
                             "`bundle exec rake faye:start` or bin/backbone_sync"
       rescue Net::ReadTimeout
         # The server may have taken the message: retrying could deliver it twice.
         disconnect
-        raise PublishError, "#{@url} did not answer within #{@read_timeout}s; the message may " \
-                            "or may not have been delivered"
+        raise Unreachable, "#{@url} did not answer within #{@read_timeout}s; the message may " \
+                           "or may not have been delivered"
+      rescue OpenSSL::SSL::SSLError => e
+        disconnect
+        raise PublishError, "TLS with #{@url} failed (#{e.message}): #{tls_hint}"
       end
     end
 
@@ -107,12 +110,22 @@ module BackboneSync
 
       error = reply["error"].to_s
       hint = if error.start_with?("403")
-               "the secret is missing or wrong: pass the server's secret to " \
-                 "BackboneSync::Publisher.new(url, secret: ...)"
+               "the secret is missing or wrong: give publishers the server's secret " \
+                 "(in Rails, config.backbone_sync.secret or the BACKBONE_SYNC_SECRET environment " \
+                 "variable, the same in every process; else BackboneSync::Publisher.new(url, secret: ...))"
              else
                "check the channel name and the message"
              end
       raise PublishError, "#{@url} refused the publish to #{channel}: #{error.inspect}; #{hint}"
+    end
+
+    def tls_hint
+      if @uri.scheme == "https"
+        "is the server started with key: and cert:? A plain server needs an http:// URL " \
+          "(in Rails, config.backbone_sync.root_address); else check that its certificate is trusted"
+      else
+        "the server expects https://"
+      end
     end
 
     def connection

@@ -93,6 +93,13 @@ module BackboneSync
       nil
     end
 
+    # Waits until the broadcasts queued in this process have been sent (or
+    # reported as failed), at most +timeout+ seconds; also done at exit.
+    # Returns true when none is left.
+    def flush(timeout: 5)
+      BackboneSync::Rails::Faye.flush(timeout: timeout)
+    end
+
     # A channel name made from +name+: "/sync/" is prepended unless it starts
     # with "/". Raises ChannelError when the result is not a publishable
     # Bayeux channel.
@@ -121,9 +128,14 @@ module BackboneSync
 end
 
 require_relative "payload"
+require_relative "broadcast_queue"
+require_relative "puma_plugin"
 require_relative "rails/faye"
 require_relative "pushable"
 require_relative "rails/observer"
 require_relative "rails/origin_middleware"
 require_relative "rails/authorization"
 require_relative "rails/engine" if defined?(::Rails::Engine)
+
+# What a script, a runner or a worker queued just before exiting still goes out.
+at_exit { BackboneSync.flush(timeout: 5) }

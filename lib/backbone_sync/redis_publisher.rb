@@ -50,7 +50,7 @@ module BackboneSync
       args = [@prefix, channel, head, @history_size, @history_ttl, fresh_epoch]
       @lock.synchronize { run(args) }
     rescue RedisClient::Error => e
-      raise PublishError, "could not publish to #{channel} through Redis at #{@url}: #{e.message} " \
+      raise e.is_a?(RedisClient::ConnectionError) ? Unreachable : PublishError, "could not publish to #{channel} through Redis at #{@url}: #{e.message} " \
                           "(is redis-server running and reachable?)"
     end
 

@@ -49,36 +49,6 @@ RSpec.describe "Rails glue", :rails do
     expect(out).to include("rake faye:start")
   end
 
-  it "starts the embedded server in the app process with config.backbone_sync.embedded" do
-    db = File.join(RAILS_SPEC_TMP, "embedded.sqlite3")
-    go = File.join(RAILS_SPEC_TMP, "embedded.go")
-    script = <<~RUBY
-      require "json"
-      require #{File.join(dummy, 'config', 'environment').inspect}
-      ActiveRecord::Schema.verbose = false
-      load #{File.join(dummy, 'db', 'schema.rb').inspect}
-      faye = BackboneSync::Rails::Faye
-      puts JSON.generate(url: faye.embedded_server&.url, client_url: faye.client_url, route: faye.route)
-      $stdout.flush
-      200.times { break if File.exist?(#{go.inspect}); sleep 0.05 }
-      Member.create!(name: "from the embedded app")
-      sleep 5
-    RUBY
-    env = { "BACKBONE_SYNC_EMBEDDED" => "1", "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:0",
-            "BACKBONE_SYNC_DUMMY_DB" => db }
-    process = spawn_child(env, RbConfig.ruby, "-e", script)
-    info = process.wait_for(timeout: 60, what: "the embedded server's URL") { |l| l.key?("route") }
-    expect(info["route"]).to eq("in_process")
-    expect(info["url"]).to match(%r{\Ahttp://127\.0\.0\.1:\d+/faye\z})
-    expect(info["client_url"]).to eq(info["url"])
-
-    client = subscriber(info["url"])
-    File.write(go, "")
-    line = client.wait_for(timeout: 20, what: "the create") { |l| l["message"] }
-    expect(line["message"]["channel"]).to eq("/sync/members")
-    expect(line["message"]["data"]["object"]["name"]).to eq("from the embedded app")
-  end
-
   it "does not start an embedded server outside development unless asked" do
     expect(BackboneSync::Rails::Faye.embedded_server).to be_nil
     expect(BackboneSync::Server.started).to eq([])

@@ -50,6 +50,7 @@ RSpec.describe "BackboneSync::Rails::Faye publish routes", :rails do
     client = subscriber(url)
     member = Member.create!(name: "over http")
     member.update!(name: "again")
+    expect(BackboneSync.flush(timeout: 10)).to be(true) # the sentinel goes out after them
 
     publisher = BackboneSync::Publisher.new(url, secret: BackboneSync.secret)
     messages = messages_until_sentinel(client, publish_with: ->(c, d) { publisher.publish(c, d) })
@@ -67,9 +68,12 @@ RSpec.describe "BackboneSync::Rails::Faye publish routes", :rails do
     member = Member.create!(name: "nobody listens")
     member.update!(name: "still nobody")
     expect(member.reload.name).to eq("still nobody")
+    expect(BackboneSync.flush(timeout: 10)).to be(true)
     expect(BackboneSync.broadcast_failures).to eq(failures + 3)
-    expect(errors.map { |e, _| e.class }.uniq).to eq([BackboneSync::PublishError])
+    expect(errors.map { |e, _| e.class }.uniq).to eq([BackboneSync::Unreachable])
     expect(errors.first[0].message).to include("is the server running?")
+    # The circuit opened on the first failure: the others did not try again.
+    expect(errors.drop(1).map { |e, _| e.message }).to all(start_with("not sent: the push server failed"))
     expect(errors.map { |_, c| c[:channel] })
       .to eq(["/sync/members", "/sync/members", "/sync/member_#{member.id}"])
     expect(errors.first[1]).to include(model: "Member", event: "create", route: :http)
@@ -82,11 +86,27 @@ RSpec.describe "BackboneSync::Rails::Faye publish routes", :rails do
     BackboneSync.on_error { |error, _| errors << error }
     started = monotonic
     Member.create!(name: "slow")
+    expect(BackboneSync.flush(timeout: 10)).to be(true)
     expect(monotonic - started).to be < 6
     expect(errors.size).to eq(1)
+    expect(errors.first).to be_a(BackboneSync::Unreachable)
     expect(errors.first.message).to include("did not answer")
   ensure
     silent&.close
+  end
+
+  it "wraps a TLS failure (an https root_address, a plain server) in PublishError" do
+    url = start_standalone
+    BackboneSync::Rails::Faye.root_address = url.sub("http://", "https://").delete_suffix("/faye")
+    expect { BackboneSync::Rails::Faye.publish!("/sync/members", { "n" => 1 }) }
+      .to raise_error(BackboneSync::PublishError, %r{TLS with https://.*A plain server needs an http:// URL})
+  end
+
+  it "names the Rails settings in the wrong-secret hint" do
+    url = start_standalone
+    publisher = BackboneSync::Publisher.new(url, secret: "wrong", retries: 0)
+    expect { publisher.publish("/sync/members", {}) }
+      .to raise_error(BackboneSync::PublishError, /403.*config\.backbone_sync\.secret.*BACKBONE_SYNC_SECRET/)
   end
 
   it "publishes into the Redis backplane when a Redis URL is configured" do
@@ -101,6 +121,7 @@ RSpec.describe "BackboneSync::Rails::Faye publish routes", :rails do
     client = subscriber(url)
     member = Member.create!(name: "via redis")
     member.destroy!
+    expect(BackboneSync.flush(timeout: 10)).to be(true)
 
     require "backbone_sync/redis_publisher"
     publisher = BackboneSync::RedisPublisher.new(redis)

@@ -22,7 +22,8 @@ ENV.delete("BACKBONE_SYNC_SECRET")
 ENV.delete("BACKBONE_SYNC_EMBEDDED")
 RAILS_SPEC_TMP = Dir.mktmpdir("backbone_sync-rails-spec")
 ENV["BACKBONE_SYNC_DUMMY_DB"] = File.join(RAILS_SPEC_TMP, "test.sqlite3")
-at_exit { FileUtils.rm_rf(RAILS_SPEC_TMP) }
+spec_pid = Process.pid
+at_exit { FileUtils.rm_rf(RAILS_SPEC_TMP) if Process.pid == spec_pid } # not in a forked child
 
 require_relative "../dummy/config/environment"
 require_relative "../spec_helper"
@@ -104,6 +105,8 @@ RSpec.configure do |config|
   end
 
   config.after do
+    # Broadcasts an example queued are its own: sent or reported before the next.
+    BackboneSync.flush(timeout: 10)
     @subscribers.each(&:stop)
   end
 end

@@ -32,12 +32,13 @@ RSpec.describe BackboneSync::Server, "lifecycle" do
     end
   end
 
-  it "raises StartError naming the port when the port is taken, and stays stopped" do
+  it "raises PortInUse (a StartError) naming the port when the port is taken, and stays stopped" do
     taken = TCPServer.new("127.0.0.1", 0)
     port = taken.addr[1]
     server = described_class.new(host: "127.0.0.1", port: port)
     begin
-      expect { server.start }.to raise_error(BackboneSync::StartError) { |e|
+      expect { server.start }.to raise_error(BackboneSync::PortInUse) { |e|
+        expect(e).to be_a(BackboneSync::StartError)
         expect(e.message).to include(port.to_s)
         expect(e.message).to match(/in use|taken|bind|listen/i)
       }

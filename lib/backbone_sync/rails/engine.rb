@@ -13,12 +13,15 @@ module BackboneSync
     # - vendor/assets/javascripts on the Sprockets path (the engine's own
     #   vendor/assets); `rake faye:start`;
     # - config.backbone_sync.* (root_address, secret, redis, client_url,
-    #   subscriptions_path, token_ttl, embedded), read before
+    #   subscriptions_path, token_ttl, embedded, queue_size), read before
     #   config/initializers run, so an initializer may still override them.
     #
     # config.backbone_sync.embedded = true (or a Hash of Server options)
-    # starts a BackboneSync::Server inside the app process; it defaults to on
-    # in development only, and never starts under rake or the console.
+    # starts a BackboneSync::Server inside the web server process (`rails
+    # server`, Puma); it defaults to on in development only. Every other
+    # process that boots the app (runner, console, generators, rake, job
+    # workers, tests) publishes to it over HTTP. With `plugin :backbone_sync`
+    # in config/puma.rb the plugin decides instead (see puma/plugin/backbone_sync).
     class Engine < ::Rails::Engine
       engine_name "backbone_sync"
 
@@ -37,6 +40,7 @@ module BackboneSync
         BackboneSync.secret = options.secret if options.secret
         BackboneSync::Rails.subscriptions_path = options.subscriptions_path if options.key?(:subscriptions_path)
         BackboneSync::Rails.token_ttl = options.token_ttl if options.token_ttl
+        Faye.queue_size = options.queue_size if options.queue_size
       end
 
       initializer "backbone_sync.controller" do
@@ -63,9 +67,7 @@ module BackboneSync
       end
 
       config.after_initialize do |app|
-        embedded = app.config.backbone_sync.embedded
-        embedded = ::Rails.env.development? if embedded.nil?
-        BackboneSync::Rails::Engine.start_embedded(embedded) if embedded && Engine.serving_process?
+        BackboneSync::Rails::Engine.boot_server(app.config.backbone_sync.embedded)
       end
 
       rake_tasks do
@@ -84,20 +86,59 @@ module BackboneSync
       end
 
       class << self
+        # After the app booted: starts the embedded server when this process
+        # should run it. +embedded+ is config.backbone_sync.embedded.
+        def boot_server(embedded)
+          case BackboneSync::PumaPlugin.role
+          when :single then start_embedded(embedded.is_a?(Hash) ? embedded : true)
+          when :cluster, :server then nil # the plugin's own process runs it
+          else
+            embedded = ::Rails.env.development? if embedded.nil?
+            start_embedded(embedded) if embedded && serving_process?
+          end
+        end
+
+        # Starts the server on root_address's port (+embedded+: true or a
+        # Hash of Server options) and returns it. When another process holds
+        # the port (a `rails server` in another terminal, another Puma
+        # worker), warns once and returns nil: this process then publishes
+        # to that server over HTTP.
         def start_embedded(embedded)
           options = embedded.is_a?(Hash) ? embedded.transform_keys(&:to_sym) : {}
           server = Faye.start_embedded_server(**options)
-          ::Rails.logger&.info("backbone_sync: embedded server listening on #{server.url}")
+          announce(:info, "backbone_sync: embedded server listening on #{server.url}")
           server
+        rescue BackboneSync::PortInUse => e
+          announce(:warn, "backbone_sync: not starting the embedded server (#{e.message}); this process " \
+                          "publishes over HTTP to #{Faye.server_url} instead")
+          nil
         end
 
-        # A server process, not a rake task or the console.
+        # A web server process: `rails server`, or Puma (the puma command,
+        # rackup). Not the console, runner, generators, rake, job workers or
+        # tests, which boot the app without serving it.
         def serving_process?
-          return false if defined?(::Rails::Console)
-          return false if defined?(::Rake) && ::Rake.respond_to?(:application) &&
-                          ::Rake.application.top_level_tasks.any?
+          return true if defined?(::Rails::Server)
 
-          true
+          defined?(::Puma) && ::Puma.const_defined?(:Launcher, false) && ::Puma.autoload?(:Launcher).nil? ? true : false
+        end
+
+        private
+
+        # To the Rails log, and to the terminal the server was started from
+        # unless the log already goes there.
+        def announce(level, line)
+          io = level == :info ? $stdout : $stderr
+          logger = ::Rails.logger
+          logger&.public_send(level, line)
+          on_terminal = logger && ActiveSupport::Logger.respond_to?(:logger_outputs_to?) &&
+                        ActiveSupport::Logger.logger_outputs_to?(logger, $stdout, $stderr, STDOUT, STDERR)
+          return if on_terminal
+
+          io.puts(line)
+          io.flush
+        rescue StandardError
+          nil
         end
       end
     end

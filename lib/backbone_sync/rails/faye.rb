@@ -13,6 +13,9 @@ module BackboneSync
     # 3. else BackboneSync::Publisher POSTs them to root_address (kept-alive
     #    connection, short timeouts, a few retries) with the shared secret.
     #
+    # Routes 2 and 3 go through a BackboneSync::BroadcastQueue: the save
+    # returns at once and one thread per process does the network part.
+    #
     #   BackboneSync::Rails::Faye.root_address = "http://localhost:9292"
     module Faye
       DEFAULT_ROOT_ADDRESS = "http://localhost:9292"
@@ -25,6 +28,8 @@ module BackboneSync
       @client_url = nil
       @publisher = nil
       @publisher_pid = nil
+      @queue = nil
+      @queue_size = BackboneSync::BroadcastQueue::DEFAULT_SIZE
 
       class << self
         attr_reader :root_address
@@ -117,17 +122,58 @@ module BackboneSync
           :http
         end
 
-        # Sends +data+ to every channel in +channels+. Never raises: a failure
-        # is logged, counted (BackboneSync.broadcast_failures) and handed to
-        # BackboneSync.on_error. Returns the number of channels it reached.
+        # Sends +data+ to every channel in +channels+: at once to a server
+        # in this process (no network), else through the broadcast queue,
+        # so the caller never waits on the network. Never raises: a failure
+        # (now or in the queue's thread) is logged, counted
+        # (BackboneSync.broadcast_failures) and handed to
+        # BackboneSync.on_error. Returns the number of channels delivered or
+        # queued.
         def publish(channels, data, context = {})
-          Array(channels).count do |channel|
-            publish_one(channel, data)
+          context = context.merge(route: route)
+          valid = Array(channels).filter_map do |channel|
+            BackboneSync.sync_channel(channel)
+          rescue StandardError => e
+            BackboneSync.report_broadcast_error(e, context.merge(channel: channel))
+            nil
+          end
+          local = server
+          return queue.push(valid, data, context) unless local
+
+          valid.count do |channel|
+            local.publish(channel, data)
             true
           rescue StandardError => e
-            BackboneSync.report_broadcast_error(e, context.merge(channel: channel, route: route))
+            BackboneSync.report_broadcast_error(e, context.merge(channel: channel))
             false
           end
+        end
+
+        # How many broadcasts may wait for the network (config.backbone_sync.queue_size).
+        attr_reader :queue_size
+
+        # Set at boot: a new size makes a new queue (what the old one holds
+        # is still sent by its thread, but no longer flushed).
+        def queue_size=(size)
+          @lock.synchronize do
+            next if size == @queue_size && @queue
+
+            @queue = nil
+            @queue_size = size
+            queue_locked
+          end
+        end
+
+        # Waits (at most +timeout+ seconds) until every queued broadcast has
+        # been sent or reported. True when nothing is left.
+        def flush(timeout: 5)
+          q = @lock.synchronize { @queue }
+          q ? q.flush(timeout: timeout) : true
+        end
+
+        # The queue's {queued:, dropped:, circuit:}.
+        def queue_stats
+          queue.stats
         end
 
         # Like publish for one channel, but raises BackboneSync::Error on failure.
@@ -141,6 +187,19 @@ module BackboneSync
         end
 
         private
+
+        def queue
+          @lock.synchronize { queue_locked }
+        end
+
+        # Caller holds @lock.
+        def queue_locked
+          @queue ||= BackboneSync::BroadcastQueue.new(
+            size: @queue_size,
+            sender: ->(channel, data) { publisher.publish(channel, data) },
+            on_failure: ->(error, context) { BackboneSync.report_broadcast_error(error, context) }
+          )
+        end
 
         def publish_one(channel, data)
           channel = BackboneSync.sync_channel(channel)
@@ -170,6 +229,7 @@ module BackboneSync
 
         # Caller holds @lock.
         def reset_publisher
+          @queue&.close_circuit
           old = @publisher
           ours = @publisher_pid == Process.pid
           @publisher = nil
