@@ -163,6 +163,17 @@ static int connect_both(bs_backplane_t *b, char *why, size_t whylen)
     memcpy(b->sha, r->str, 40);
     b->sha[40] = '\0';
     freeReplyObject(r);
+    /* The history settings, for publish.lua: every publisher, Ruby's too,
+     * trims the history the way the servers keep it. */
+    r = redisCommand(b->cmd, "HSET %ssettings history_size %d history_ttl %d", b->prefix, b->history_size,
+                     b->history_ttl);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        snprintf(why, whylen, "HSET settings failed: %s", r && r->str ? r->str : b->cmd->errstr);
+        if (r)
+            freeReplyObject(r);
+        goto fail;
+    }
+    freeReplyObject(r);
     r = redisCommand(b->sub, "SUBSCRIBE %sfanout", b->prefix);
     if (!r || r->type != REDIS_REPLY_ARRAY) {
         snprintf(why, whylen, "SUBSCRIBE failed: %s", b->sub->errstr);

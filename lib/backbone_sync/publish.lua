@@ -7,8 +7,14 @@
 -- ARGV: prefix, channel, head, history_size, history_ttl, fresh_epoch
 --   head is the delivery up to its ext object, ending in `"ext":{` or, when
 --   ext already has members, in `"ext":{...,`.
+--   history_size and history_ttl are the caller's guess: the servers write
+--   theirs to <prefix>settings when they connect, and those win, so that a
+--   Ruby publisher never trims the history the servers keep.
 local prefix, channel, head = ARGV[1], ARGV[2], ARGV[3]
 local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local settings = redis.call('HMGET', prefix .. 'settings', 'history_size', 'history_ttl')
+if settings[1] then size = tonumber(settings[1]) end
+if settings[2] then ttl = tonumber(settings[2]) end
 local ekey = prefix .. 'epoch:' .. channel
 local okey = prefix .. 'offset:' .. channel
 local hkey = prefix .. 'history:' .. channel

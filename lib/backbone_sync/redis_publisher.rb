@@ -17,6 +17,9 @@ module BackboneSync
 
     attr_reader :url
 
+    # history_size and history_ttl are used only until a server has
+    # connected to this Redis: the servers' own settings, which they store
+    # there, win (publish.lua).
     def initialize(url = ENV["BACKBONE_SYNC_REDIS_URL"], prefix: PREFIX, history_size: 100,
                    history_ttl: 300, timeout: 2)
       begin

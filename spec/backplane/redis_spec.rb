@@ -29,6 +29,19 @@ RSpec.describe "the Redis backplane", if: BackboneSyncSpec::RedisProcess.availab
     deliveries.map { |m| m.dig("ext", "offset") }
   end
 
+  it "keeps the servers' history_size when a Ruby publisher with its own default publishes" do
+    with_nodes(1, history_size: 300) do |_nodes, prefix|
+      redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix) # history_size: 100
+      250.times { |i| redis.publish("/bp/keep", i) }
+      redis.close
+      raw = RedisClient.new(url: @redis.url)
+      # 100 would mean the publisher trimmed the servers' history to its own size.
+      expect(raw.call("ZCARD", "#{prefix}history:/bp/keep")).to eq(250)
+      expect(raw.call("HGET", "#{prefix}settings", "history_size")).to eq("300")
+      raw.close
+    end
+  end
+
   it "delivers every publish, from any node, Ruby or HTTP, once to every subscriber on every node" do
     with_nodes(3) do |nodes, prefix|
       ws, = ws_session(nodes[0].url, ["/bp/all"])
