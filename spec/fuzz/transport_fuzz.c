@@ -20,10 +20,12 @@
  *                              post-handshake bytes: frame headers, masks
  *                              and all;
  *                  F_RST       close with RST (SO_LINGER 0), not FIN;
- *                  F_WAIT      wait for the answer before closing;
+ *                  F_NOWAIT    hang up without waiting for the answer;
  *                  F_PAUSE     pause about 1 ms between chunks, so they
  *                              arrive as separate reads;
- *                  F_HALFCLOSE shut the write side down after the stream.
+ *                  F_HALFCLOSE shut the write side down after the stream;
+ *                  F_TWICE     send the stream twice, back to back, as a
+ *                              client that pipelines requests or messages.
  *   byte 1  low 3 bits: k, the number of split points;
  *   k bytes chunk lengths (value + 1); the last chunk is the rest.
  * In the stream, CID_PLACEHOLDER (32 bytes, as long as a clientId) stands
@@ -54,9 +56,10 @@
 
 #define F_WS 0x01
 #define F_RST 0x02
-#define F_WAIT 0x04
+#define F_NOWAIT 0x04                      /* hang up at once: do not wait for the answer */
 #define F_PAUSE 0x08
 #define F_HALFCLOSE 0x10
+#define F_TWICE 0x20                       /* the stream twice, back to back: pipelining */
 
 #define CID_PLACEHOLDER "$CID$CID$CID$CID$CID$CID$CID$CID"
 #define CID_LEN 32                         /* BS_ID_LEN (core.h) */
@@ -65,7 +68,7 @@
 #define LEAK_MS 2000
 #define LEAK_EVERY 32
 #define SEND_MS 50                         /* a server that stops reading costs this at most */
-#define ANSWER_FIRST_MS 20                 /* F_WAIT: the first byte of an answer */
+#define ANSWER_FIRST_MS 20                 /* the first byte of an answer */
 #define ANSWER_QUIET_MS 3                  /* then: silence that ends it */
 #define ANSWER_MAX_MS 60
 
@@ -373,40 +376,41 @@ static void write_seeds(void)
     size_t n, m;
 
     n = http_post(s, sizeof(s), "application/json", handshake_body);
-    seed("http_handshake", F_WAIT, none, 0, s, n);
-    seed("http_handshake_split", F_WAIT | F_PAUSE, three, 3, s, n);
-    seed("http_handshake_bytewise", F_WAIT | F_PAUSE | F_RST, ones, 7, s, n);
+    seed("http_handshake", 0, none, 0, s, n);
+    seed("http_handshake_split", F_PAUSE, three, 3, s, n);
+    seed("http_handshake_bytewise", F_PAUSE | F_RST, ones, 7, s, n);
 
     n = http_post(s, sizeof(s), "application/json", connect);
-    seed("http_connect", F_WAIT, none, 0, s, n);
+    seed("http_connect", 0, none, 0, s, n);
+    seed("http_connect_abrupt", F_NOWAIT | F_RST, none, 0, s, n);
 
     n = http_post(s, sizeof(s), "application/json", subscribe);
     n += http_post(s + n, sizeof(s) - n, "application/json", publish);
-    seed("http_pipelined", F_WAIT | F_HALFCLOSE, none, 0, s, n);
+    seed("http_pipelined", F_HALFCLOSE, none, 0, s, n);
 
     n = http_post(s, sizeof(s), "application/x-www-form-urlencoded", form);
-    seed("http_form_publish", F_WAIT, none, 0, s, n);
+    seed("http_form_publish", 0, none, 0, s, n);
 
     n = (size_t)snprintf(s, sizeof(s), "GET /faye.js HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n");
-    seed("http_get_js", F_WAIT, none, 0, s, n);
+    seed("http_get_js", 0, none, 0, s, n);
 
     n = (size_t)snprintf(s, sizeof(s),
                          "OPTIONS /faye HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://example.com\r\n"
                          "Access-Control-Request-Method: POST\r\n"
                          "Access-Control-Request-Headers: Content-Type\r\n\r\n");
-    seed("http_options", F_WAIT, none, 0, s, n);
+    seed("http_options", 0, none, 0, s, n);
 
     n = (size_t)snprintf(s, sizeof(s),
                          "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n", secret);
-    seed("http_stats", F_WAIT | F_RST, none, 0, s, n);
+    seed("http_stats", F_RST, none, 0, s, n);
 
     /* WebSocket: a session (mask key 0 where the placeholder must stay readable). */
     n = ws_frame(w, 1, 1, 1, 0x1a2b3c4d, handshake_body, sizeof(handshake_body) - 1);
     n += ws_frame(w + n, 1, 1, 1, 0, subscribe, sizeof(subscribe) - 1);
     n += ws_frame(w + n, 1, 1, 1, 0, ws_connect, sizeof(ws_connect) - 1);
     n += ws_frame(w + n, 1, 1, 1, 0, publish, sizeof(publish) - 1);
-    seed("ws_session", F_WS | F_WAIT, none, 0, w, n);
-    seed("ws_session_split", F_WS | F_WAIT | F_PAUSE, three, 3, w, n);
+    seed("ws_session", F_WS, none, 0, w, n);
+    seed("ws_session_split", F_WS | F_PAUSE, three, 3, w, n);
 
     /* A message in three fragments with a ping between them. */
     m = sizeof(handshake_body) - 1;
@@ -414,22 +418,62 @@ static void write_seeds(void)
     n += ws_frame(w + n, 1, 9, 1, 0x55aa55aa, "ping", 4);
     n += ws_frame(w + n, 0, 0, 1, 0x0f0f0f0f, handshake_body + 20, 30);
     n += ws_frame(w + n, 1, 0, 1, 0x12345678, handshake_body + 50, m - 50);
-    seed("ws_fragmented", F_WS | F_WAIT, none, 0, w, n);
+    seed("ws_fragmented", F_WS, none, 0, w, n);
 
     /* A close frame: status 1000 and a reason. */
     memcpy(t, "\x03\xe8" "bye", 5);
     n = ws_frame(w, 1, 1, 1, 0x1a2b3c4d, handshake_body, sizeof(handshake_body) - 1);
     n += ws_frame(w + n, 1, 8, 1, 0x11223344, t, 5);
-    seed("ws_close", F_WS | F_WAIT, none, 0, w, n);
+    seed("ws_close", F_WS, none, 0, w, n);
 
     /* A message of 200 bytes: the 16-bit length form. */
     n = (size_t)snprintf(t, sizeof(t),
                          "[{\"channel\":\"/chat/big\",\"clientId\":\"" CID_PLACEHOLDER "\",\"data\":\"%0130d\"}]", 0);
     n = ws_frame(w, 1, 1, 1, 0, t, n);
-    seed("ws_publish_16bit_length", F_WS | F_WAIT, none, 0, w, n);
+    seed("ws_publish_16bit_length", F_WS, none, 0, w, n);
 }
 
 /* ---- libFuzzer ----------------------------------------------------------------------- */
+
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max);
+
+/* Structure-aware: a quarter of the time the header alone changes (a flag,
+ * or the split points), so a stream that got somewhere is retried piped,
+ * split, reset or half-closed; else libFuzzer mutates the stream alone and
+ * the header stays as it was. Byte-level mutation alone would hit byte 0 of
+ * a 300-byte input too rarely. */
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max, unsigned seed)
+{
+    uint32_t r = seed * 2654435761u;
+    size_t k, nk, i, body;
+
+    if (size < 2 || size < 2 + (size_t)(data[1] & 7) || max < 10) {
+        if (max < 2)
+            return LLVMFuzzerMutate(data, size, max);
+        if (size < 2)
+            memset(data + size, 0, 2 - size), size = 2;
+        data[1] &= ~7;
+        return 2 + LLVMFuzzerMutate(data + 2, size - 2, max - 2);
+    }
+    k = data[1] & 7;
+    body = size - 2 - k;
+    switch ((r >> 8) % 8) {
+    case 0:
+        data[0] ^= (uint8_t)(1u << ((r >> 12) % 6));
+        return size;
+    case 1:
+        nk = (r >> 12) % 8;
+        if (2 + nk + body > max)
+            nk = k;
+        memmove(data + 2 + nk, data + 2 + k, body);
+        for (i = 0; i < nk; i++)
+            data[2 + i] = (uint8_t)(r >> (i * 4 % 24)) % (body / (nk + 1) + 1);
+        data[1] = (uint8_t)((data[1] & ~7) | nk);
+        return 2 + nk + body;
+    default:
+        return 2 + k + LLVMFuzzerMutate(data + 2 + k, body, max - 2 - k);
+    }
+}
 
 /* At exit the server must stop, in bounded time. */
 static void *stop_watchdog(void *arg)
@@ -490,7 +534,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t flags, *stream, *hit;
-    size_t k, i, off, len;
+    size_t k, i, off, len, one;
     int64_t deadline;
     int fd, alive = 1;
 
@@ -498,10 +542,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     flags = data[0];
     k = data[1] & 7;
-    len = size - 2 - k;
+    one = size - 2 - k;
+    len = flags & F_TWICE ? 2 * one : one;
     if (!(stream = malloc(len + 1)))
         return 0;
-    memcpy(stream, data + 2 + k, len);
+    memcpy(stream, data + 2 + k, one);
+    if (flags & F_TWICE)
+        memcpy(stream + one, data + 2 + k, one);
     for (hit = stream; last_id[0] && (hit = memmem(hit, len - (size_t)(hit - stream), CID_PLACEHOLDER, CID_LEN));)
         memcpy(hit, last_id, CID_LEN);
 
@@ -529,7 +576,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (alive && (flags & F_HALFCLOSE))
         shutdown(fd, SHUT_WR);
-    if (alive && (flags & (F_WAIT | F_HALFCLOSE)))
+    if (alive && (flags & (F_HALFCLOSE)))
         drain(fd, ANSWER_FIRST_MS, ANSWER_QUIET_MS, ANSWER_MAX_MS);
     else if (alive)
         drain(fd, 0, 0, 0);
