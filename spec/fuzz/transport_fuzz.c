@@ -64,6 +64,7 @@
 #define CID_PLACEHOLDER "$CID$CID$CID$CID$CID$CID$CID$CID"
 #define CID_LEN 32                         /* BS_ID_LEN (core.h) */
 
+#define MAX_MESSAGE 65536                  /* the server's max_message_size */
 #define LIVENESS_MS 2000                   /* generous: ASan, and a machine shared with others */
 #define LEAK_MS 2000
 #define LEAK_EVERY 32
@@ -85,6 +86,12 @@ static uint64_t baseline;                  /* connections with none of ours open
 static unsigned long inputs;
 static char last_id[CID_LEN + 1];
 static int verbose;                        /* TRANSPORT_FUZZ_VERBOSE=1: show what the server answers */
+
+/* What the server answered on the input's connection, for the checks. */
+#define ANSWER_CAP (256u << 10)
+static uint8_t answer[ANSWER_CAP];
+static size_t answer_len;
+static int answer_cut;                     /* it did not all fit */
 
 static int64_t now_ms(void)
 {
@@ -145,15 +152,22 @@ static void hang_up(int fd, int rst)
     close(fd);
 }
 
-/* Reads what is there into buf (or drops it when buf is NULL). Returns
+/* Reads what is there into buf (or, when buf is NULL, into `answer`). Returns
  * bytes read, 0 at EOF or error, -1 when nothing is there yet. */
 static ssize_t take(int fd, char *buf, size_t cap)
 {
     char sink[4096];
     ssize_t n = recv(fd, buf ? buf : sink, buf ? cap : sizeof(sink), 0);
 
-    if (verbose && n > 0 && !buf && fwrite(sink, 1, (size_t)n, stderr))
-        fputs("\n", stderr);
+    if (n > 0 && !buf) {
+        size_t keep = (size_t)n < ANSWER_CAP - answer_len ? (size_t)n : ANSWER_CAP - answer_len;
+
+        memcpy(answer + answer_len, sink, keep);
+        answer_len += keep;
+        answer_cut |= keep < (size_t)n;
+        if (verbose && fwrite(sink, 1, (size_t)n, stderr))
+            fputs("\n", stderr);
+    }
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : 0;
     return n;
@@ -238,6 +252,124 @@ static ssize_t read_reply(int fd, char *buf, size_t cap, const char *until, int 
         if (n == 0 || (left = deadline - now_ms()) <= 0 || poll(&pf, 1, (int)left) <= 0)
             return -1;
     }
+}
+
+/* ---- what a correct server does ---------------------------------------------------- */
+
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past
+ * U+10FFFF. Every answer is JSON or JavaScript, so all of it must pass.
+ * With tail_ok, a sequence cut short at the end passes: we may have stopped
+ * reading in the middle of it. */
+static int utf8_valid(const uint8_t *p, size_t len, int tail_ok)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        uint8_t c = p[i];
+        size_t n, j;
+        uint32_t cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, cp = c & 0x07;
+        else
+            return 0;
+        if (len - i <= n)
+            return tail_ok;
+        for (j = 1; j <= n; j++) {
+            if ((p[i + j] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i + j] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+/* Parses a frame header at p: returns its length (header and mask key), or
+ * 0 when incomplete; *plen is the declared payload length. */
+static size_t ws_header(const uint8_t *p, size_t len, uint64_t *plen, int *masked)
+{
+    size_t h = 2, i;
+
+    if (len < 2)
+        return 0;
+    *masked = p[1] >> 7;
+    *plen = p[1] & 0x7f;
+    if (*plen == 126)
+        h = 4;
+    else if (*plen == 127)
+        h = 10;
+    if (len < h)
+        return 0;
+    if (h > 2)
+        for (*plen = 0, i = 2; i < h; i++)
+            *plen = *plen << 8 | p[i];
+    return h + (*masked ? 4 : 0);
+}
+
+/* The server's WebSocket frames: every unfragmented text message, and the
+ * reason of a close, must be UTF-8. Returns what is wrong, or NULL. */
+static const char *ws_answer_wrong(const uint8_t *p, size_t len)
+{
+    while (len) {
+        uint64_t plen;
+        int masked;
+        size_t h = ws_header(p, len, &plen, &masked);
+        uint8_t op = p[0] & 0x0f;
+
+        if (!h || plen > len - h)
+            return NULL;                   /* cut short: we hung up, or answer_cut */
+        if (masked)
+            return "a masked frame from the server";
+        if (op == 1 && (p[0] & 0x80) && !utf8_valid(p + h, (size_t)plen, 0))
+            return "invalid UTF-8 in a text message from the server";
+        if (op == 8 && plen > 2 && !utf8_valid(p + h + 2, (size_t)plen - 2, 0))
+            return "invalid UTF-8 in a close reason from the server";
+        p += h + plen;
+        len -= h + (size_t)plen;
+    }
+    return NULL;
+}
+
+/* The first frame of the client's stream that the server must fail the
+ * connection for as soon as it has read its header (RFC 6455 5.1, 10.4):
+ * unmasked, or declaring more than max_message_size. NULL if none. */
+static const char *ws_stream_violation(const uint8_t *p, size_t len)
+{
+    while (len) {
+        uint64_t plen;
+        int masked;
+        size_t h = ws_header(p, len, &plen, &masked);
+
+        if (!h)
+            return NULL;
+        if (!masked)
+            return "unmasked client frame accepted";
+        if (plen > MAX_MESSAGE)
+            return "frame declaring more than max_message_size not refused at its header";
+        if (plen >= len - h)
+            return NULL;
+        p += h + plen;
+        len -= h + (size_t)plen;
+    }
+    return NULL;
+}
+
+/* After a violation: the server must hang up within LIVENESS_MS. */
+static int closes_soon(int fd)
+{
+    return drain(fd, LIVENESS_MS, LIVENESS_MS, LIVENESS_MS);
 }
 
 /* ---- WebSocket frames ------------------------------------------------------------ */
@@ -388,6 +520,9 @@ static void write_seeds(void)
     n += http_post(s + n, sizeof(s) - n, "application/json", publish);
     seed("http_pipelined", F_HALFCLOSE, none, 0, s, n);
 
+    n = http_post(s, sizeof(s), "application/json", publish);
+    seed("http_publish", 0, none, 0, s, n);
+
     n = http_post(s, sizeof(s), "application/x-www-form-urlencoded", form);
     seed("http_form_publish", 0, none, 0, s, n);
 
@@ -501,7 +636,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     static const bs_server_config_t cfg = {
         .host = "127.0.0.1", .port = 0, .mount = "/faye", .timeout = 1, .secret = secret,
         .signed_channels = signed_channels, .public_channels = public_channels,
-        .max_message_size = 65536, .max_depth = 32, .max_batch = 100, .max_subscriptions = 20,
+        .max_message_size = MAX_MESSAGE, .max_depth = 32, .max_batch = 100, .max_subscriptions = 20,
         .max_queue = 50, .client_js = client_js, .client_js_len = sizeof(client_js) - 1,
         .history_size = 10, .history_ttl = 5, .history_memory = 1u << 20, .log_fd = -1,
     };
@@ -554,15 +689,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if ((fd = dial(LIVENESS_MS)) < 0)
         die("server unresponsive after input", "cannot connect");
-    deadline = now_ms() + SEND_MS;
+    answer_len = 0;
+    answer_cut = 0;
     if (flags & F_WS) {
-        char reply[2048];
+        char reply[2048], *end;
+        ssize_t n = read_reply(fd, reply, sizeof(reply), "\r\n\r\n", 0,
+                               send_all(fd, (const uint8_t *)ws_upgrade, sizeof(ws_upgrade) - 1,
+                                        now_ms() + LIVENESS_MS) ? 0 : now_ms() + LIVENESS_MS);
 
-        if (send_all(fd, (const uint8_t *)ws_upgrade, sizeof(ws_upgrade) - 1, now_ms() + LIVENESS_MS) ||
-            read_reply(fd, reply, sizeof(reply), "\r\n\r\n", 0, now_ms() + LIVENESS_MS) < 0 ||
-            strncmp(reply, "HTTP/1.1 101 ", 13))
+        if (n < 0 || strncmp(reply, "HTTP/1.1 101 ", 13) || !(end = strstr(reply, "\r\n\r\n")))
             die("server unresponsive after input", "no 101 answer to a WebSocket upgrade");
+        /* Frames the server sent right behind its 101. */
+        answer_len = (size_t)(reply + n - (end + 4));
+        memcpy(answer, end + 4, answer_len);
     }
+    deadline = now_ms() + SEND_MS;
     for (i = 0, off = 0; alive && off < len; i++) {
         size_t chunk = i < k ? (size_t)data[2 + i] + 1 : len - off;
 
@@ -576,10 +717,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (alive && (flags & F_HALFCLOSE))
         shutdown(fd, SHUT_WR);
-    if (alive && (flags & (F_HALFCLOSE)))
-        drain(fd, ANSWER_FIRST_MS, ANSWER_QUIET_MS, ANSWER_MAX_MS);
-    else if (alive)
+    if (flags & F_NOWAIT) {
         drain(fd, 0, 0, 0);
+    } else {
+        const char *why = flags & F_WS ? ws_stream_violation(stream, off) : NULL;
+
+        if (why && !closes_soon(fd))
+            die(why, "the server kept the connection open");
+        if (!why)
+            drain(fd, ANSWER_FIRST_MS, ANSWER_QUIET_MS, ANSWER_MAX_MS);
+        if (flags & F_WS)
+            why = ws_answer_wrong(answer, answer_len);
+        else
+            why = answer_cut || utf8_valid(answer, answer_len, 1) ? NULL : "invalid UTF-8 in an HTTP answer";
+        if (why)
+            die(why, NULL);
+    }
     hang_up(fd, flags & F_RST);
     free(stream);
 
