@@ -6,10 +6,13 @@
  * The real server runs in its own service thread on 127.0.0.1, started once
  * through the C API (backbone_sync.h), exactly as ruby_server.c starts it.
  * Each input is written over a fresh loopback TCP connection, in the chunks
- * it asks for; whatever the server answers is read and dropped. After every
- * input a fresh connection must get a well-formed answer to a Bayeux
- * handshake within LIVENESS_MS, and every LEAK_EVERY inputs the server's
- * `connections` stat must come back to its baseline: otherwise the harness
+ * it asks for; what the server answers is read and checked (HTTP bodies and
+ * WS text must be UTF-8; a frame that must fail the connection must get it
+ * closed), then dropped. A watcher, a WebSocket client subscribed to
+ * /chat/ and below, stays connected throughout and checks what is fanned out
+ * to it. After every input a fresh connection must get a well-formed answer
+ * to a Bayeux handshake within LIVENESS_MS, and every LEAK_EVERY inputs the
+ * server's `connections` stat must come back to its baseline. Any failure
  * aborts, so libFuzzer keeps the input as a crash. Threads: libFuzzer's (the
  * client side) and the server's service thread; they share only sockets and
  * bs_server_stats().
@@ -427,6 +430,160 @@ static const char ws_upgrade[] =
     "GET /faye HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
+/* ---- the watcher: a WebSocket subscriber to /chat/ and below ----------------------- */
+
+/*
+ * One well-behaved client stays connected across inputs, subscribed to
+ * /chat/ and everything below it (a client may not take every channel), so
+ * what the inputs publish there is fanned out to a live socket (the writable
+ * path, batching, queues) and checked on arrival: every text message must be
+ * UTF-8. It sends a /meta/connect every WATCH_CONNECT_MS so its session
+ * never expires, answers pings, and starts over when the server
+ * hangs up on it or forgets it.
+ */
+#define WATCH_CONNECT_MS 600
+#define WATCH_BUF (256u << 10)
+
+static int watch_fd = -1;
+static uint8_t watch_buf[WATCH_BUF];
+static size_t watch_len;
+static int64_t watch_next;                 /* when the next connect is due */
+static char watch_id[CID_LEN + 1];
+
+static void watch_close(void)
+{
+    if (watch_fd >= 0)
+        hang_up(watch_fd, 1);
+    watch_fd = -1;
+    watch_len = 0;
+    watch_id[0] = '\0';
+}
+
+static int watch_send(int opcode, const char *payload, size_t len)
+{
+    uint8_t f[1024];
+
+    if (len > sizeof(f) - 14)
+        return -1;
+    len = ws_frame(f, 1, opcode, 1, 0x5a17c3e1, payload, len);
+    return send_all(watch_fd, f, len, now_ms() + LIVENESS_MS);
+}
+
+static int watch_send_connect(void)
+{
+    char m[256];
+    int n = snprintf(m, sizeof(m),
+                     "[{\"channel\":\"/meta/connect\",\"clientId\":\"%s\",\"connectionType\":\"websocket\"}]",
+                     watch_id);
+
+    watch_next = now_ms() + WATCH_CONNECT_MS;
+    return watch_send(1, m, (size_t)n);
+}
+
+/* Handles the complete frames in watch_buf. Returns -1 when the watcher
+ * must start over. */
+static int watch_frames(void)
+{
+    size_t off = 0;
+    int rc = 0;
+
+    while (rc == 0) {
+        uint64_t plen;
+        int masked;
+        size_t h = ws_header(watch_buf + off, watch_len - off, &plen, &masked);
+        const uint8_t *pl = watch_buf + off + h;
+        uint8_t op = watch_buf[off] & 0x0f;
+
+        if (!h || plen > watch_len - off - h)
+            break;
+        if (verbose && op == 1)
+            fprintf(stderr, "watcher< %.*s\n", (int)plen, (const char *)pl);
+        if (op == 1 && !utf8_valid(pl, (size_t)plen, 0))
+            die("invalid UTF-8 in a message to a WebSocket subscriber", NULL);
+        if (op == 1 && !watch_id[0]) {
+            const uint8_t *id = memmem(pl, (size_t)plen, "\"clientId\":\"", 12);
+
+            if (!id || (size_t)(pl + plen - id) < 12 + CID_LEN + 1)
+                rc = -1;
+            else
+                memcpy(watch_id, id + 12, CID_LEN);
+        } else if (op == 1 && (memmem(pl, (size_t)plen, "\"successful\":false", 18))) {
+            rc = -1;                       /* forgotten (expired), or refused: start over */
+        } else if (op == 9) {
+            rc = watch_send(10, (const char *)pl, (size_t)plen);
+        } else if (op == 8) {
+            rc = -1;
+        }
+        off += h + (size_t)plen;
+    }
+    memmove(watch_buf, watch_buf + off, watch_len - off);
+    watch_len -= off;
+    return rc;
+}
+
+/* Reads what the watcher was sent; at most `ms` waiting for more. */
+static int watch_read(int ms)
+{
+    int64_t until = now_ms() + ms;
+
+    for (;;) {
+        struct pollfd pf = { .fd = watch_fd, .events = POLLIN };
+        ssize_t n;
+
+        if (watch_len == WATCH_BUF)
+            return -1;                     /* a frame bigger than we keep: start over */
+        n = recv(watch_fd, watch_buf + watch_len, WATCH_BUF - watch_len, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return -1;
+        if (n > 0) {
+            watch_len += (size_t)n;
+            continue;
+        }
+        if (watch_frames())
+            return -1;
+        if (now_ms() >= until || poll(&pf, 1, (int)(until - now_ms())) <= 0)
+            return 0;
+    }
+}
+
+static void watch_open(void)
+{
+    static const char hello[] =
+        "[{\"channel\":\"/meta/handshake\",\"version\":\"1.0\",\"supportedConnectionTypes\":[\"websocket\"]}]";
+    char reply[2048], *end, m[256];
+    int64_t deadline = now_ms() + LIVENESS_MS;
+    ssize_t n;
+
+    if ((watch_fd = dial(LIVENESS_MS)) < 0)
+        die("server unresponsive after input", "the watcher cannot connect");
+    if (send_all(watch_fd, (const uint8_t *)ws_upgrade, sizeof(ws_upgrade) - 1, deadline) ||
+        (n = read_reply(watch_fd, reply, sizeof(reply), "\r\n\r\n", 0, deadline)) < 0 ||
+        strncmp(reply, "HTTP/1.1 101 ", 13) || !(end = strstr(reply, "\r\n\r\n")))
+        die("server unresponsive after input", "no 101 for the watcher");
+    watch_len = (size_t)(reply + n - (end + 4));
+    memcpy(watch_buf, end + 4, watch_len);
+    if (watch_send(1, hello, sizeof(hello) - 1))
+        die("server unresponsive after input", "the watcher cannot send");
+    while (!watch_id[0] && now_ms() < deadline)
+        if (watch_read(10))
+            die("server unresponsive after input", "the watcher got no handshake answer");
+    if (!watch_id[0])
+        die("server unresponsive after input", "the watcher got no handshake answer");
+    snprintf(m, sizeof(m), "[{\"channel\":\"/meta/subscribe\",\"clientId\":\"%s\",\"subscription\":\"/chat/**\"}]",
+             watch_id);
+    if (watch_send(1, m, strlen(m)) || watch_send_connect())
+        die("server unresponsive after input", "the watcher cannot subscribe");
+}
+
+/* After each input: take what the watcher was sent, keep it alive. */
+static void watch_poll(void)
+{
+    if (watch_fd < 0)
+        watch_open();
+    if (watch_read(0) || (now_ms() >= watch_next && watch_send_connect()))
+        watch_close();                     /* reopened after the next input */
+}
+
 /* ---- liveness ----------------------------------------------------------------------- */
 
 static const char handshake_body[] =
@@ -471,13 +628,13 @@ static void check_no_leak(void)
 
     for (;;) {
         bs_server_stats(server, &st);
-        if (st.connections <= baseline)
+        if (st.connections <= baseline + (watch_fd >= 0))
             return;
         if (now_ms() > deadline)
             break;
         usleep(1000);
     }
-    snprintf(why, sizeof(why), "%llu open, baseline %llu", (unsigned long long)st.connections,
+    snprintf(why, sizeof(why), "%llu open, baseline %llu and the watcher", (unsigned long long)st.connections,
              (unsigned long long)baseline);
     die("connections leaked after input", why);
 }
@@ -684,6 +841,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     baseline = st.connections;             /* the listener, if lws counts it */
     check_alive();
     check_no_leak();
+    watch_open();
     return 0;
 }
 
@@ -756,6 +914,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     hang_up(fd, flags & F_RST);
     free(stream);
 
+    watch_poll();
     check_alive();
     if (++inputs % LEAK_EVERY == 0)
         check_no_leak();
