@@ -334,7 +334,7 @@ static size_t ws_header(const uint8_t *p, size_t len, uint64_t *plen, int *maske
         h = 4;
     else if (*plen == 127)
         h = 10;
-    if (len < h)
+    if (len < h + (*masked ? 4 : 0))
         return 0;
     if (h > 2)
         for (*plen = 0, i = 2; i < h; i++)
@@ -520,10 +520,11 @@ static int watch_frames(void)
         int masked;
         size_t h = ws_header(watch_buf + off, watch_len - off, &plen, &masked);
         const uint8_t *pl = watch_buf + off + h;
-        uint8_t op = watch_buf[off] & 0x0f;
+        uint8_t op;
 
         if (!h || plen > watch_len - off - h)
             break;
+        op = watch_buf[off] & 0x0f;
         if (verbose && op == 1)
             fprintf(stderr, "watcher< %.*s\n", (int)plen, (const char *)pl);
         if (op == 1 && !utf8_valid(pl, (size_t)plen, 0))
