@@ -80,6 +80,7 @@ _Static_assert(sizeof(CID_PLACEHOLDER) - 1 == CID_LEN, "the placeholder must be 
 
 static const char *const public_channels[] = { "/chat/**", "/**", NULL };
 static const char *const signed_channels[] = { "/private/*", NULL };
+static const char *const allowed_origins[] = { "http://example.com", NULL };
 static const char secret[] = "fuzz-secret";
 static const char client_js[] = "/* the browser client would be here */ window.Faye = {};\n";
 
@@ -297,6 +298,8 @@ static int utf8_valid(const uint8_t *p, size_t len, int tail_ok)
     return 1;
 }
 
+static const char *ws_answer_wrong(const uint8_t *p, size_t len);
+
 /* The bodies of the HTTP answers must be UTF-8. Headers are octets: the
  * Origin a client sent comes back as it was, in access-control-allow-origin. */
 static const char *http_answer_wrong(const uint8_t *p, size_t len)
@@ -308,6 +311,8 @@ static const char *http_answer_wrong(const uint8_t *p, size_t len)
         if (!end)
             return NULL;
         head = (size_t)(end - p) + 4;
+        if (len >= 13 && memcmp(p, "HTTP/1.1 101 ", 13) == 0)
+            return ws_answer_wrong(p + head, len - head);  /* upgraded in the stream */
         for (cl = p; (cl = memmem(cl, head - (size_t)(cl - p), "\r\ncontent-length:", 17)); cl += 17)
             body = strtoul((const char *)cl + 17, NULL, 10);
         if (body > len - head)
@@ -754,6 +759,12 @@ static void write_seeds(void)
     seed("ws_session", F_WS, none, 0, w, n);
     seed("ws_session_split", F_WS | F_PAUSE, three, 3, w, n);
 
+    /* The upgrade in the stream itself, so its headers are fuzzed too. */
+    n = (size_t)snprintf((char *)w, sizeof(w), "%.*s", (int)(sizeof(ws_upgrade) - 5), ws_upgrade);
+    n += (size_t)snprintf((char *)w + n, sizeof(w) - n, "\r\nOrigin: http://example.com\r\n\r\n");
+    n += ws_frame(w + n, 1, 1, 1, 0x1a2b3c4d, handshake_body, sizeof(handshake_body) - 1);
+    seed("http_ws_upgrade_in_stream", 0, none, 0, w, n);
+
     /* A message in three fragments with a ping between them. */
     m = sizeof(handshake_body) - 1;
     n = ws_frame(w, 0, 1, 1, 0x01020304, handshake_body, 20);
@@ -846,6 +857,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         .max_message_size = MAX_MESSAGE, .max_depth = 32, .max_batch = 100, .max_subscriptions = 20,
         .max_queue = 50, .client_js = client_js, .client_js_len = sizeof(client_js) - 1,
         .history_size = 10, .history_ttl = 5, .history_memory = 1u << 20, .log_fd = -1,
+        /* Small enough that a batch of handshakes evicts; at ~100 inputs a
+         * second, connected clients (1.6 s each) never fill it. */
+        .max_clients = 256, .allowed_origins = allowed_origins,
     };
     bs_stats_t st;
     char err[256];
