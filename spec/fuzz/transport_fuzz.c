@@ -28,7 +28,10 @@
  *                              arrive as separate reads;
  *                  F_HALFCLOSE shut the write side down after the stream;
  *                  F_TWICE     send the stream twice, back to back, as a
- *                              client that pipelines requests or messages.
+ *                              client that pipelines requests or messages;
+ *                  F_INPROC    publish to /chat/inproc through the C API,
+ *                              from this thread, as Ruby does, while the
+ *                              stream is on its way.
  *   byte 1  low 3 bits: k, the number of split points;
  *   k bytes chunk lengths (value + 1); the last chunk is the rest.
  * In the stream, CID_PLACEHOLDER (32 bytes, as long as a clientId) stands
@@ -63,6 +66,7 @@
 #define F_PAUSE 0x08
 #define F_HALFCLOSE 0x10
 #define F_TWICE 0x20                       /* the stream twice, back to back: pipelining */
+#define F_INPROC 0x40                      /* an in-process publish (bs_server_publish) too */
 
 #define CID_PLACEHOLDER "$CID$CID$CID$CID$CID$CID$CID$CID"
 #define CID_LEN 32                         /* BS_ID_LEN (core.h) */
@@ -758,6 +762,7 @@ static void write_seeds(void)
     n += ws_frame(w + n, 1, 1, 1, 0, publish, sizeof(publish) - 1);
     seed("ws_session", F_WS, none, 0, w, n);
     seed("ws_session_split", F_WS | F_PAUSE, three, 3, w, n);
+    seed("ws_session_inproc", F_WS | F_INPROC, three, 3, w, n);
 
     /* The upgrade in the stream itself, so its headers are fuzzed too. */
     n = (size_t)snprintf((char *)w, sizeof(w), "%.*s", (int)(sizeof(ws_upgrade) - 5), ws_upgrade);
@@ -812,7 +817,7 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max, unsigned 
     body = size - 2 - k;
     switch ((r >> 8) % 8) {
     case 0:
-        data[0] ^= (uint8_t)(1u << ((r >> 12) % 6));
+        data[0] ^= (uint8_t)(1u << ((r >> 12) % 7));
         return size;
     case 1:
         nk = (r >> 12) % 8;
@@ -926,6 +931,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     deadline = now_ms() + SEND_MS;
     for (i = 0, off = 0; alive && off < len; i++) {
+        if ((flags & F_INPROC) && i == (k ? 1 : 0) &&
+            bs_server_publish(server, "/chat/inproc", 12, "{\"from\":\"harness\"}", 18) != BS_OK)
+            die("bs_server_publish refused a publish", NULL);
         size_t chunk = i < k ? (size_t)data[2 + i] + 1 : len - off;
 
         if (chunk > len - off)
