@@ -93,11 +93,40 @@ static void bayeux_error(bs_transport_t *t, bs_link_t *l, const char *why)
     BS_STAT_ADD(&t->engine->stats, errors, 1);
 }
 
+/*
+ * Why a POST's body framing is refused, or NULL. One Content-Length, of
+ * digits, above zero; no Transfer-Encoding (lws 4.1 would frame the body by
+ * the Content-Length anyway, and a proxy in front by the chunks: request
+ * smuggling). A garbled length lws reads as 0 is refused too.
+ */
+static const char *body_framing(struct lws *wsi)
+{
+    char cl[24];
+    int n, i;
+
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        return "400::Bad request: Transfer-Encoding is not accepted; send a Content-Length";
+    if (lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, 1) > 0)
+        return "400::Bad request: more than one Content-Length";
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
+        return "400::Bad request: empty body";
+    n = lws_hdr_copy(wsi, cl, sizeof(cl), WSI_TOKEN_HTTP_CONTENT_LENGTH);
+    if (n <= 0 || n > 18)
+        return "400::Bad request: bad Content-Length";
+    for (i = 0; i < n; i++)
+        if (cl[i] < '0' || cl[i] > '9')
+            return "400::Bad request: bad Content-Length";
+    if (strspn(cl, "0") == (size_t)n)
+        return "400::Bad request: empty body";
+    return NULL;
+}
+
 int bs_http_request(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, const char *path)
 {
     bs_link_t *l = &tl->core;
     size_t mlen = strlen(t->cfg->mount);
     char ctype[96];
+    const char *why;
     int post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
     int options = lws_hdr_total_length(wsi, WSI_TOKEN_OPTIONS_URI) > 0;
 
@@ -119,8 +148,11 @@ int bs_http_request(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, const ch
             if (header_copy(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, ctype, sizeof(ctype)) > 0 &&
                 strstr(ctype, "application/x-www-form-urlencoded"))
                 l->form = 1;
-            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0) {
-                bayeux_error(t, l, "400::Bad request: empty body");
+            if ((why = body_framing(wsi))) {
+                /* Framing we do not trust: a proxy in front may have read it
+                 * another way, so nothing more is read on this connection. */
+                bayeux_error(t, l, why);
+                ((bs_tlink_t *)l)->close = 1;
             } else {
                 /* The body follows, within request_timeout. */
                 bs_transport_expect_body(t, (bs_tlink_t *)l, bs_now_ms() + (int64_t)t->cfg->request_timeout * 1000);
@@ -287,6 +319,8 @@ static int http_respond(bs_transport_t *t, struct lws *wsi, bs_link_t *l, int st
     l->route = R_NONE;
     bs_buf_reset(&l->out);
     ((bs_tlink_t *)l)->busy = 0;
+    if (((bs_tlink_t *)l)->close)
+        return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 

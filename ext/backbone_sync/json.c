@@ -557,8 +557,11 @@ int bs_json_str(bs_buf_t *b, const char *s, size_t len)
 /* RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF. */
 int bs_utf8_valid(const char *str, size_t len)
 {
-    const unsigned char *s = (const unsigned char *)str, *end = s + len;
+    const unsigned char *s = (const unsigned char *)str, *end;
 
+    if (!len)
+        return 1;
+    end = s + len;
     while (s < end) {
         unsigned char c = *s;
         size_t n;

@@ -22,6 +22,7 @@ typedef struct bs_tlink {
     bs_deadline_t deadline;                 /* a held connect is due, or a request body late */
     int reading;                            /* HTTP: a request body is being read (request_timeout) */
     int busy;                               /* HTTP: a whole request is in, its response not yet out */
+    int close;                              /* HTTP: close once this response is out */
 } bs_tlink_t;
 
 typedef struct bs_transport {

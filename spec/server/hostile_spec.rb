@@ -148,6 +148,24 @@ RSpec.describe BackboneSync::Server, "under hostile traffic" do
       end
     end
 
+    it "refuses ambiguous body framing with a 400 and closes: two lengths, chunked, zero, garbage" do
+      under_attack do |server|
+        body = publish_body("/watch", '"smuggled"')
+        [
+          "Content-Length: #{body.bytesize}\r\nContent-Length: 3\r\n",
+          "Content-Length: #{body.bytesize}\r\nTransfer-Encoding: chunked\r\n",
+          "Content-Length: 0\r\n",
+          "Content-Length: +#{body.bytesize}\r\n",
+          "Content-Length: \x7f\xff\xff 130\r\n".b
+        ].each do |framing|
+          got, closed = exchange(server, "POST /faye HTTP/1.1\r\nHost: 127.0.0.1\r\n".b + framing.b + "\r\n".b + body.b)
+          expect(statuses(got)).to eq([400]), framing.inspect
+          expect(closed).to be(true), framing.inspect
+        end
+        nil # none of them was read as a publish
+      end
+    end
+
     it "still serves keep-alive requests one after another on one connection" do
       under_attack do |server|
         sock = raw_socket(server)
