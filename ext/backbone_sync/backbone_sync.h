@@ -55,5 +55,8 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen,
                       const char *json, size_t len);
 /* Any thread: a snapshot of the counters. */
 void bs_server_stats(bs_server_t *s, bs_stats_t *out);
+/* Any thread: about how many bytes the server holds (its structs, the
+ * histories, the sessions): an estimate for Ruby's ObjectSpace.memsize_of. */
+size_t bs_server_memsize(bs_server_t *s);
 
 #endif

@@ -27,11 +27,12 @@ static void server_free(void *p)
     xfree(w);
 }
 
+/* What the core holds counts toward Ruby's malloc accounting (ObjectSpace). */
 static size_t server_size(const void *p)
 {
-    (void)p;
-    /* the core's own allocations are not visible from here */
-    return sizeof(server_wrapper_t);
+    const server_wrapper_t *w = p;
+
+    return sizeof(server_wrapper_t) + (w->srv && !w->forgotten ? bs_server_memsize(w->srv) : 0);
 }
 
 static const rb_data_type_t server_type = {
@@ -223,17 +224,30 @@ static VALUE Server_configure(VALUE self, VALUE hash)
  * BackboneSync::StartError with the core's explanation, or its subclass
  * BackboneSync::PortInUse when another socket holds the port.
  */
+typedef struct start_args {
+    bs_server_t *srv;
+    char err[512];
+    int rc;
+} start_args_t;
+
+static void *start_nogvl(void *arg)
+{
+    start_args_t *a = arg;
+
+    a->rc = bs_server_start(a->srv, a->err, sizeof(a->err));
+    return NULL;
+}
+
 static VALUE Server_start(VALUE self)
 {
-    bs_server_t *srv = configured(self);
-    char err[512] = "";
-    int rc;
+    start_args_t a = { .srv = configured(self), .err = "" };
 
-    /* Binding is quick and must not race a concurrent stop, so the GVL stays
-     * held; the core's log lines go to a non-blocking pipe and cannot block. */
-    rc = bs_server_start(srv, err, sizeof(err));
-    if (rc != 0)
-        rb_raise(rc == -2 ? ePortInUse : eStartError, "%s", err[0] ? err : "the server could not start");
+    /* Name resolution, binding and loading TLS files may take a while: other
+     * Ruby threads run meanwhile. server.rb's lock keeps stop out; the
+     * outcome is carried out and raised with the GVL back. */
+    rb_thread_call_without_gvl(start_nogvl, &a, NULL, NULL);
+    if (a.rc != 0)
+        rb_raise(a.rc == -2 ? ePortInUse : eStartError, "%s", a.err[0] ? a.err : "the server could not start");
     return self;
 }
 

@@ -651,6 +651,15 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
     return bs_inbox_put(&s->inbox, p);
 }
 
+size_t bs_server_memsize(bs_server_t *s)
+{
+    /* A session with an empty queue and a few subscriptions is about this. */
+    enum { SESSION_BYTES = 512 };
+
+    return sizeof(*s) + BS_STAT_GET(&s->engine.stats, history_bytes) +
+           BS_STAT_GET(&s->engine.stats, clients) * SESSION_BYTES;
+}
+
 void bs_server_stats(bs_server_t *s, bs_stats_t *out)
 {
     const bs_stats_t *e = &s->engine.stats;

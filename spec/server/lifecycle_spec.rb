@@ -73,6 +73,17 @@ RSpec.describe BackboneSync::Server, "lifecycle" do
     expect { server.publish("/a", { "x" => 1 }) }.to raise_error(BackboneSync::NotRunning)
   end
 
+  it "reports what the core holds to ObjectSpace.memsize_of, histories included" do
+    require "objspace"
+    with_server do |server|
+      before = ObjectSpace.memsize_of(server)
+      200.times { |i| server.publish("/mem/#{i}", "x" * 1000) }
+      eventually(what: "the histories to be kept") { server.stats[:history_channels] == 200 }
+      # 200 histories of one 1 KB message each: at least their frames.
+      expect(ObjectSpace.memsize_of(server) - before).to be >= 200 * 1000
+    end
+  end
+
   it "stats has the documented Integer counters and they move" do
     with_server(timeout: 5) do |server|
       before = server.stats
