@@ -9,13 +9,14 @@
  * order. Ruby processes publish with the same script, straight into Redis.
  *
  * Layer: backplane (see backplane.h). Threads: the backplane thread owns two
- * connections, `sub` (SUBSCRIBE) and `cmd` (EVALSHA), reconnects with
- * backoff, and hands what arrives up through the sink (server.c passes it
- * on to the service thread). Any thread may queue a publish
- * (bs_backplane_publish); the queue is bounded, and while Redis is away it
- * holds publishes until Redis is back, then refuses. The service thread owns
- * a third connection, `reader`, with short timeouts, used only to load a
- * channel's history it does not know yet (bs_backplane_load).
+ * connections, `sub` (SUBSCRIBE) and `cmd` (EVALSHA, and the history loads
+ * the service thread asks for), reconnects with backoff, and hands what
+ * arrives up through the sink (server.c passes it on to the service
+ * thread). Any thread may queue a publish (bs_backplane_publish); the queue
+ * is bounded, and while Redis is away it holds publishes until Redis is
+ * back, then refuses. The service thread queues loads
+ * (bs_backplane_request_load) and never waits on Redis: every request is
+ * answered through sink.loaded, with the history or with NULL.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +38,7 @@
 #define MAX_OUT 10000                       /* publishes waiting for Redis */
 #define MAX_OUT_BYTES (16u << 20)
 #define PIPELINE 256                        /* EVALSHAs sent before reading replies */
+#define MAX_LOADS 10000                     /* history loads waiting for the backplane thread */
 
 
 struct bs_backplane {
@@ -55,8 +57,8 @@ struct bs_backplane {
     int wake[2];                            /* a byte here wakes the backplane thread */
 
     redisContext *sub, *cmd;                /* backplane thread */
-    redisContext *reader;                   /* service thread */
-    int64_t reader_retry_at;                /* service thread: ms */
+    bs_item_t *loads, *loads_tail;          /* lock: history loads asked for, channel and proposed epoch */
+    size_t nloads;                          /* lock */
 
     int up;                                 /* atomic */
     uint64_t refused;                       /* atomic */
@@ -192,6 +194,8 @@ fail:
 
 /* ---- the backplane thread ------------------------------------------------------- */
 
+static int run_loads(bs_backplane_t *b);
+
 /* "<channel>\n<offset>\n<epoch>\n<frame>", as publish.lua sends it. */
 static void handle_message(bs_backplane_t *b, const char *p, size_t len)
 {
@@ -311,6 +315,7 @@ static void *backplane_main(void *arg)
 
                 bs_log(b->log, 'W', "Redis at %s:%d unreachable (%s); retrying in %d ms",
                        b->host, b->port, why, backoff);
+                run_loads(b);               /* answered at once: nothing to load from */
                 poll(&pfd, 1, backoff);
                 drain_wake(b);
                 backoff = backoff >= 5000 ? 5000 : backoff * 2;
@@ -327,6 +332,11 @@ static void *backplane_main(void *arg)
         }
         if (flush_out(b)) {
             bs_log(b->log, 'W', "Redis connection lost while publishing; publishes are held until it is back");
+            disconnect(b);
+            continue;
+        }
+        if (run_loads(b)) {
+            bs_log(b->log, 'W', "Redis connection lost while loading a history; reconnecting");
             disconnect(b);
             continue;
         }
@@ -393,8 +403,10 @@ void bs_backplane_free(bs_backplane_t *b)
         next = o->next;
         free(o);
     }
-    if (b->reader)
-        redisFree(b->reader);
+    for (o = b->loads; o; o = next) {
+        next = o->next;
+        free(o);
+    }
     if (b->wake[0] >= 0)
         close(b->wake[0]);
     if (b->wake[1] >= 0)
@@ -457,53 +469,50 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
     return BS_OK;
 }
 
-/* ---- history loads, in the service thread -------------------------------------- */
+/* ---- history loads, asked for by the service thread, run here ------------------- */
 
-static int load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out,
-                int *stale);
-
-int bs_backplane_load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out)
+int bs_backplane_request_load(bs_backplane_t *b, const char *channel, size_t chlen, const char *epoch)
 {
-    int stale = 0;
+    bs_item_t *o = bs_item_new(0, channel, chlen, "", 0);
+    int was_empty;
 
-    if (!bs_backplane_up(b))
+    if (!o)
         return -1;
-    /* A kept connection may have died with a Redis restart: once more, fresh. */
-    if (load(b, name, len, epoch, out, &stale) == 0)
-        return 0;
-    bs_loaded_free(out);
-    if (stale && load(b, name, len, epoch, out, &stale) == 0)
-        return 0;
-    bs_loaded_free(out);
-    return -1;
+    memcpy(o->epoch, epoch, strnlen(epoch, BS_EPOCH_LEN));
+    pthread_mutex_lock(&b->lock);
+    if (b->stop || b->nloads >= MAX_LOADS) {
+        pthread_mutex_unlock(&b->lock);
+        free(o);
+        return -1;
+    }
+    was_empty = b->loads == NULL;
+    if (b->loads_tail)
+        b->loads_tail->next = o;
+    else
+        b->loads = o;
+    b->loads_tail = o;
+    b->nloads++;
+    pthread_mutex_unlock(&b->lock);
+    if (was_empty && write(b->wake[1], "x", 1) < 0) {
+        /* full pipe: a wakeup is pending already */
+    }
+    return 0;
 }
 
-static int load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out,
-                int *stale)
+/* What Redis holds of one channel, read on `cmd`. 0, or -1 (the
+ * connection may be gone then). */
+static int load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out)
 {
-    redisReply *r = NULL;
-    char why[256];
+    redisReply *r;
     size_t i;
-    int64_t now = bs_now_ms();
-    int kept = b->reader != NULL;
 
-    *stale = 0;
-    if (!b->reader) {
-        if (now < b->reader_retry_at)
-            return -1;
-        /* Short timeouts: this blocks the service thread while it waits. */
-        if (!(b->reader = connect_redis(b, 200, why, sizeof(why)))) {
-            b->reader_retry_at = now + 1000;
-            return -1;
-        }
-    }
     /* Agree on an epoch first: the proposed one, unless Redis has one. */
-    r = redisCommand(b->reader, "SET %sepoch:%b %s NX EX %d", b->prefix, name, len, epoch,
+    r = redisCommand(b->cmd, "SET %sepoch:%b %s NX EX %d", b->prefix, name, len, epoch,
                      b->history_ttl > 86400 ? b->history_ttl : 86400);
     if (!r || r->type == REDIS_REPLY_ERROR)
         goto fail;
     freeReplyObject(r);
-    r = redisCommand(b->reader, "MGET %sepoch:%b %soffset:%b", b->prefix, name, len, b->prefix, name, len);
+    r = redisCommand(b->cmd, "MGET %sepoch:%b %soffset:%b", b->prefix, name, len, b->prefix, name, len);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN)
         goto fail;
@@ -513,7 +522,7 @@ static int load(bs_backplane_t *b, const char *name, size_t len, const char *epo
     freeReplyObject(r);
     if (b->history_size <= 0)
         return 0;
-    r = redisCommand(b->reader, "ZRANGE %shistory:%b 0 -1 WITHSCORES", b->prefix, name, len);
+    r = redisCommand(b->cmd, "ZRANGE %shistory:%b 0 -1 WITHSCORES", b->prefix, name, len);
     if (!r || r->type != REDIS_REPLY_ARRAY)
         goto fail;
     for (i = 0; i + 1 < r->elements; i += 2) {
@@ -528,16 +537,39 @@ static int load(bs_backplane_t *b, const char *name, size_t len, const char *epo
     freeReplyObject(r);
     return 0;
 fail:
-    if (kept && !r) {
-        *stale = 1;
-    } else {
-        bs_log(b->log, 'W', "could not load the history of %.*s from Redis: %s", (int)len, name,
-               r && r->type == REDIS_REPLY_ERROR ? r->str : b->reader->errstr);
-        b->reader_retry_at = now + 1000;
-    }
+    bs_log(b->log, 'W', "could not load the history of %.*s from Redis: %s", (int)len, name,
+           r && r->type == REDIS_REPLY_ERROR ? r->str : b->cmd->errstr);
     if (r)
         freeReplyObject(r);
-    redisFree(b->reader);
-    b->reader = NULL;
     return -1;
+}
+
+/* Answers every load asked for: from Redis when connected, else with NULL
+ * (the service thread then tells the client recovery was not possible).
+ * Returns -1 when the connection failed on the way. */
+static int run_loads(bs_backplane_t *b)
+{
+    bs_item_t *o, *next;
+    int rc = 0;
+
+    pthread_mutex_lock(&b->lock);
+    o = b->loads;
+    b->loads = b->loads_tail = NULL;
+    b->nloads = 0;
+    pthread_mutex_unlock(&b->lock);
+    for (; o; o = next) {
+        bs_loaded_t *l = calloc(1, sizeof(*l));
+
+        next = o->next;
+        if (l && (rc || !b->cmd || load(b, o->channel, o->chlen, o->epoch, l))) {
+            if (b->cmd && b->cmd->err)
+                rc = -1;
+            bs_loaded_free(l);
+            free(l);
+            l = NULL;
+        }
+        b->sink.loaded(b->sink.ctx, o->channel, o->chlen, l);
+        free(o);
+    }
+    return rc;
 }

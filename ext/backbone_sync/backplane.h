@@ -3,8 +3,7 @@
  * (backplane.c). It reports up through a sink its owner (server.c)
  * registers: it never calls the engine or the server by name. Layer:
  * backplane, above the engine's types. Threads: its own thread, plus
- * bs_backplane_publish from any thread and bs_backplane_load from the
- * service thread.
+ * bs_backplane_publish and bs_backplane_request_load from any thread.
  */
 #ifndef BS_BACKPLANE_H
 #define BS_BACKPLANE_H
@@ -23,6 +22,10 @@ typedef struct bs_backplane_sink {
                     size_t elen, const char *frame, size_t flen);
     /* Redis came back after an outage: clients must resync. */
     void (*resync)(void *ctx);
+    /* The answer to bs_backplane_request_load: what Redis holds of the
+     * channel's history, or NULL when it could not be read. The callee owns
+     * it (bs_loaded_free, then free). */
+    void (*loaded)(void *ctx, const char *channel, size_t chlen, bs_loaded_t *l);
     void *ctx;
 } bs_backplane_sink_t;
 
@@ -37,9 +40,11 @@ int bs_backplane_up(bs_backplane_t *b);
 void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st);
 /* Any thread: queues a publish for Redis. Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
 int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen);
-/* Service thread: what Redis holds of a channel's history (proposing
- * `epoch` for a channel it does not know yet). 0, or -1. Blocks on Redis,
- * with short timeouts. */
-int bs_backplane_load(bs_backplane_t *b, const char *channel, size_t chlen, const char *epoch, bs_loaded_t *out);
+/* Any thread (the service thread): asks for what Redis holds of a
+ * channel's history, proposing `epoch` for a channel it does not know yet.
+ * Never waits: the answer comes through sink.loaded from the backplane
+ * thread. 0 when asked, -1 when it cannot be (stopping, or MAX_LOADS
+ * waiting). */
+int bs_backplane_request_load(bs_backplane_t *b, const char *channel, size_t chlen, const char *epoch);
 
 #endif

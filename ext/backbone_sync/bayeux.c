@@ -23,6 +23,7 @@
 /* A session that has not sent /meta/connect within this long (or the
  * connect timeout, if shorter) was a handshake and nothing more. */
 #define CONNECT_GRACE_MS 10000
+#define MAX_LOADS 10000                     /* subscribes waiting for a history load */
 
 static const char *const meta_channels[] = {
     "/meta/handshake", "/meta/connect", "/meta/subscribe", "/meta/unsubscribe", "/meta/disconnect"
@@ -295,14 +296,33 @@ static void recovery_ext(bs_buf_t *out, const bs_history_t *h, int asked, int re
     bs_buf_append(out, "}", 1);
 }
 
-static void subscription_reply(bs_buf_t *out, const bs_msg_t *m, const char *json,
-                               const bs_client_t *c, const bs_history_t *h, int recovered)
+/* A subscribe to one exact channel, with all it needs to be carried to its
+ * end: now, or once its history is loaded (then a copy waits in e->loads). */
+typedef struct sub_req {
+    bs_dnode_t node;                       /* in e->loads while it waits */
+    bs_link_t *link;                       /* where its reply goes; NULL once that link closed */
+    char client_id[BS_ID_LEN + 1];
+    const char *id;                        /* raw JSON of the message's id, or NULL */
+    size_t idlen;
+    const char *subscription;              /* raw JSON of its subscription member */
+    size_t sublen;
+    const char *channel;
+    size_t chlen;
+    const char *since_epoch;               /* ext.since, when has_since */
+    uint64_t since_offset;
+    int has_since;
+} sub_req_t;
+
+/* The reply to a subscribe: its position on the channel (when h knows
+ * one), whether recovery worked, and the subscription as it was sent. */
+static void subscribe_reply(bs_buf_t *out, const sub_req_t *r, const bs_history_t *h, int recovered)
 {
-    reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
+    reply_open(out, (rid_t){ r->id, r->idlen }, "/meta/subscribe", 15, r->client_id, 1);
     if (h)
-        recovery_ext(out, h, m->has_since, recovered);
+        recovery_ext(out, h, r->has_since, recovered);
+    bs_buf_append(out, ",\"subscription\":", 16);
+    bs_buf_append(out, r->subscription, r->sublen);
     bs_buf_append(out, "}", 1);
-    add_subscription(out, m, json);
 }
 
 /* ---- meta handlers ------------------------------------------------------- */
@@ -454,14 +474,17 @@ static int needs_token(const bs_engine_t *e, const char *s, size_t len)
     return 0;
 }
 
-static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json, int on)
+static void finish_subscribe(bs_engine_t *e, bs_buf_t *out, bs_client_t *c, const sub_req_t *r,
+                             bs_history_t *h);
+static int wait_for_load(bs_engine_t *e, bs_link_t *l, const sub_req_t *r);
+static int fresh_history(const bs_history_t *h);
+
+static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t *m, const char *json, int on)
 {
     bs_client_t *c = known_client(e, out, m, json);
     const char *s;
     uint32_t i, fresh = 0;
-    bs_history_t *h = NULL;
-    bs_sub_t *sub = NULL;
-    int recovered = 0;
+    bs_history_t *h;
 
     if (!c)
         return;
@@ -492,50 +515,156 @@ static void subscribe(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const ch
         return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
                     "Too many subscriptions for one client (max_subscriptions)");
     /* One exact channel: report its epoch and offset, and replay from since. */
-    if (on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs))) {
-        size_t len = strlen(m->subs);
-        int fresh_h = !bs_history_find(&e->histories, m->subs, len);
+    if (on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs)) &&
+        (h = bs_history_get(&e->histories, m->subs, strlen(m->subs)))) {
+        sub_req_t r = {
+            .id = m->has_id ? json + m->raw_id.off : NULL, .idlen = m->raw_id.len,
+            .subscription = json + m->raw_subscription.off, .sublen = m->raw_subscription.len,
+            .channel = h->name, .chlen = h->name_len, .since_epoch = m->since_epoch,
+            .since_offset = m->since_offset, .has_since = m->has_since,
+        };
 
-        h = bs_history_get(&e->histories, m->subs, len);
-        /* With Redis, the truth is there: load what this node does not know. */
-        if (h && e->ops->load &&
-            (fresh_h || !h->epoch[0] || (m->has_since && !bs_history_covers(h, m->since_epoch, m->since_offset)))) {
-            bs_loaded_t loaded = { .offset = 0 };
-
-            if (e->ops->load(e->ops_ctx, m->subs, len, h->epoch, &loaded) == 0)
-                bs_history_load(&e->histories, h, &loaded);
+        memcpy(r.client_id, c->id, sizeof(r.client_id));
+        /* With Redis, the truth is there: ask for what this node does not
+         * know, and answer once it comes (the service thread never waits). */
+        if (e->ops->load && !h->loading &&
+            (fresh_history(h) || !h->epoch[0] || (m->has_since && !bs_history_covers(h, m->since_epoch, m->since_offset)))) {
+            if (e->ops->load(e->ops_ctx, h->name, h->name_len, h->epoch) == 0)
+                h->loading = 1;
             else
                 bs_history_reset(&e->histories, h, "", h->offset);
-            bs_loaded_free(&loaded);
         }
+        if (h->loading && l && e->nloads < MAX_LOADS && wait_for_load(e, l, &r) == 0)
+            return;
+        return finish_subscribe(e, out, c, &r, h->loading ? NULL : h);
     }
     for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
         if (!on) {
             bs_registry_unsubscribe(&e->registry, &c->sub, s, strlen(s));
-        } else if (!(sub = bs_registry_subscribe(&e->registry, &c->sub, s, strlen(s)))) {
+        } else if (!bs_registry_subscribe(&e->registry, &c->sub, s, strlen(s))) {
             return fail(e, out, m, json, c->id, 500, "", 0, "Internal server error");
         }
         if (bs_log_verbose(e->log))
             bs_log(e->log, 'I', "%s: client %s, %s", on ? "subscribe" : "unsubscribe", c->id, s);
     }
+    reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
+    bs_buf_append(out, "}", 1);
+    add_subscription(out, m, json);
+}
+
+/* A history nobody has published to or loaded yet. */
+static int fresh_history(const bs_history_t *h)
+{
+    return !h->offset && !h->len;
+}
+
+/* Carries a subscribe to one exact channel to its end. h: the channel's
+ * history, or NULL when its position is unknown (recovery is then not
+ * possible, and the reply says so when it was asked for). */
+static void finish_subscribe(bs_engine_t *e, bs_buf_t *out, bs_client_t *c, const sub_req_t *r,
+                             bs_history_t *h)
+{
+    bs_sub_t *sub = bs_registry_subscribe(&e->registry, &c->sub, r->channel, r->chlen);
+    int recovered = 0;
+
+    if (!sub) {
+        reply_open(out, (rid_t){ r->id, r->idlen }, "/meta/subscribe", 15, c->id, 0);
+        bs_buf_append_str(out, ",\"error\":\"500::Internal server error\"}");
+        BS_STAT_ADD(&e->stats, errors, 1);
+        return;
+    }
+    if (bs_log_verbose(e->log))
+        bs_log(e->log, 'I', "subscribe: client %s, %s", c->id, r->channel);
     /* Recoverable: what is still queued for this channel goes, and the
      * history after since is queued in its place, in order, once. Frames
      * already written may have died with a socket; these come again. */
-    if (h && m->has_since && bs_history_covers(h, m->since_epoch, m->since_offset)) {
+    if (h && r->has_since && bs_history_covers(h, r->since_epoch, r->since_offset)) {
         replay_to_t to = { e, c };
 
         bs_ring_remove_channel(&c->queue, h->name, h->name_len);
-        recovered = bs_history_replay(h, m->since_offset, deliver_replayed, &to) == 0;
+        recovered = bs_history_replay(h, r->since_offset, deliver_replayed, &to) == 0;
     }
     /* Whatever reaches this node later with an offset up to here, the
      * client has had or did not ask for. */
-    if (h && sub)
+    if (h)
         sub->floor = h->offset;
-    if (h && m->has_since && bs_log_verbose(e->log))
-        bs_log(e->log, 'I', "recovery for client %s on %s from offset %llu: %s", c->id, m->subs,
-               (unsigned long long)m->since_offset, recovered ? "complete" : "not possible");
-    subscription_reply(out, m, json, c, h, recovered);
+    if (r->has_since && bs_log_verbose(e->log))
+        bs_log(e->log, 'I', "recovery for client %s on %s from offset %llu: %s", c->id, r->channel,
+               (unsigned long long)r->since_offset, recovered ? "complete" : "not possible");
+    if (h || !r->has_since) {
+        subscribe_reply(out, r, h, recovered);
+    } else {
+        reply_open(out, (rid_t){ r->id, r->idlen }, "/meta/subscribe", 15, c->id, 1);
+        bs_buf_append_str(out, ",\"ext\":{\"recovered\":false},\"subscription\":");
+        bs_buf_append(out, r->subscription, r->sublen);
+        bs_buf_append(out, "}", 1);
+    }
     reap_doomed(e);
+}
+
+/* A copy of r waits in e->loads for the channel's history; its reply will
+ * go to l. 0, or -1 when memory ran out. */
+static int wait_for_load(bs_engine_t *e, bs_link_t *l, const sub_req_t *r)
+{
+    size_t elen = r->has_since && r->since_epoch ? strlen(r->since_epoch) : 0;
+    sub_req_t *w = malloc(sizeof(*w) + r->idlen + r->sublen + r->chlen + 1 + elen + 1);
+    char *p;
+
+    if (!w)
+        return -1;
+    *w = *r;
+    p = (char *)(w + 1);
+    w->id = r->id ? memcpy(p, r->id, r->idlen) : NULL;
+    p += r->idlen;
+    w->subscription = memcpy(p, r->subscription, r->sublen);
+    p += r->sublen;
+    w->channel = memcpy(p, r->channel, r->chlen);
+    p[r->chlen] = '\0';
+    p += r->chlen + 1;
+    w->since_epoch = r->has_since && r->since_epoch ? memcpy(p, r->since_epoch, elen + 1) : NULL;
+    w->link = l;
+    w->node = (bs_dnode_t){ 0 };
+    bs_dlist_append(&e->loads, &w->node);
+    e->nloads++;
+    l->waiting++;
+    return 0;
+}
+
+void bs_engine_loaded(bs_engine_t *e, const char *channel, size_t chlen, const bs_loaded_t *l)
+{
+    bs_history_t *h = bs_history_get(&e->histories, channel, chlen);
+    bs_dnode_t *n, *next;
+
+    if (h) {
+        if (l)
+            bs_history_load(&e->histories, h, l);
+        else
+            bs_history_reset(&e->histories, h, "", h->offset);
+        h->loading = 0;
+    }
+    for (n = e->loads.head; n; n = next) {
+        sub_req_t *w = BS_CONTAINER(n, sub_req_t, node);
+        bs_client_t *c;
+
+        next = n->next;
+        if (w->chlen != chlen || memcmp(w->channel, channel, chlen) != 0)
+            continue;
+        bs_dlist_remove(&e->loads, n);
+        e->nloads--;
+        if (w->link)
+            w->link->waiting--;
+        if ((c = client_find(e, w->client_id, BS_ID_LEN))) {
+            bs_buf_t none;
+
+            bs_buf_init(&none);
+            /* A closed link: the subscription still holds, its reply has no one to go to. */
+            finish_subscribe(e, w->link ? &w->link->out : &none, c, w, h && h->epoch[0] ? h : NULL);
+            bs_buf_free(&none);
+            if (w->link && !w->link->waiting)
+                e->ops->wake(e->ops_ctx, w->link);
+        }
+        free(w);
+    }
 }
 
 static void disconnect(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json)
@@ -785,8 +914,8 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
             switch (k) {
             case 0: handshake(e, out, m, json); break;
             case 1: connect(e, l, out, m, json); break;
-            case 2: subscribe(e, out, m, json, 1); break;
-            case 3: subscribe(e, out, m, json, 0); break;
+            case 2: subscribe(e, l, out, m, json, 1); break;
+            case 3: subscribe(e, l, out, m, json, 0); break;
             case 4: disconnect(e, out, m, json); break;
             default:
                 fail(e, out, m, json, NULL, 403, m->channel, m->channel_len, "Forbidden channel");
@@ -801,7 +930,16 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
 
 void bs_engine_unlink(bs_engine_t *e, bs_link_t *l)
 {
-    (void)e;
+    bs_dnode_t *n;
+
+    /* Subscribes still waiting for a load: their replies have nowhere to go. */
+    for (n = l->waiting ? e->loads.head : NULL; n; n = n->next) {
+        sub_req_t *w = BS_CONTAINER(n, sub_req_t, node);
+
+        if (w->link == l)
+            w->link = NULL;
+    }
+    l->waiting = 0;
     if (l->client && l->client->link == l) {
         l->client->link = NULL;
         l->client->last_seen = bs_now_ms();
@@ -871,6 +1009,12 @@ void bs_engine_init(bs_engine_t *e, const bs_server_config_t *cfg, const bs_log_
 
 void bs_engine_free(bs_engine_t *e)
 {
+    while (e->loads.head) {
+        bs_dnode_t *n = e->loads.head;
+
+        bs_dlist_remove(&e->loads, n);
+        free(BS_CONTAINER(n, sub_req_t, node));
+    }
     while (e->all.head)
         client_destroy(e, CLIENT_OF(e->all.head, every), 0);
     bs_table_free(&e->clients);

@@ -46,6 +46,7 @@ typedef struct bs_link {
     int form;                              /* HTTP: body is application/x-www-form-urlencoded */
     int route;                             /* HTTP: which endpoint (http.c) */
     int close_code;                        /* WS: close with this code once replies are out */
+    uint32_t waiting;                      /* subscribes whose replies wait for a history load */
     char origin[256];                      /* HTTP: the Origin header, for CORS */
 } bs_link_t;
 
@@ -73,9 +74,11 @@ typedef struct bs_engine_ops {
      * every node fans the message out when it comes back (bs_engine_remote).
      * Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
     int (*route)(void *ctx, const char *channel, size_t chlen, const char *head, size_t hlen);
-    /* With a backplane (else NULL): what it holds of a channel's history,
-     * proposing `epoch` for a channel it does not know. 0, or -1. */
-    int (*load)(void *ctx, const char *channel, size_t chlen, const char *epoch, bs_loaded_t *out);
+    /* With a backplane (else NULL): asks for what it holds of a channel's
+     * history, proposing `epoch` for a channel it does not know; never
+     * waits. The answer comes back as bs_engine_loaded. 0 when asked, -1
+     * when it cannot be. */
+    int (*load)(void *ctx, const char *channel, size_t chlen, const char *epoch);
 } bs_engine_ops_t;
 
 typedef struct bs_engine {
@@ -86,6 +89,8 @@ typedef struct bs_engine {
     bs_table_t clients;                    /* by id */
     bs_dlist_t all;                        /* every client */
     bs_dlist_t waiting;                    /* handshaken, never connected, oldest first: evicted first */
+    bs_dlist_t loads;                      /* subscribes waiting for a history load */
+    uint32_t nloads;
     uint32_t ndoomed;                      /* clients to free after the current fan-out */
     size_t freed;                          /* bytes of clients freed, for the heap trim */
     bs_registry_t registry;
@@ -119,6 +124,10 @@ void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_
                       const char *epoch, size_t elen, const char *frame, size_t flen);
 /* After a backplane outage: every client starts again and recovers. */
 void bs_engine_resync(bs_engine_t *e);
+/* The answer to ops->load: l is what the backplane holds of the channel's
+ * history, or NULL when it could not be read. The subscribes that waited
+ * for it are answered. l stays the caller's. */
+void bs_engine_loaded(bs_engine_t *e, const char *channel, size_t chlen, const bs_loaded_t *l);
 /* 1 when the connect held on link should be answered now. */
 int bs_engine_due(const bs_engine_t *e, const bs_link_t *link, int64_t now);
 /* Appends the reply to link's held /meta/connect to link->out and clears it;

@@ -76,6 +76,7 @@ typedef struct bs_item {
     char epoch[17];                        /* BS_EPOCH_LEN + 1 */
     char *channel;                         /* NUL-terminated, stored after the struct */
     char *data;                            /* after the channel */
+    void *ptr;                             /* anything else it carries (owned by the item's taker) */
 } bs_item_t;
 
 /* A zeroed item holding copies of channel and data; NULL on OOM. Free with free(). */

@@ -324,10 +324,26 @@ void bs_loaded_free(bs_loaded_t *l)
 
 void bs_history_load(bs_histories_t *hs, bs_history_t *h, const bs_loaded_t *l)
 {
-    uint32_t i;
+    bs_entry_t *newer = NULL;
+    uint32_t i, n = 0;
 
+    if (h->len && strcmp(h->epoch, l->epoch) == 0 && (newer = malloc(sizeof(*newer) * h->len))) {
+        for (i = 0; i < h->len; i++) {
+            bs_entry_t *x = entry_at(h, i);
+
+            if (x->offset > l->offset) {
+                bs_frame_ref(x->frame);
+                newer[n++] = *x;
+            }
+        }
+    }
     bs_history_reset(hs, h, l->epoch, l->offset);
     for (i = 0; i < l->n; i++)
         if (l->v[i].offset <= h->offset)
             bs_history_put(hs, h, l->v[i].offset, l->v[i].frame);
+    for (i = 0; i < n; i++) {
+        bs_history_put(hs, h, newer[i].offset, newer[i].frame);
+        bs_frame_unref(newer[i].frame);
+    }
+    free(newer);
 }

@@ -29,6 +29,7 @@ struct bs_history {
     size_t bytes;                          /* what this history holds, struct included */
     int64_t last_used;                     /* ms */
     char epoch[BS_EPOCH_LEN + 1];          /* "": unknown (the backplane could not say) */
+    int loading;                           /* asked of the backplane; not to be trusted until it answers */
     size_t name_len;
     char *name;                            /* stored after the struct */
 };
@@ -91,7 +92,8 @@ typedef struct bs_loaded {
 /* Appends a kept message (copied into a new frame). 0, or -1 on OOM. */
 int bs_loaded_add(bs_loaded_t *l, uint64_t offset, const char *bytes, size_t len);
 void bs_loaded_free(bs_loaded_t *l);
-/* h becomes what l says: its epoch, offset and messages. */
+/* h becomes what l says: its epoch, offset and messages; messages of the
+ * same epoch that reached h meanwhile, newer than what l read, stay. */
 void bs_history_load(bs_histories_t *hs, bs_history_t *h, const bs_loaded_t *l);
 
 #endif

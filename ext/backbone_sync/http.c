@@ -329,6 +329,10 @@ int bs_http_write(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, int now)
 {
     bs_link_t *l = &tl->core;
 
+    /* A subscribe in this request waits for its history: the whole answer does. */
+    if (l->waiting && !now)
+        return 0;
+
     if (l->held) {
         bs_client_t *c = l->client;
 

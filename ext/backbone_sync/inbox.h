@@ -14,7 +14,7 @@
 
 #include "buf.h"
 
-enum { BS_INBOX_PUBLISH, BS_INBOX_REMOTE, BS_INBOX_RESYNC };
+enum { BS_INBOX_PUBLISH, BS_INBOX_REMOTE, BS_INBOX_RESYNC, BS_INBOX_LOADED };
 
 typedef struct bs_inbox {
     pthread_mutex_t lock;

@@ -118,11 +118,11 @@ static int op_route(void *ctx, const char *channel, size_t chlen, const char *he
     return bs_backplane_publish(s->backplane, channel, chlen, head, hlen);
 }
 
-static int op_load(void *ctx, const char *channel, size_t chlen, const char *epoch, bs_loaded_t *out)
+static int op_load(void *ctx, const char *channel, size_t chlen, const char *epoch)
 {
     bs_server_t *s = ctx;
 
-    return bs_backplane_load(s->backplane, channel, chlen, epoch, out);
+    return bs_backplane_request_load(s->backplane, channel, chlen, epoch);
 }
 
 /* ---- the backplane's sink: its thread hands over to the service thread -------- */
@@ -140,6 +140,26 @@ static void sink_message(void *ctx, const char *channel, size_t chlen, uint64_t 
     p->elen = elen > BS_EPOCH_LEN ? BS_EPOCH_LEN : elen;
     memcpy(p->epoch, epoch, p->elen);
     bs_inbox_put(&s->inbox, p);
+}
+
+/* The answer to a load: to the service thread, which answers the
+ * subscribes waiting for it. Never refused: someone waits for it. */
+static void sink_loaded(void *ctx, const char *channel, size_t chlen, bs_loaded_t *l)
+{
+    bs_server_t *s = ctx;
+    bs_item_t *p = bs_item_new(BS_INBOX_LOADED, channel, chlen, "", 0);
+
+    if (!p) {
+        if (l)
+            bs_loaded_free(l);
+        free(l);
+        return;
+    }
+    p->ptr = l;
+    if (bs_inbox_put(&s->inbox, p) != BS_OK && l) {
+        bs_loaded_free(l);
+        free(l);
+    }
 }
 
 static void sink_resync(void *ctx)
@@ -173,6 +193,8 @@ static void drain_inbox(bs_server_t *s, int engine_alive)
             bs_engine_remote(&s->engine, p->channel, p->chlen, p->offset, p->epoch, p->elen, p->data, p->len);
         } else if (p->kind == BS_INBOX_RESYNC) {
             bs_engine_resync(&s->engine);
+        } else if (p->kind == BS_INBOX_LOADED) {
+            bs_engine_loaded(&s->engine, p->channel, p->chlen, p->ptr);
         } else {
             if (bs_log_verbose(&s->log))
                 bs_log(&s->log, 'I', "publish: %s (%zu bytes, in-process)", p->channel, p->len);
@@ -181,6 +203,10 @@ static void drain_inbox(bs_server_t *s, int engine_alive)
                 BS_STAT_ADD(&s->engine.stats, errors, 1);
                 bs_log(&s->log, 'E', "publish to %s lost: out of memory", p->channel);
             }
+        }
+        if (p->kind == BS_INBOX_LOADED && p->ptr) {
+            bs_loaded_free(p->ptr);
+            free(p->ptr);
         }
         free(p);
     }
@@ -366,7 +392,7 @@ static char *join(const char *a, const char *b)
 bs_server_t *bs_server_new(const bs_server_config_t *cfg)
 {
     bs_server_t *s = calloc(1, sizeof(*s));
-    static const bs_backplane_sink_t sink_ops = { sink_message, sink_resync, NULL };
+    static const bs_backplane_sink_t sink_ops = { sink_message, sink_resync, sink_loaded, NULL };
     bs_backplane_sink_t sink = sink_ops;
 
     if (!s) {

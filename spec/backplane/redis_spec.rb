@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "spec_helper"
+require "redis-client"
 
 # Several servers over one real Redis: each message reaches every subscriber
 # on every node exactly once, with the same offsets everywhere; a client can
@@ -100,6 +101,46 @@ RSpec.describe "the Redis backplane", if: BackboneSyncSpec::RedisProcess.availab
       got = back.receive(3)
       expect(got.map { |m| m["data"] }).to eq(["while down 0", "while down 1", "while down 2"])
       expect(back.receive(1, within: 0.5)).to eq([])
+    end
+  end
+
+  it "loads a history from a slow Redis without stalling the node, and still recovers" do
+    with_nodes(1) do |nodes, prefix|
+      nodes[0].publish("/bp/slow", "first")
+      3.times { |i| nodes[0].publish("/bp/slow", "missed #{i}") }
+      eventually(what: "the publishes to reach Redis") { nodes[0].stats[:backplane_queued].zero? }
+      raw = RedisClient.new(url: @redis.url)
+      epoch = raw.call("GET", "#{prefix}epoch:/bp/slow")
+      late = BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 5, redis: @redis.url,
+                                      redis_prefix: prefix).start
+      begin
+        eventually { late.stats[:backplane_up] == 1 }
+        ws, client_id = ws_session(late.url, [])
+        # Redis answers nobody for 1.5 s, as a busy or failing-over Redis may.
+        busy = "local s = redis.call('TIME') repeat local n = redis.call('TIME') " \
+               "until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1500000 return 1"
+        sleeper = Thread.new { RedisClient.new(url: @redis.url, read_timeout: 5).call("EVAL", busy, 0) }
+        # Busy once a PING of its own waits: poll with a short timeout until one does.
+        eventually(what: "Redis to be busy") do
+          RedisClient.new(url: @redis.url, timeout: 0.2).call("PING") && false
+        rescue RedisClient::TimeoutError, RedisClient::CannotConnectError
+          true # no answer within 0.2 s (a new connection's HELLO waits too)
+        end
+        ws.send_json([{ channel: "/meta/subscribe", clientId: client_id, subscription: "/bp/slow", id: "s",
+                        ext: { since: { offset: 1, epoch: epoch } } }])
+        # Meanwhile the node answers everyone else: its thread does not wait on Redis.
+        answered = monotonic
+        BackboneSyncSpec::BayeuxHTTP::Session.new(late.url, timeout: 1).handshake!
+        expect(monotonic - answered).to be < 1
+        reply = ws.wait_for(timeout: 10) { |m| m["channel"] == "/meta/subscribe" }
+        expect(reply["ext"]).to include("recovered" => true, "offset" => 4, "epoch" => epoch)
+        expect(ws.wait_for(timeout: 5) { |m| m["data"] == "missed 2" }).to be_truthy
+        sleeper.join
+      ensure
+        ws&.close
+        raw&.close
+        stop_bounded(late)
+      end
     end
   end
 
