@@ -483,7 +483,7 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
 {
     bs_client_t *c = known_client(e, out, m, json);
     const char *s;
-    uint32_t i, fresh = 0;
+    uint32_t i, fresh = 0, fresh_channels = 0;
     bs_history_t *h;
 
     if (!c)
@@ -510,7 +510,11 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
             return fail(e, out, m, json, c->id, 403, s, len, "Forbidden channel");
         }
         fresh++;
+        fresh_channels += !bs_registry_find(&e->registry, s, len);
     }
+    if (on && e->registry.channels.count + fresh_channels > (uint32_t)e->cfg->max_channels)
+        return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
+                    "Too many channels on this server (max_channels)");
     if (on && c->sub.nsubs + fresh > (uint32_t)e->cfg->max_subscriptions)
         return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
                     "Too many subscriptions for one client (max_subscriptions)");
@@ -980,11 +984,11 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
 }
 
 /* The registry and the history tell each other through the engine. */
-static void channel_gone(void *ctx, const char *name, size_t len)
+static void channel_presence(void *ctx, const char *name, size_t len, int present)
 {
     bs_engine_t *e = ctx;
 
-    bs_history_release(&e->histories, name, len);
+    bs_history_pin(&e->histories, name, len, present);
 }
 
 static int channel_subscribed(void *ctx, const char *name, size_t len)
@@ -1002,7 +1006,7 @@ void bs_engine_init(bs_engine_t *e, const bs_server_config_t *cfg, const bs_log_
     e->log = log;
     e->ops = ops;
     e->ops_ctx = ops_ctx;
-    bs_registry_init(&e->registry, &e->stats, channel_gone, e);
+    bs_registry_init(&e->registry, &e->stats, channel_presence, e);
     bs_histories_init(&e->histories, cfg, &e->stats, channel_subscribed, e);
     bs_buf_init(&e->build);
 }

@@ -25,7 +25,7 @@ int bs_channel_valid_name(const char *s, size_t len)
 {
     size_t i, seg = 0;
 
-    if (len < 2 || s[0] != '/')
+    if (len < 2 || len > BS_CHANNEL_MAX || s[0] != '/')
         return 0;
     for (i = 1; i < len; i++) {
         if (s[i] == '/') {

@@ -10,7 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Faye's grammar: /seg(/seg)* with seg = [A-Za-z0-9-_!~()$@]+.
+/* Longer names are not channels: one name is copied into the registry and
+ * the history of every node, and fan-out looks up each of its prefixes. */
+#define BS_CHANNEL_MAX 512
+
+/* Faye's grammar: /seg(/seg)* with seg = [A-Za-z0-9-_!~()$@]+, at most
+ * BS_CHANNEL_MAX bytes.
  * Return 1 when valid, 0 otherwise. A pattern is a name, or a name prefix
  * followed by a final wildcard segment, one star or two (a lone "/" + stars too). */
 int bs_channel_valid_name(const char *s, size_t len);

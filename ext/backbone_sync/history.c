@@ -30,10 +30,19 @@ static bs_entry_t *entry_at(const bs_history_t *h, uint32_t i)
     return &h->ring[(h->head + i) % h->cap];
 }
 
-/* What a history costs besides its frames. */
-static size_t shell_cost(const bs_history_t *h)
+/* What a history's struct, name and table slot cost: counted against
+ * history_memory while nobody subscribes to the channel. A subscribed
+ * channel's is not: its subscribers hold it (bounded by max_channels), and
+ * counting it would let subscriptions evict every channel's messages. */
+static size_t base_cost(const bs_history_t *h)
 {
-    return sizeof(*h) + h->name_len + 1 + sizeof(bs_hnode_t *) + (size_t)h->cap * sizeof(bs_entry_t);
+    return h->pinned ? 0 : sizeof(*h) + h->name_len + 1 + sizeof(bs_hnode_t *);
+}
+
+/* What its ring costs: always counted. */
+static size_t ring_cost(const bs_history_t *h)
+{
+    return (size_t)h->cap * sizeof(bs_entry_t);
 }
 
 static void count(bs_histories_t *hs, bs_history_t *h, size_t add, size_t sub)
@@ -78,7 +87,8 @@ bs_history_t *bs_history_get(bs_histories_t *hs, const char *name, size_t len)
     h->name[len] = '\0';
     h->name_len = len;
     h->last_used = bs_now_ms();
-    count(hs, h, shell_cost(h), 0);
+    h->pinned = hs->subscribed(hs->ctx, name, len);
+    count(hs, h, base_cost(h), 0);
     bs_dlist_push_front(&hs->lru, &h->lru);
     BS_STAT_ADD(hs->stats, history_channels, 1);
     return h;
@@ -97,19 +107,19 @@ static void drop_oldest(bs_histories_t *hs, bs_history_t *h)
 /* Gives the ring back; only an empty one. */
 static void free_ring(bs_histories_t *hs, bs_history_t *h)
 {
-    size_t before = shell_cost(h);
+    size_t before = ring_cost(h);
 
     free(h->ring);
     h->ring = NULL;
     h->cap = h->head = 0;
-    count(hs, h, shell_cost(h), before);
+    count(hs, h, 0, before);
 }
 
 static void destroy(bs_histories_t *hs, bs_history_t *h)
 {
     while (h->len)
         drop_oldest(hs, h);
-    count(hs, h, 0, shell_cost(h));
+    count(hs, h, 0, base_cost(h) + ring_cost(h));
     bs_table_remove(&hs->table, &h->node);
     bs_dlist_remove(&hs->lru, &h->lru);
     free(h->ring);
@@ -137,12 +147,12 @@ static int ring_room(bs_histories_t *hs, bs_history_t *h)
         return -1;
     for (i = 0; i < h->len; i++)
         v[i] = *entry_at(h, i);
-    before = shell_cost(h);
+    before = ring_cost(h);
     free(h->ring);
     h->ring = v;
     h->head = 0;
     h->cap = cap;
-    count(hs, h, shell_cost(h), before);
+    count(hs, h, ring_cost(h), before);
     return 0;
 }
 
@@ -156,7 +166,7 @@ static void enforce_bound(bs_histories_t *hs, bs_history_t *keep)
             drop_oldest(hs, old);
         if (old->len)
             break;                          /* under the bound again */
-        if (!hs->subscribed(hs->ctx, old->name, old->name_len)) {
+        if (!old->pinned) {
             destroy(hs, old);
         } else {
             free_ring(hs, old);
@@ -236,12 +246,24 @@ int bs_history_covers(const bs_history_t *h, const char *epoch, uint64_t since)
            since + 1 >= bs_history_oldest(h);
 }
 
-void bs_history_release(bs_histories_t *hs, const char *name, size_t len)
+void bs_history_pin(bs_histories_t *hs, const char *name, size_t len, int pinned)
 {
     bs_history_t *h = bs_history_find(hs, name, len);
 
-    if (h && !h->offset && !h->len)
-        destroy(hs, h);
+    if (!h || h->pinned == !!pinned)
+        return;
+    if (pinned) {
+        count(hs, h, 0, base_cost(h));
+        h->pinned = 1;
+    } else {
+        h->pinned = 0;
+        count(hs, h, base_cost(h), 0);
+        /* Never published to: it was there only to name the epoch. */
+        if (!h->offset && !h->len && !h->loading)
+            destroy(hs, h);
+        else
+            enforce_bound(hs, NULL);
+    }
 }
 
 void bs_history_sweep(bs_histories_t *hs, int64_t now)
@@ -262,7 +284,7 @@ void bs_history_sweep(bs_histories_t *hs, int64_t now)
                 drop_oldest(hs, h);
             if (h->len || now - h->last_used <= hs->ttl_ms)
                 continue;
-            if (!hs->subscribed(hs->ctx, h->name, h->name_len))
+            if (!h->pinned)
                 destroy(hs, h);
             else if (h->ring)
                 free_ring(hs, h);

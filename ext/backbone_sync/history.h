@@ -30,11 +30,12 @@ struct bs_history {
     int64_t last_used;                     /* ms */
     char epoch[BS_EPOCH_LEN + 1];          /* "": unknown (the backplane could not say) */
     int loading;                           /* asked of the backplane; not to be trusted until it answers */
+    int pinned;                            /* its channel has subscribers */
     size_t name_len;
     char *name;                            /* stored after the struct */
 };
 
-/* 1 when a channel still has subscribers (its history then keeps its struct). */
+/* 1 when a channel has subscribers (asked when a history is made). */
 typedef int (*bs_subscribed_fn)(void *ctx, const char *name, size_t len);
 typedef void (*bs_replay_fn)(void *ctx, bs_frame_t *f);
 
@@ -72,8 +73,9 @@ int bs_history_covers(const bs_history_t *h, const char *epoch, uint64_t since);
 /* Visits every kept message after `since`, in order. Returns 0, or -1 when
  * some of them are no longer kept (or since is ahead of the channel). */
 int bs_history_replay(const bs_history_t *h, uint64_t since, bs_replay_fn visit, void *ctx);
-/* The channel lost its last subscriber: a history never published to goes. */
-void bs_history_release(bs_histories_t *hs, const char *name, size_t len);
+/* The channel got its first subscriber (pinned 1), or lost its last (0):
+ * then a history never published to goes. */
+void bs_history_pin(bs_histories_t *hs, const char *name, size_t len, int pinned);
 /* Once a second at most: drops what is past history_ttl. */
 void bs_history_sweep(bs_histories_t *hs, int64_t now);
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 
@@ -314,6 +315,10 @@ static int http_respond(bs_transport_t *t, struct lws *wsi, bs_link_t *l, int st
         return -1;
     if (len && lws_write(wsi, body, len, LWS_WRITE_HTTP_FINAL) != (int)len)
         return -1;
+    /* What the kernel would not take waits in lws; a reader that never
+     * comes for it is cut off after request_timeout. */
+    if (lws_partial_buffered(wsi))
+        lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, t->cfg->request_timeout);
     __atomic_fetch_add(&t->conn->bytes_out, len + (size_t)(p - start), __ATOMIC_RELAXED);
     l->responding = 0;
     l->route = R_NONE;
@@ -345,8 +350,11 @@ int bs_http_write(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, int now)
         if (bs_tx_begin(t) || bs_buf_append(&t->tx, "[", 1) ||
             bs_buf_append(&t->tx, l->out.ptr, l->out.len))
             return -1;
-        while (c && c->queue.len && bs_tx_take_frames(t, c, SIZE_MAX, t->tx.len > BS_PRE + 1))
-            ;
+        /* Bounded, as a WebSocket frame is: the rest waits for the next
+         * connect, which is answered at once (a client that never reads
+         * holds one such answer, not its whole queue). */
+        if (c && c->queue.len)
+            bs_tx_take_frames(t, c, BS_PRE + BS_LONGPOLL_BYTES, t->tx.len > BS_PRE + 1);
         if (bs_buf_append(&t->tx, "]", 1))
             return -1;
         return http_respond(t, wsi, l, 200, "application/json", (unsigned char *)t->tx.ptr + BS_PRE,
@@ -379,10 +387,13 @@ int bs_http_write(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, int now)
                         t->tx.len - BS_PRE);
 }
 
-unsigned int bs_http_upgrade_refusal(bs_transport_t *t, struct lws *wsi)
+unsigned int bs_http_upgrade_refusal(bs_transport_t *t, struct lws *wsi, const char *protocol)
 {
     char path[512], origin[256];
 
+    /* WebSocket only: an h2c upgrade would bring streams no check here sees. */
+    if (!protocol || strcasecmp(protocol, "websocket") != 0)
+        return HTTP_STATUS_FORBIDDEN;
     if (header_copy(wsi, WSI_TOKEN_GET_URI, path, sizeof(path)) <= 0 || strcmp(path, t->cfg->mount) != 0)
         return HTTP_STATUS_NOT_FOUND;
     if (t->cfg->allowed_origins && lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0 &&

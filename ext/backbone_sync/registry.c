@@ -7,11 +7,11 @@
 
 #include "registry.h"
 
-void bs_registry_init(bs_registry_t *r, bs_stats_t *stats, bs_gone_fn gone, void *ctx)
+void bs_registry_init(bs_registry_t *r, bs_stats_t *stats, bs_presence_fn presence, void *ctx)
 {
     memset(r, 0, sizeof(*r));
     r->stats = stats;
-    r->gone = gone;
+    r->presence = presence;
     r->ctx = ctx;
     bs_buf_init(&r->scratch);
 }
@@ -54,6 +54,8 @@ static bs_channel_t *channel_create(bs_registry_t *r, const char *name, size_t l
     c->pattern = is_pattern(name, len);
     r->npatterns += (uint32_t)c->pattern;
     BS_STAT_ADD(r->stats, channels, 1);
+    if (r->presence)
+        r->presence(r->ctx, c->name, c->len, 1);
     return c;
 }
 
@@ -62,8 +64,8 @@ static void channel_destroy(bs_registry_t *r, bs_channel_t *c)
     bs_table_remove(&r->channels, &c->node);
     r->npatterns -= (uint32_t)c->pattern;
     BS_STAT_SUB(r->stats, channels, 1);
-    if (r->gone)
-        r->gone(r->ctx, c->name, c->len);
+    if (r->presence)
+        r->presence(r->ctx, c->name, c->len, 0);
     free(c->members);
     free(c);
 }

@@ -49,8 +49,8 @@ struct bs_subscriber {
 
 /* Called once per subscriber a fan-out reaches. */
 typedef void (*bs_fanout_fn)(void *ctx, bs_subscriber_t *who, bs_frame_t *f);
-/* Called when a channel loses its last subscriber. */
-typedef void (*bs_gone_fn)(void *ctx, const char *name, size_t len);
+/* Called when a channel gets its first subscriber (1) or loses its last (0). */
+typedef void (*bs_presence_fn)(void *ctx, const char *name, size_t len, int present);
 
 typedef struct bs_registry {
     bs_table_t channels;                   /* by name */
@@ -58,11 +58,11 @@ typedef struct bs_registry {
     uint64_t stamp;
     bs_buf_t scratch;
     bs_stats_t *stats;                     /* channels, subscriptions */
-    bs_gone_fn gone;
+    bs_presence_fn presence;
     void *ctx;
 } bs_registry_t;
 
-void bs_registry_init(bs_registry_t *r, bs_stats_t *stats, bs_gone_fn gone, void *ctx);
+void bs_registry_init(bs_registry_t *r, bs_stats_t *stats, bs_presence_fn presence, void *ctx);
 void bs_registry_free(bs_registry_t *r);
 bs_channel_t *bs_registry_find(const bs_registry_t *r, const char *name, size_t len);
 /* Returns the subscription (an existing one when subscribed already), or

@@ -175,6 +175,7 @@ static VALUE Server_configure(VALUE self, VALUE hash)
         .max_subscriptions = need_int(hash, "max_subscriptions"),
         .max_queue = need_int(hash, "max_queue"),
         .max_clients = need_int(hash, "max_clients"),
+        .max_channels = need_int(hash, "max_channels"),
         .request_timeout = need_int(hash, "request_timeout"),
         .allowed_origins = opt_patterns(hash, "allowed_origins", &keep_origins),
         .client_js = NIL_P(client_js) ? NULL : RSTRING_PTR(client_js),

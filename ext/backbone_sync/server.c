@@ -288,7 +288,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         bs_transport_link_close(t, tl);
         return 0;
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: {
-        unsigned int status = bs_http_upgrade_refusal(t, wsi);
+        unsigned int status = bs_http_upgrade_refusal(t, wsi, in);
 
         if (!status)
             return 0;
@@ -400,7 +400,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         return NULL;
     }
     if (!cfg->host || !cfg->mount || cfg->timeout <= 0 || !cfg->max_message_size || cfg->max_depth <= 0 ||
-        cfg->max_batch <= 0 || cfg->max_subscriptions <= 0 || cfg->max_queue <= 0 || cfg->max_clients <= 0 ||
+        cfg->max_batch <= 0 || cfg->max_subscriptions <= 0 || cfg->max_queue <= 0 || cfg->max_clients <= 0 || cfg->max_channels <= 0 ||
         cfg->request_timeout <= 0 || cfg->history_size < 0 || cfg->history_ttl <= 0) {
         free(s);
         errno = EINVAL;                     /* server.rb gives every value: nothing is defaulted here */
@@ -542,6 +542,9 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
      * counts from the first byte); its body gets as long again (http.c). */
     info.timeout_secs_ah_idle = (unsigned int)s->cfg.request_timeout;
     info.keepalive_timeout = 5;
+    /* HTTP/1.1 only: lws would speak h2 over TLS (and h2c on request), and
+     * WebSockets over h2 streams never pass the upgrade checks in http.c. */
+    info.alpn = "http/1.1";
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
         release_log_fd(s);

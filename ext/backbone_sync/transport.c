@@ -138,14 +138,19 @@ void bs_transport_wake(bs_link_t *l)
 
 void bs_transport_lost_client(bs_link_t *l, int close)
 {
-    if (l->via == BS_VIA_WS && close)
+    if (l->via == BS_VIA_WS && close) {
+        ((bs_tlink_t *)l)->killing = 1;
         lws_set_timeout(l->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
     else
         lws_callback_on_writable(l->wsi);
 }
 
 int bs_tx_begin(bs_transport_t *t)
 {
+    /* A large answer (a 64 KB message and its replies) leaves no lasting buffer. */
+    if (t->tx.cap > (1u << 20))
+        bs_buf_free(&t->tx);
     bs_buf_reset(&t->tx);
     if (bs_buf_reserve(&t->tx, BS_PRE + 4096))
         return -1;

@@ -15,6 +15,7 @@
 #include "deadline.h"
 
 #define BS_BATCH_BYTES (32u << 10)          /* a WS frame of several deliveries stops growing here */
+#define BS_LONGPOLL_BYTES (64u << 10)       /* a long-poll answer stops growing here (one message at least) */
 
 /* lws's per-session memory: the engine's view of the link, and ours. */
 typedef struct bs_tlink {
@@ -23,6 +24,7 @@ typedef struct bs_tlink {
     int reading;                            /* HTTP: a request body is being read (request_timeout) */
     int busy;                               /* HTTP: a whole request is in, its response not yet out */
     int close;                              /* HTTP: close once this response is out */
+    int killing;                            /* WS: closed by lws at its next turn; no timeout may replace that */
 } bs_tlink_t;
 
 typedef struct bs_transport {
@@ -72,8 +74,9 @@ int bs_http_request(bs_transport_t *t, struct lws *wsi, bs_tlink_t *l, const cha
 int bs_http_body(bs_transport_t *t, struct lws *wsi, bs_tlink_t *l, const void *in, size_t len);
 int bs_http_body_done(bs_transport_t *t, struct lws *wsi, bs_tlink_t *l);
 int bs_http_write(bs_transport_t *t, struct lws *wsi, bs_tlink_t *l, int now);
-/* 0 when a WebSocket upgrade may proceed, else the HTTP status that refuses it. */
-unsigned int bs_http_upgrade_refusal(bs_transport_t *t, struct lws *wsi);
+/* 0 when an upgrade (to `protocol`, as the Upgrade header names it) may
+ * proceed, else the HTTP status that refuses it. */
+unsigned int bs_http_upgrade_refusal(bs_transport_t *t, struct lws *wsi, const char *protocol);
 
 /* ws.c */
 int bs_ws_receive(bs_transport_t *t, struct lws *wsi, bs_link_t *l, const void *in, size_t len);

@@ -28,6 +28,7 @@ typedef struct bs_server_config {
     int max_subscriptions;               /* per client */
     int max_queue;                       /* messages queued for one client before it is dropped */
     int max_clients;                     /* live Bayeux sessions */
+    int max_channels;                    /* channels and patterns with subscribers, over all clients */
     int request_timeout;                 /* seconds for an HTTP request's headers, and again for its body */
     const char *const *allowed_origins;  /* NULL-terminated CORS origins served with credentials, or NULL: any, without */
     const char *client_js;               /* browser client bytes, served at <mount>.js and <mount>/client.js */

@@ -12,6 +12,8 @@
 
 int bs_ws_receive(bs_transport_t *t, struct lws *wsi, bs_link_t *l, const void *in, size_t len)
 {
+    int started, done;
+
     /* What the frame header declares counts: a frame announcing more than
      * the bound is refused at its first bytes, not once they have arrived. */
     if (l->rx.len + len + lws_remaining_packet_payload(wsi) > t->cfg->max_message_size) {
@@ -21,10 +23,18 @@ int bs_ws_receive(bs_transport_t *t, struct lws *wsi, bs_link_t *l, const void *
         lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, sizeof(why) - 1);
         return -1;
     }
+    started = l->rx.len > 0;
+    done = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
+    /* A message begun must end within request_timeout: a fragment that
+     * never ends would hold its bytes for as long as the socket lives. */
+    if (!started && !done && !((bs_tlink_t *)l)->killing)
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_REASON_BASE, t->cfg->request_timeout);
     if (bs_buf_append(&l->rx, in, len))
         return -1;
-    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
+    if (!done)
         return 0;
+    if (started && !((bs_tlink_t *)l)->killing)
+        lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
     /* A message that is not a Bayeux batch gets its 400 error, then a 1007 close. */
     if (bs_engine_receive(t->engine, l, l->rx.ptr, l->rx.len, &l->out) != 200)
         l->close_code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;

@@ -22,7 +22,7 @@ module BackboneSync
 
     attr_reader :host, :mount, :timeout, :key, :cert, :secret, :logger, :verbose,
                 :signed_subscriptions, :public_channels, :max_message_size, :max_depth,
-                :max_batch, :max_subscriptions, :max_queue, :max_clients, :request_timeout,
+                :max_batch, :max_subscriptions, :max_queue, :max_clients, :max_channels, :request_timeout,
                 :allowed_origins, :history_size, :history_ttl, :history_memory, :redis, :redis_prefix
 
     # Servers started in this process, stopped at exit and forgotten in
@@ -65,7 +65,7 @@ module BackboneSync
                    key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
                    signed_subscriptions: false, public_channels: [],
                    max_message_size: 65_536, max_depth: 32, max_batch: 100,
-                   max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000,
+                   max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000, max_channels: 100_000,
                    request_timeout: 10, allowed_origins: nil,
                    history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
                    redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: "backbone_sync:")
@@ -85,6 +85,8 @@ module BackboneSync
       @max_subscriptions = validate_int(:max_subscriptions, max_subscriptions, 1, 100_000)
       @max_queue = validate_int(:max_queue, max_queue, 1, 10_000_000)
       @max_clients = validate_int(:max_clients, max_clients, 1, 10_000_000, "live Bayeux sessions")
+      @max_channels = validate_int(:max_channels, max_channels, 1, 10_000_000,
+                                   "channels and patterns with subscribers, over all clients")
       @request_timeout = validate_int(:request_timeout, request_timeout, 1, 3600,
                                       "seconds for an HTTP request's headers, and again for its body")
       @allowed_origins = validate_origins(allowed_origins)
@@ -193,7 +195,8 @@ module BackboneSync
         secret: secret, verbose: verbose, signed_subscriptions: signed_subscriptions,
         public_channels: public_channels, max_message_size: max_message_size,
         max_depth: max_depth, max_batch: max_batch, max_subscriptions: max_subscriptions,
-        max_queue: max_queue, max_clients: max_clients, request_timeout: request_timeout,
+        max_queue: max_queue, max_clients: max_clients, max_channels: max_channels,
+        request_timeout: request_timeout,
         allowed_origins: allowed_origins, client_js: client_js,
         history_size: history_size, history_ttl: history_ttl,
         history_memory: history_memory,

@@ -28,7 +28,7 @@ static bs_server_config_t cfg = {
     .host = "127.0.0.1", .mount = "/faye", .timeout = 1, .secret = "fuzz-secret",
     .signed_channels = signed_channels, .public_channels = public_channels,
     .max_message_size = 65536, .max_depth = 32, .max_batch = 100,
-    .max_subscriptions = 20, .max_queue = 50, .max_clients = 200, .request_timeout = 10,
+    .max_subscriptions = 20, .max_queue = 50, .max_clients = 200, .max_channels = 500, .request_timeout = 10,
     .history_size = 10, .history_ttl = 300, .history_memory = 1 << 20, .log_fd = -1,
 };
 static bs_engine_t engine;

@@ -866,7 +866,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         .history_size = 10, .history_ttl = 5, .history_memory = 1u << 20, .log_fd = -1,
         /* Small enough that a batch of handshakes evicts; at ~100 inputs a
          * second, connected clients (1.6 s each) never fill it. */
-        .max_clients = 256, .request_timeout = 2, .allowed_origins = allowed_origins,
+        .max_clients = 256, .max_channels = 1000, .request_timeout = 2, .allowed_origins = allowed_origins,
     };
     bs_stats_t st;
     char err[256];

@@ -93,7 +93,7 @@ RSpec.describe BackboneSync::Server, "under hostile traffic" do
   end
 
   def statuses(bytes)
-    bytes.scan(%r{HTTP/1\.1 (\d{3})}).flatten.map(&:to_i)
+    bytes.scan(%r{HTTP/1\.[01] (\d{3})}).flatten.map(&:to_i)
   end
 
   def post_request(body, path: "/faye", type: "application/json")
@@ -470,6 +470,85 @@ RSpec.describe BackboneSync::Server, "under hostile traffic" do
                                               supportedConnectionTypes: ["websocket"] }]), mask: false)
         expect(ws.wait_for_close(timeout: 3)).to eq(1002)
         ws.close_socket
+        nil
+      end
+    end
+  end
+
+  describe "attacks from the outside review" do
+    it "refuses an h2c upgrade, and speaks only HTTP/1.1 over TLS (no WebSocket over h2 past the checks)" do
+      under_attack do |server|
+        h2c = "GET /faye HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n" \
+              "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        got, = exchange(server, h2c, within: 2)
+        expect(statuses(got)).to eq([403])
+        nil
+      end
+      Dir.mktmpdir do |dir|
+        key, cert = self_signed_cert(dir)
+        with_server(key: key, cert: cert) do |server|
+          ctx = OpenSSL::SSL::SSLContext.new
+          ctx.verify_mode = OpenSSL::SSL::VERIFY_NONE
+          ctx.alpn_protocols = %w[h2 http/1.1]
+          tls = OpenSSL::SSL::SSLSocket.new(TCPSocket.new("127.0.0.1", server.port), ctx)
+          tls.connect
+          expect(tls.alpn_protocol).not_to eq("h2")
+          tls.close
+        end
+      end
+    end
+
+    it "answers a long-poll in bounded pieces, so an unread socket holds one piece, not a whole queue" do
+      under_attack(public_channels: ["/big/**"], max_queue: 1000, rss_kb: 48 * 1024) do |server|
+        http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+        http.handshake!
+        http.subscribe!("/big/a")
+        200.times { server.publish("/big/a", "x" * 60_000) } # 12 MB queued for one session
+        eventually(what: "the queue to fill") { server.stats[:messages_out] >= 200 }
+        connect = %([{"channel":"/meta/connect","clientId":"#{http.client_id}","connectionType":"long-polling"}])
+        # One answer, read whole: about 64 KB, one message or two, not 12 MB.
+        res = post_json(server.url, connect)
+        deliveries = res.json.count { |m| m["channel"] == "/big/a" }
+        expect(deliveries).to be_between(1, 2)
+        expect(res.body.bytesize).to be < 200_000
+        nil
+      end
+    end
+
+    it "closes a WebSocket message that is begun and never finished, once request_timeout passes" do
+      under_attack(request_timeout: 1) do |server|
+        ws = BackboneSyncSpec::WSClient.new(ws_url(server))
+        ws.send_frame(:text, "[{\"channel\":\"/meta/handshake\"," + (" " * 30_000), fin: false)
+        # Pings answered all along: only the deadline can end it.
+        expect(ws.eof_within?(1 + 4)).to be(true)
+        nil
+      end
+    end
+
+    it "keeps subscriptions from starving history: their shells are not counted, max_channels bounds them" do
+      bound = 256 * 1024
+      # /watch (the harness's), /kept/a, and 989 more.
+      under_attack(history_memory: bound, max_channels: 991) do |server|
+        sub = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+        sub.handshake!
+        epoch = sub.subscribe!("/kept/a")["ext"]["epoch"]
+        server.publish("/kept/a", "precious")
+        http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+        http.handshake!
+        # 989 distinct channels with 500-byte names, subscribed: their histories' shells stay.
+        989.times.each_slice(90) do |slice|
+          msgs = slice.map { |i| { channel: "/meta/subscribe", clientId: http.client_id, subscription: "/s/#{i}-" + ("x" * 490) } }
+          expect(http.post(msgs).map { |r| r["successful"] }).to all(be(true))
+        end
+        refused = http.subscribe("/s/one-too-many").first
+        expect(refused["error"]).to start_with("403:")
+        expect(refused["error"]).to include("max_channels")
+        expect(server.stats[:history_bytes]).to be <= bound
+        # /kept/a's message survives a publish elsewhere: the shells push nothing out.
+        server.publish("/kept/b", "other")
+        reply = sub.subscribe!("/kept/a", ext: { since: { offset: 0, epoch: epoch } })
+        expect(reply["ext"]).to include("recovered" => true)
+        expect(sub.receive(1).map { |m| m["data"] }).to eq(["precious"])
         nil
       end
     end

@@ -190,25 +190,32 @@ RSpec.describe BackboneSync::Server, "limits and malformed input" do
   end
 
   describe "channel names" do
-    # Nothing limits a name but max_message_size, as in Faye.
-    it "handles a 60 KB channel name like any other" do
-      with_server(timeout: 2) do |server|
-        channel = "/" + ("a" * 60_000)
+    # A name is at most 512 bytes (BS_CHANNEL_MAX): every node copies it into
+    # its registry and history, and fan-out looks up each of its prefixes.
+    it "takes a 512-byte channel name like any other, and refuses 513 bytes with 405" do
+      with_server(timeout: 2, secret: shared_secret) do |server|
+        channel = "/" + ("a" * 511)
         s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
         s.handshake!
         s.subscribe!(channel)
         server.publish(channel, { "long" => true })
         expect(s.receive(1, within: 4).map { |m| m["channel"] }).to eq([channel])
+        too_long = "/" + ("a" * 512)
+        expect(s.subscribe(too_long).first["error"]).to start_with("405:")
+        expect(s.publish(too_long, 1, ext: { secret: shared_secret }).first["error"]).to start_with("405:")
+        expect { server.publish(too_long, 1) }.to raise_error(BackboneSync::ChannelError)
+        expect(BackboneSync.channel?(too_long)).to be(false)
         expect_alive(server)
       end
     end
 
-    it "accepts a 200-segment channel name and delivers on it" do
+    it "accepts a 100-segment channel name and delivers on it, through wildcards too" do
       with_server(timeout: 2) do |server|
-        channel = (1..200).map { |i| "/s#{i}" }.join
+        channel = (1..100).map { |i| "/s#{i}" }.join
         s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
         s.handshake!
         s.subscribe!(channel)
+        s.subscribe!("/s1/**")
         server.publish(channel, { "deep" => true })
         expect(s.receive(1, within: 4).map { |m| m["channel"] }).to eq([channel])
       end

@@ -33,7 +33,7 @@ module BackboneSync
       private
 
       def valid_channel?(channel)
-        channel.length <= 512 && BackboneSync.channel?(channel)
+        BackboneSync.channel?(channel)
       end
     end
   end
