@@ -67,11 +67,14 @@ RSpec.describe BackboneSync::Server, "meta channels" do
       with_server(timeout: 1) do |server|
         s = session(server)
         s.handshake!
-        s.connect(timeout: 5) # the first connect may return at once
+        s.connect(timeout: 15) # the first connect may return at once
         t0 = monotonic
-        reply = s.connect(timeout: 5)
+        # 15 s read timeout: a loaded machine or ASan answers late by seconds,
+        # not by 15; the check that matters is the lower bound (held, not
+        # answered at once), which load cannot break. 0.9 s: timer slack.
+        reply = s.connect(timeout: 15)
         elapsed = monotonic - t0
-        expect(elapsed).to be_between(0.7, 3.0)
+        expect(elapsed).to be >= 0.9
         expect(reply.first).to include("channel" => "/meta/connect", "successful" => true, "clientId" => s.client_id)
         expect(reply.first["advice"]).to include("reconnect" => "retry", "timeout" => 1000)
         expect(reply.drop(1)).to eq([])
@@ -240,8 +243,8 @@ RSpec.describe BackboneSync::Server, "meta channels" do
         s.handshake!
         %w[/m/1 /m/2 /m/3].each { |c| s.subscribe!(c) }
         reply = s.subscribe("/m/4").first
-        expect(reply).to include("successful" => false, "subscription" => "/m/4")
-        expect(reply["error"]).to match(/\A\d{3}:/)
+        expect(reply).to include("successful" => false, "subscription" => "/m/4",
+                                 "error" => "403:/m/4:Too many subscriptions for one client (max_subscriptions)")
         expect(server.stats[:subscriptions]).to eq(3)
       end
     end
