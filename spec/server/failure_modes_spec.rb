@@ -47,8 +47,10 @@ RSpec.describe BackboneSync::Server, "failure modes" do
     begin
       50.times { clients << ws_session(server.url, ["/many"]).first }
       t0 = monotonic
-      stop_bounded(server, within: 10)
-      expect(monotonic - t0).to be < 5
+      # 20 s: far above a loaded machine's stop, far below the 45 s held
+      # connects a stop that waited for them would take.
+      stop_bounded(server, within: 20)
+      expect(monotonic - t0).to be < 20
       clients.each { |ws| expect(ws.eof_within?(5)).to be(true) }
     ensure
       clients.each(&:close_socket)
