@@ -32,7 +32,9 @@ after(async () => { await pageServer?.close(); });
 // (`dropped`): a spec waits on those, not on a clock, to know a message
 // went into the dead line.
 function tappedLine() {
-  const line = { swallow: false, routes: [], received: [], sent: [], dropped: [] };
+  const line = { swallow: false, routes: [], received: [], sent: [], dropped: [], log: [] };
+  const t0 = Date.now();
+  const note = (index, what, frame) => line.log.push(`+${Date.now() - t0}ms socket ${index} ${what} ${frame}`);
   line.install = (page) => page.routeWebSocket(/./, (ws) => {
     const server = ws.connectToServer();
     const index = line.routes.length;
@@ -40,24 +42,31 @@ function tappedLine() {
     line.received[index] = [];
     line.sent[index] = [];
     line.dropped[index] = [];
+    note(index, 'opened', '');
     ws.onMessage((message) => {
       if (line.swallow) return;
+      note(index, 'page>server', message);
       line.sent[index].push(String(message));
       server.send(message);
     });
     server.onMessage((message) => {
       if (line.swallow) {
+        note(index, 'swallowed', message);
         line.dropped[index].push(String(message));
         return;
       }
+      note(index, 'server>page', message);
       line.received[index].push(String(message));
       ws.send(message);
     });
   });
   line.cut = async () => {
     const { ws, server } = line.routes[line.routes.length - 1];
+    note(line.routes.length - 1, 'cut', '');
     await Promise.allSettled([ws.close(), server.close()]);
+    note(line.routes.length - 1, 'cut done', '');
   };
+  line.note = (what) => note('-', what, '');
   return line;
 }
 
@@ -101,6 +110,13 @@ async function until(check, what, ms = 15000) {
 // needs no sleep.
 const delivered = (page, label, n, ms = 15000) => page.waitForFunction(
   ({ label, n }) => (window.got[label] || []).some((d) => d.n === n), { label, n }, { timeout: ms, polling: 50 });
+
+// What went over each socket of a tapped line, for a failure message.
+async function lineReport(line, page) {
+  const state = await inPage(page, () => ({ events, got: got.got, id: clients.a.getClientId() }), null, 5000)
+    .catch((e) => `page: ${e.message}`);
+  return [`page: ${JSON.stringify(state)}`, ...line.log].join('\n');
+}
 
 const offsetsIn = (frames, channel) => frames.flatMap((frame) => JSON.parse(frame))
   .filter((m) => m.channel === channel && m.ext && typeof m.ext.offset === 'number')
@@ -173,12 +189,20 @@ for (const target of TARGETS) {
 
       // A clean close: the server knows, and queues 2..4 for the session.
       await line.cut();
-      for (const n of [2, 3, 4]) await publish(server, '/sync/twice', { n });
+      for (const n of [2, 3, 4]) {
+        await publish(server, '/sync/twice', { n });
+        line.note(`published n=${n}`);
+      }
 
-      await page.waitForFunction(() => events.lastIndexOf('a:up') > events.indexOf('a:down'), null, { timeout: 15000 });
-      await waitForDeliveries(page, 'got', 4);
-      await publish(server, '/sync/twice', { n: 5 });
-      await delivered(page, 'got', 5);
+      try {
+        await page.waitForFunction(() => events.lastIndexOf('a:up') > events.indexOf('a:down'), null, { timeout: 15000 });
+        await waitForDeliveries(page, 'got', 4);
+        await publish(server, '/sync/twice', { n: 5 });
+        await delivered(page, 'got', 5);
+      } catch (error) {
+        error.message += `\n${await lineReport(line, page)}`;
+        throw error;
+      }
 
       assert.deepEqual(await inPage(page, () => got.got.map((d) => d.n)), [1, 2, 3, 4, 5]);
       // The session's queue may go out on the new socket before the
