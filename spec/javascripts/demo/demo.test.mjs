@@ -97,19 +97,28 @@ async function startDemo({ port, serverPort, db, log }) {
 
 // The third party: a plain HTTP client of the JSON API (with the session
 // cookie and CSRF token a browser would have).
-async function apiCreate(baseUrl, name) {
+async function apiHeaders(baseUrl) {
   const page = await within(10000, 'GET /', fetch(baseUrl));
   const html = await page.text();
   const csrf = /<meta name="csrf-token" content="([^"]+)"/.exec(html)?.[1];
   const cookie = (page.headers.getSetCookie?.() || [page.headers.get('set-cookie')]).map((c) => c.split(';')[0]).join('; ');
   assert.ok(csrf, 'the page has a CSRF token');
+  return { 'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRF-Token': csrf, Cookie: cookie };
+}
+
+async function apiCreate(baseUrl, name) {
   const response = await within(10000, 'POST /members', fetch(new URL('/members', baseUrl), {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRF-Token': csrf, Cookie: cookie },
-    body: JSON.stringify({ name }),
+    method: 'POST', headers: await apiHeaders(baseUrl), body: JSON.stringify({ name }),
   }));
   assert.equal(response.status, 201, await response.clone().text());
   return response.json();
+}
+
+async function apiDestroy(baseUrl, id) {
+  const response = await within(10000, 'DELETE /members/:id', fetch(new URL(`/members/${id}`, baseUrl), {
+    method: 'DELETE', headers: await apiHeaders(baseUrl),
+  }));
+  assert.ok(response.ok, `DELETE /members/${id}: ${response.status}`);
 }
 
 async function apiList(baseUrl) {
@@ -136,6 +145,22 @@ function copies(page, name) {
 
 const hasRow = (name) => [...document.querySelectorAll('#members li')]
   .some((li) => li.dataset.id && li.querySelector('.name')?.textContent === name);
+
+// Everything broadcast before now has reached both pages: a third party
+// creates and deletes a member, and both pages show the one, then not. A
+// page gets /sync/members in order on one socket, so anything broadcast
+// earlier (a late duplicate) was applied before these. Used instead of a
+// sleep before checking that nothing more changed.
+async function barrier(baseUrl, pages) {
+  const name = `Barrier ${Date.now()}`;
+  const { id } = await apiCreate(baseUrl, name);
+  for (const page of pages) await waitFor(page, hasRow, name, 10000, 'the barrier create');
+  await apiDestroy(baseUrl, id);
+  for (const page of pages) {
+    await waitFor(page, (name) => ![...document.querySelectorAll('#members .name')].some((el) => el.textContent === name),
+      name, 10000, 'the barrier destroy');
+  }
+}
 
 function waitFor(page, fn, arg, ms, what) {
   return within(ms + 2000, what, page.waitForFunction(fn, arg, { timeout: ms, polling: 25 }));
@@ -241,7 +266,7 @@ describe('the demo in two browsers', { timeout: 300000 }, () => {
     const destroyed = Date.now() - started;
 
     assert.ok(Math.max(created, updated, destroyed) <= AT_ONCE_MS, `create ${created} ms, update ${updated} ms, destroy ${destroyed} ms`);
-    await sleep(300);
+    await barrier(demo.url, [pageA, pageB]);
     assert.deepEqual(await shown(pageA), await apiList(demo.url));
     assert.deepEqual(await shown(pageB), await apiList(demo.url));
   });
@@ -267,7 +292,7 @@ describe('the demo in two browsers', { timeout: 300000 }, () => {
       const finished = pageA.waitForEvent('requestfinished', { predicate: (r) => r.method() === 'POST' && routed(new URL(r.url())), timeout: 10000 });
       await held.route.fulfill({ response: held.response });
       await finished;
-      await sleep(300);
+      await barrier(demo.url, [pageA, pageB]);
       assert.deepEqual(await copies(pageA, name), { rows: 1, models: 1, withId: 1 });
       assert.deepEqual(await copies(pageB, name), { rows: 1, models: 1, withId: 1 });
     } finally {
@@ -297,7 +322,7 @@ describe('the demo in two browsers', { timeout: 300000 }, () => {
     }
     await waitFor(pageA, (name) => window.received.some((d) => d.event === 'create' && d.object.name === name),
       name, 10000, 'the released broadcast in A');
-    await sleep(300);
+    await barrier(demo.url, [pageA, pageB]);
     assert.deepEqual(await copies(pageA, name), { rows: 1, models: 1, withId: 1 });
     assert.deepEqual(await copies(pageB, name), { rows: 1, models: 1, withId: 1 });
   });
@@ -340,7 +365,7 @@ describe('the demo in two browsers', { timeout: 300000 }, () => {
     await addMember(pageA, 'After Restart');
     await seen;
     await waitFor(pageA, hasRow, 'After Restart', 5000, 'the create saved in A');
-    await sleep(300);
+    await barrier(demo.url, [pageA, pageB]);
 
     const now = await apiList(demo.url);
     assert.deepEqual(now.map((m) => m.name),
