@@ -169,8 +169,9 @@ RSpec.describe BackboneSync::Server, "recovery from history" do
 
   it "bounds history memory over all channels; the least recently published channels lose theirs first" do
     # 64 KB holds three of the 16 KB channels below with room to spare for a
-    # few hundred bytes of per-channel bookkeeping (22 channels, < 1 KB each).
-    with_server(history_memory: 64 * 1024) do |server|
+    # few hundred bytes of per-channel bookkeeping (22 channels, < 1 KB each);
+    # history_size 4 keeps each channel's ring of entries that small too.
+    with_server(history_memory: 64 * 1024, history_size: 4) do |server|
       channels = ["/mem/old"] + Array.new(20) { |i| "/mem/c#{i}" }
       http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
       http.handshake!
