@@ -30,15 +30,9 @@ RSpec.describe "Faye clients against BackboneSync::Server" do
 
             server.publish("/interop/a", { "via" => "in-process", "n" => 1 })
 
-            if defined?(BackboneSync::Publisher)
-              BackboneSync::Publisher.new(server.url, secret: shared_secret)
-                                     .publish("/interop/wild/x/y", { "via" => "publisher", "n" => 2 })
-            else
-              # Publisher does not exist yet; the same wire message it is documented to send.
-              res = post_json(server.url, [{ channel: "/interop/wild/x/y", data: { "via" => "publisher", "n" => 2 },
-                                             ext: { secret: shared_secret } }])
-              expect(res.json.first["successful"]).to be(true)
-            end
+            expect(BackboneSync::Publisher.new(server.url, secret: shared_secret)
+                                          .publish("/interop/wild/x/y", { "via" => "publisher", "n" => 2 }))
+              .to be(true)
 
             # The old backbone_sync-rails gems' exact call.
             old = Net::HTTP.post_form(URI(server.url),

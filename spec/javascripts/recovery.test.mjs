@@ -28,30 +28,45 @@ after(async () => { await pageServer?.close(); });
 // Route every WebSocket of the page through the spec: `line.swallow` drops
 // frames both ways (a dead network the sockets have not noticed yet),
 // `line.cut()` closes both ends. Frames that reach the page are recorded
-// per socket.
+// per socket, and so are the server's frames the line swallowed
+// (`dropped`): a spec waits on those, not on a clock, to know a message
+// went into the dead line.
 function tappedLine() {
-  const line = { swallow: false, routes: [], received: [], sent: [] };
+  const line = { swallow: false, routes: [], received: [], sent: [], dropped: [], log: [] };
+  const t0 = Date.now();
+  const note = (index, what, frame) => line.log.push(`+${Date.now() - t0}ms socket ${index} ${what} ${frame}`);
   line.install = (page) => page.routeWebSocket(/./, (ws) => {
     const server = ws.connectToServer();
     const index = line.routes.length;
     line.routes.push({ ws, server });
     line.received[index] = [];
     line.sent[index] = [];
+    line.dropped[index] = [];
+    note(index, 'opened', '');
     ws.onMessage((message) => {
       if (line.swallow) return;
+      note(index, 'page>server', message);
       line.sent[index].push(String(message));
       server.send(message);
     });
     server.onMessage((message) => {
-      if (line.swallow) return;
+      if (line.swallow) {
+        note(index, 'swallowed', message);
+        line.dropped[index].push(String(message));
+        return;
+      }
+      note(index, 'server>page', message);
       line.received[index].push(String(message));
       ws.send(message);
     });
   });
   line.cut = async () => {
     const { ws, server } = line.routes[line.routes.length - 1];
+    note(line.routes.length - 1, 'cut', '');
     await Promise.allSettled([ws.close(), server.close()]);
+    note(line.routes.length - 1, 'cut done', '');
   };
+  line.note = (what) => note('-', what, '');
   return line;
 }
 
@@ -76,6 +91,31 @@ async function publish(server, channel, data) {
   const { status, replies } = await publishOverHttp(server.url, channel, data);
   assert.equal(status, 200);
   assert.equal(replies[0]?.successful, true, JSON.stringify(replies));
+}
+
+// Resolve once check() is truthy (polled every 20 ms), or fail after `ms`.
+async function until(check, what, ms = 15000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(20);
+  }
+}
+
+// Wait until the page has delivered { n } on `label`. Anything the line
+// carried before that message (a replay, a duplicate) has been delivered
+// too: one socket, one order. So a check of the whole list after this
+// needs no sleep.
+const delivered = (page, label, n, ms = 15000) => page.waitForFunction(
+  ({ label, n }) => (window.got[label] || []).some((d) => d.n === n), { label, n }, { timeout: ms, polling: 50 });
+
+// What went over each socket of a tapped line, for a failure message.
+async function lineReport(line, page) {
+  const state = await inPage(page, () => ({ events, got: got.got, id: clients.a.getClientId() }), null, 5000)
+    .catch((e) => `page: ${e.message}`);
+  return [`page: ${JSON.stringify(state)}`, ...line.log].join('\n');
 }
 
 const offsetsIn = (frames, channel) => frames.flatMap((frame) => JSON.parse(frame))
@@ -120,15 +160,15 @@ for (const target of TARGETS) {
       // gone from its session queue, still in the channel's history.
       line.swallow = true;
       for (const n of [3, 4, 5]) await publish(server, '/sync/swallowed', { n });
-      await sleep(300);
+      await until(() => [3, 4, 5].every((o) => offsetsIn(line.dropped.flat(), '/sync/swallowed').includes(o)),
+        'offsets 3..5 written into the dead line');
       await line.cut();
       line.swallow = false;
 
       await page.waitForFunction(() => events.lastIndexOf('a:up') > events.indexOf('a:down'), null, { timeout: 15000 });
       await waitForDeliveries(page, 'got', 5);
       await publish(server, '/sync/swallowed', { n: 6 });
-      await waitForDeliveries(page, 'got', 6);
-      await sleep(300);
+      await delivered(page, 'got', 6);
 
       assert.deepEqual(await inPage(page, () => got.got.map((d) => d.n)), [1, 2, 3, 4, 5, 6]);
       assert.equal(await inPage(page, () => clients.a.getClientId()), firstId, 'the same session went on');
@@ -149,13 +189,20 @@ for (const target of TARGETS) {
 
       // A clean close: the server knows, and queues 2..4 for the session.
       await line.cut();
-      for (const n of [2, 3, 4]) await publish(server, '/sync/twice', { n });
+      for (const n of [2, 3, 4]) {
+        await publish(server, '/sync/twice', { n });
+        line.note(`published n=${n}`);
+      }
 
-      await page.waitForFunction(() => events.lastIndexOf('a:up') > events.indexOf('a:down'), null, { timeout: 15000 });
-      await waitForDeliveries(page, 'got', 4);
-      await publish(server, '/sync/twice', { n: 5 });
-      await waitForDeliveries(page, 'got', 5);
-      await sleep(300);
+      try {
+        await page.waitForFunction(() => events.lastIndexOf('a:up') > events.indexOf('a:down'), null, { timeout: 15000 });
+        await waitForDeliveries(page, 'got', 4);
+        await publish(server, '/sync/twice', { n: 5 });
+        await delivered(page, 'got', 5);
+      } catch (error) {
+        error.message += `\n${await lineReport(line, page)}`;
+        throw error;
+      }
 
       assert.deepEqual(await inPage(page, () => got.got.map((d) => d.n)), [1, 2, 3, 4, 5]);
       // The session's queue may go out on the new socket before the
@@ -193,8 +240,7 @@ for (const target of TARGETS) {
           const id = clients.a.getClientId();
           return id && id !== firstId;
         }, firstId, { timeout: 20000 });
-        await waitForDeliveries(page, 'got', 4, 15000);
-        await sleep(300);
+        await delivered(page, 'got', 4);
         assert.deepEqual(await inPage(page, () => got.got.map((d) => d.n)), [1, 2, 3, 4]);
         assert.ok(!(await inPage(page, () => events)).some((e) => e.includes('resync')), 'recovered: no resync');
       });
@@ -210,11 +256,11 @@ for (const target of TARGETS) {
 
       line.swallow = true;
       await publish(server, '/sync/gap', { n: 2 });
-      await sleep(300);
+      // The proof that 2 was lost: the line swallowed its frame.
+      await until(() => offsetsIn(line.dropped.flat(), '/sync/gap').includes(2), 'offset 2 swallowed');
       line.swallow = false;
       await publish(server, '/sync/gap', { n: 3 });
-      await waitForDeliveries(page, 'got', 2);
-      await sleep(200);
+      await delivered(page, 'got', 3);
       assert.deepEqual(await inPage(page, () => got.got.map((d) => d.n)), [1, 3]);
       assert.deepEqual(await inPage(page, () => events), ['a:up', 'a:resync:/sync/gap']);
     });
@@ -230,8 +276,7 @@ for (const target of TARGETS) {
       await publish(server, '/again/x', { n: 2 });
       await subscribe(page, 'a', '/again/*', 'got');
       await publish(server, '/again/x', { n: 3 });
-      await waitForDeliveries(page, 'got', 2);
-      await sleep(200);
+      await delivered(page, 'got', 3);
       assert.deepEqual(await inPage(page, () => got.got.map((d) => d.n)), [1, 3]);
       assert.deepEqual(await inPage(page, () => events), ['a:up']);
     });
@@ -250,11 +295,7 @@ for (const target of TARGETS) {
       await page.waitForFunction(() => events.includes('a:down'), null, { timeout: 15000 });
       server = await startServer(target, { port });
       await page.waitForFunction(() => events.filter((e) => e.includes('resync')).length >= 2, null, { timeout: 30000 });
-      await sleep(500);
 
-      const events = await inPage(page, () => events);
-      assert.deepEqual(events.filter((e) => e.includes('resync')).sort(),
-        ['a:resync:/sync/other', 'a:resync:/sync/restarted']);
       if (target === 'ours') {
         const resubscribe = line.sent.slice(1).flat().flatMap((f) => JSON.parse(f))
           .find((m) => m.channel === '/meta/subscribe' && m.subscription === '/sync/restarted');
@@ -268,6 +309,11 @@ for (const target of TARGETS) {
           .then(() => true, () => false);
       }
       assert.ok(received);
+      // Checked once deliveries flow again, after every resubscribe was
+      // answered: a second resync for a channel would have fired by then.
+      const events = await inPage(page, () => events);
+      assert.deepEqual(events.filter((e) => e.includes('resync')).sort(),
+        ['a:resync:/sync/other', 'a:resync:/sync/restarted']);
     });
   });
 }

@@ -55,7 +55,24 @@ RSpec.describe "Rails glue", :rails do
   end
 
   it "reads config.backbone_sync before the app's initializers" do
-    initializers = Rails.application.initializers.tsort.map(&:name)
-    expect(initializers.index("backbone_sync.configure")).to be < initializers.index(:load_config_initializers)
+    # An app initializer (config/initializers/*.rb) sees what
+    # config.backbone_sync set: the dummy sets root_address from ENV.
+    dir = File.join(RAILS_SPEC_TMP, "probe_initializers")
+    FileUtils.mkdir_p(dir)
+    File.write(File.join(dir, "probe.rb"), <<~RUBY)
+      puts JSON.generate(probe: BackboneSync::Rails::Faye.root_address)
+      $stdout.flush
+    RUBY
+    script = <<~RUBY
+      require "json"
+      require #{File.join(dummy, 'config', 'application').inspect}
+      Rails.application.config.paths["config/initializers"] << #{dir.inspect}
+      Rails.application.initialize!
+    RUBY
+    env = { "BACKBONE_SYNC_ROOT_ADDRESS" => "http://probe.example:1234",
+            "BACKBONE_SYNC_DUMMY_DB" => File.join(RAILS_SPEC_TMP, "probe.sqlite3") }
+    process = spawn_child(env, RbConfig.ruby, "-e", script)
+    line = process.wait_for(timeout: 60, what: "the probe initializer's line") { |l| l.key?("probe") }
+    expect(line["probe"]).to eq("http://probe.example:1234")
   end
 end

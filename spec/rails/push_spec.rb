@@ -36,7 +36,7 @@ RSpec.describe "push (the ActiveRecord macro)", :rails do
     expect(create).to include("origin" => nil)
     expect(create["version"]).to be_a(Integer).and be > 0
     expect(messages[1]["data"]["object"]["name"]).to eq("Anna")
-    expect(messages[1]["data"]["version"]).to eq((member.updated_at.to_r * 1_000_000).to_i)
+    expect(messages[1]["data"]["version"]).to eq(member.updated_at.strftime("%s%6N").to_i) # README: integer microseconds
     expect(messages[1]["data"]["version"]).to be >= create["version"]
     expect(messages[3]["data"]["object"]).to include("id" => member.id, "name" => "Anna")
   end

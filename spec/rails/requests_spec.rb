@@ -39,16 +39,21 @@ RSpec.describe "Rails requests", :rails do
 
     it "keeps the origin per thread and restores it after the request" do
       seen = Queue.new
+      inside = Queue.new
+      go = Queue.new
       app = BackboneSync::OriginMiddleware.new(lambda do |_env|
         seen << BackboneSync.origin
-        sleep 0.05
+        inside << true
+        go.pop # held until both requests are inside the middleware at once
         seen << BackboneSync.origin
         [200, {}, ["ok"]]
       end)
       threads = %w[a:1 b:2].map do |origin|
         Thread.new { app.call("HTTP_X_BACKBONESYNC_ORIGIN" => origin) }
       end
-      threads.each { |t| t.join(5) }
+      Timeout.timeout(10, Timeout::Error, "both requests did not reach the app") { 2.times { inside.pop } }
+      2.times { go << true }
+      expect(threads.map { |t| t.join(10)&.value }).to eq([[200, {}, ["ok"]]] * 2)
       expect(Array.new(4) { seen.pop }.sort).to eq(%w[a:1 a:1 b:2 b:2])
       expect(BackboneSync.origin).to be_nil
       expect(Rails.application.middleware.map(&:klass)).to include(BackboneSync::Rails::OriginMiddleware)

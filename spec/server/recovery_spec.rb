@@ -143,11 +143,12 @@ RSpec.describe BackboneSync::Server, "recovery from history" do
       2.times { |i| server.publish("/rec/queued", i) } # no link: they wait in the session
       ws = BackboneSyncSpec::WSClient.new(server.url)
       begin
-        started = monotonic
         ws.send_json([{ channel: "/meta/connect", clientId: client_id, connectionType: "websocket", id: "c" }])
-        got = Array.new(2) { ws.wait_for(timeout: 5) { |m| delivery?(m) } }
+        # 20 s: far more than a loaded or valgrind run needs, still short of the 30 s connect timeout.
+        got = Array.new(2) { ws.wait_for(timeout: 20) { |m| delivery?(m) } }
         expect(got.map { |m| m["data"] }).to eq([0, 1])
-        expect(monotonic - started).to be < 2 # not at the 30 s connect timeout
+        # Flushed at once, not at the timeout: the held connect has not been answered yet.
+        expect(ws.backlog.select { |m| m["channel"] == "/meta/connect" }).to eq([])
       ensure
         ws.close
       end
@@ -166,20 +167,43 @@ RSpec.describe BackboneSync::Server, "recovery from history" do
     end
   end
 
-  it "bounds history memory over all channels, oldest-published channels first" do
-    with_server(history_memory: 64 * 1024) do |server|
+  it "bounds history memory over all channels; the least recently published channels lose theirs first" do
+    # 64 KB holds three of the 16 KB channels below with room to spare for a
+    # few hundred bytes of per-channel bookkeeping (22 channels, < 1 KB each);
+    # history_size 4 keeps each channel's ring of entries that small too.
+    with_server(history_memory: 64 * 1024, history_size: 4) do |server|
+      channels = ["/mem/old"] + Array.new(20) { |i| "/mem/c#{i}" }
       http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
       http.handshake!
-      http.subscribe!("/mem/old")
+      # Subscribing creates each channel's history (offset 0) and tells its epoch.
+      epochs = channels.to_h { |c| [c, http.subscribe!(c)["ext"]["epoch"]] }
       server.publish("/mem/old", "x" * 100)
-      last = position(http.receive(1).first)
-      server.publish("/mem/old", "y" * 100)
-      # 20 channels of 8 KB messages: far over 64 KB in all.
-      20.times { |i| 2.times { server.publish("/mem/c#{i}", "z" * 8000) } }
+      # Published in order: /mem/old first, /mem/c19 last; 2 × 8 KB each, far over 64 KB in all.
+      channels.drop(1).each { |c| 2.times { |n| server.publish(c, "#{c} #{n} " + "z" * 8000) } }
+      http.receive(1 + 40, within: 10) # all published; the history now holds what it kept
+
       back = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
       back.handshake!
-      reply = back.subscribe!("/mem/old", ext: { since: last })
-      expect(reply["ext"]["recovered"]).to be(false)
+      kept = channels.map do |c|
+        back.subscribe!(c, ext: { since: { offset: 0, epoch: epochs[c] } })["ext"]["recovered"]
+      end
+      # The two most recently published (32 KB) fit in 64 KB and are intact...
+      expect(kept.last(2)).to eq([true, true])
+      server.publish("/mem/old", "end") # after every replay: all of them arrive before it
+      replayed = []
+      deadline = monotonic + 10 # replays are in the connect replies at once; 10 s for a loaded machine
+      until replayed.include?("end")
+        raise "the replays and the marker did not arrive within 10 s" if monotonic > deadline
+
+        replayed.concat(back.receive(1, within: 1).map { |m| m["data"] })
+      end
+      replayed.pop
+      expect(replayed.map { |d| d[/\A\S+ \d/] }.last(4)).to eq(["/mem/c18 0", "/mem/c18 1", "/mem/c19 0", "/mem/c19 1"])
+      expect(replayed.sum(&:bytesize)).to be <= 64 * 1024
+      # ...the 16 published before them (256 KB) cannot all fit, and lost theirs,
+      expect(kept.first(17)).to all(be(false))
+      # and no channel kept its history while one published after it lost its own.
+      expect(kept).to eq(kept.sort_by { |k| k ? 1 : 0 })
     end
   end
 end

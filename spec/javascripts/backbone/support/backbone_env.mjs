@@ -1,8 +1,9 @@
 // Plumbing for the Backbone extension specs: a fresh copy of a real
 // Backbone release from npm (with the Underscore it depends on), our asset
-// files evaluated against it as Sprockets would serve them, an in-process
-// Faye server (the real npm `faye` NodeAdapter) with real Node Faye
-// clients, and an ajax stand-in the spec controls, so that a save's
+// files evaluated against it as Sprockets would serve them, a Faye server
+// (the real npm `faye` NodeAdapter in this process, or BackboneSync::Server
+// as a child process) with real Node Faye clients, and an ajax stand-in
+// the spec controls (it stands for Rails), so that a save's
 // response can be held back while a broadcast is delivered.
 
 import fs from 'node:fs';
@@ -142,6 +143,58 @@ export async function startFaye({ port = 0 } = {}) {
     },
   };
 }
+
+// BackboneSync::Server itself (bin/backbone_sync, as spec/javascripts/
+// support/harness.mjs starts it), with the same face as startFaye(): the
+// pushable and subscriber paths must hold against the server we ship, not
+// only against the npm one. Publishing goes over HTTP with the secret, as
+// the Rails side does. Our server keeps no log a spec can read, so `meta`
+// records the server's successful answers to each client's /meta/subscribe
+// and /meta/unsubscribe: an answer means the server has done it.
+export async function startOurs({ port = 0 } = {}) {
+  const { startServer, publishOverHttp } = await import('../../support/harness.mjs');
+  const server = await startServer('ours', { port, timeout: 5 });
+  const meta = [];
+  const clients = [];
+  return {
+    url: server.url,
+    port: server.port,
+    meta,
+    client() {
+      const client = new faye.Client(server.url, { retry: 0.2, timeout: 5 });
+      client.addExtension({
+        incoming(message, callback) {
+          if ((message.channel === '/meta/subscribe' || message.channel === '/meta/unsubscribe') && message.successful) {
+            const subscriptions = [].concat(message.subscription);
+            for (const subscription of subscriptions) {
+              meta.push({ channel: message.channel, subscription, clientId: message.clientId });
+            }
+          }
+          callback(message);
+        },
+      });
+      clients.push(client);
+      return client;
+    },
+    async publish(channel, data) {
+      const { status, replies } = await publishOverHttp(server.url, channel, data);
+      if (status !== 200 || !replies[0]?.successful) {
+        throw new Error(`publish to ${channel}: ${status} ${JSON.stringify(replies)}`);
+      }
+    },
+    // The process dies without a goodbye to anyone.
+    async kill() { await server.stop('SIGKILL'); },
+    async stop() {
+      for (const client of clients) await goodbye(client);
+      await server.stop();
+    },
+  };
+}
+
+// The servers the Backbone extension specs run against (TARGETS=faye,ours).
+export const TARGETS = (process.env.TARGETS || 'faye,ours').split(',').map((s) => s.trim()).filter(Boolean);
+export const TARGET_NAMES = { faye: 'the npm faye NodeAdapter', ours: 'BackboneSync::Server (bin/backbone_sync)' };
+export const startTarget = (kind, options) => (kind === 'ours' ? startOurs(options) : startFaye(options));
 
 // Disconnect a Node Faye client and wait for the server's answer: a client
 // whose goodbye is lost keeps retrying, and keeps the process alive.
