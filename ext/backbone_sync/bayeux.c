@@ -885,10 +885,14 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *l, const char *json, size_t len
                l && l->via == BS_VIA_WS ? "a WebSocket" : "an HTTP", len);
         return 400;
     }
-    if (bs_batch_parse(&b, json, len, e->cfg->max_depth, e->cfg->max_batch)) {
+    /* Half a surrogate pair ("\ud800" alone) is valid JSON but not Unicode:
+     * strict parsers (Ruby's) reject the whole long-poll answer it is in. */
+    if (bs_batch_parse(&b, json, len, e->cfg->max_depth, e->cfg->max_batch) ||
+        bs_json_lone_surrogate(json, len)) {
         char err[128];
 
-        snprintf(err, sizeof(err), "400::Bad request: %s", b.error);
+        snprintf(err, sizeof(err), "400::Bad request: %s",
+                 b.error ? b.error : "a string escapes half a UTF-16 surrogate pair");
         error_reply(out, NO_ID, NULL, 0, NULL, err, 0);
         BS_STAT_ADD(&e->stats, errors, 1);
         bs_batch_free(&b);

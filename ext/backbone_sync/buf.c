@@ -5,8 +5,12 @@
  * carries a message between threads. Layer: utilities. Thread: owned by
  * one thread at a time; no locking.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "buf.h"
 
@@ -64,15 +68,62 @@ void bs_buf_free(bs_buf_t *b)
     bs_buf_init(b);
 }
 
-/* FNV-1a: short keys (client ids, channel names), good spread, no setup. */
+/*
+ * SipHash-1-3 under a key drawn once per process: names and ids come from
+ * clients, and with an unkeyed hash (FNV) one can pick thousands of channel
+ * names that share a bucket and make every lookup walk them all.
+ */
+static uint64_t hash_key[2];
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+
+static void hash_init(void)
+{
+    if (getrandom(hash_key, sizeof(hash_key), 0) != (ssize_t)sizeof(hash_key)) {
+        /* No kernel randomness: the clock still keeps the key unknown to a client. */
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        hash_key[0] = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15u ^ (uint64_t)getpid();
+        hash_key[1] = (uint64_t)ts.tv_sec * 0xbf58476d1ce4e5b9u ^ (uintptr_t)&ts;
+    }
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                        \
+    do {                                                                                \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                      \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                          \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                          \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                      \
+    } while (0)
+
 uint32_t bs_hash(const char *s, size_t len)
 {
-    uint32_t h = 2166136261u;
-    size_t i;
+    const unsigned char *p = (const unsigned char *)s;
+    uint64_t v0, v1, v2, v3, m, b = (uint64_t)len << 56;
+    size_t i, full = len & ~(size_t)7;
 
-    for (i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
+    pthread_once(&hash_once, hash_init);
+    v0 = hash_key[0] ^ 0x736f6d6570736575u;
+    v1 = hash_key[1] ^ 0x646f72616e646f6du;
+    v2 = hash_key[0] ^ 0x6c7967656e657261u;
+    v3 = hash_key[1] ^ 0x7465646279746573u;
+    for (i = 0; i < full; i += 8) {
+        memcpy(&m, p + i, 8);                   /* little-endian on every target here */
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    for (i = 0; i < (len & 7); i++)
+        b |= (uint64_t)p[full + i] << (8 * i);
+    v3 ^= b;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return (uint32_t)(v0 ^ v1 ^ v2 ^ v3);
 }
 
 /* Keeps at most one entry per bucket on average: doubles when full. */

@@ -597,3 +597,50 @@ int bs_utf8_valid(const char *str, size_t len)
     }
     return 1;
 }
+
+static int hex4(const char *p, unsigned *v)
+{
+    unsigned i, x = 0;
+
+    for (i = 0; i < 4; i++) {
+        char c = p[i];
+
+        x <<= 4;
+        if (c >= '0' && c <= '9')
+            x |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            x |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            x |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+int bs_json_lone_surrogate(const char *s, size_t len)
+{
+    size_t i;
+    int in_string = 0;
+    unsigned v, w;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] == '"') {
+            in_string = !in_string;
+        } else if (in_string && s[i] == '\\' && i + 1 < len) {
+            if (s[++i] != 'u' || i + 4 >= len || hex4(s + i + 1, &v))
+                continue;
+            i += 4;
+            if (v >= 0xDC00 && v <= 0xDFFF)
+                return 1;                        /* a low half with no high half before it */
+            if (v >= 0xD800 && v <= 0xDBFF) {
+                if (i + 6 >= len || s[i + 1] != '\\' || s[i + 2] != 'u' || hex4(s + i + 3, &w) ||
+                    w < 0xDC00 || w > 0xDFFF)
+                    return 1;                    /* a high half with no low half after it */
+                i += 6;
+            }
+        }
+    }
+    return 0;
+}

@@ -59,6 +59,10 @@ uint32_t bs_conn_type_bit(const char *s);
 
 /* 1 when s[0..len) is valid UTF-8 (RFC 3629), else 0. Any thread. */
 int bs_utf8_valid(const char *s, size_t len);
+/* 1 when the JSON text s escapes half a UTF-16 surrogate pair ("\ud800"
+ * alone): valid JSON, not valid Unicode; strict parsers (Ruby's) reject
+ * the whole message. The text must be valid JSON. */
+int bs_json_lone_surrogate(const char *s, size_t len);
 /* Appends s as a JSON string (quoted and escaped). */
 int bs_json_str(bs_buf_t *b, const char *s, size_t len);
 
