@@ -89,6 +89,19 @@ RSpec.describe "which process runs the server", :rails do
     expect($?.exitstatus).to eq(0), routes
     expect(routes).to include("members#index")
     expect(routes).not_to include("already in use")
+    generate = IO.popen([app_env(port), RbConfig.ruby, rails_bin, "generate", "model", "Gadget", "name:string",
+                         "--pretend", "--quiet"], err: %i[child out], &:read)
+    expect($?.exitstatus).to eq(0), generate
+    expect(generate).not_to include("already in use")
+    console = IO.popen([app_env(port), RbConfig.ruby, rails_bin, "console"], "r+", err: %i[child out]) do |io|
+      io.puts 'puts "servers=#{BackboneSync::Server.started.size} route=#{BackboneSync::Rails::Faye.route}"'
+      io.puts "exit"
+      io.close_write
+      io.read
+    end
+    expect($?.exitstatus).to eq(0), console
+    expect(console).to include("servers=0 route=http")
+    expect(console).not_to include("already in use")
 
     line = client.wait_for(timeout: 20, what: "the runner's create") do |l|
       l.dig("message", "data", "object", "name") == "from the runner"
@@ -96,7 +109,7 @@ RSpec.describe "which process runs the server", :rails do
     expect(line["message"]["data"]).to include("event" => "create")
   end
 
-  it "does not start it in `rails runner`, the console or rake even when embedded is on" do
+  it "does not start it in `rails runner` even when embedded is on" do
     script = "p [BackboneSync::Rails::Engine.serving_process?, BackboneSync::Server.started.size]"
     runner = spawn_child(app_env(free_port), RbConfig.ruby, rails_bin, "runner", script)
     runner.wait_for(timeout: 90, what: "the runner's output") { |l| l.is_a?(Array) }
