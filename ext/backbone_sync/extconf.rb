@@ -59,8 +59,8 @@ elsif ENV["BACKBONE_SYNC_DEBUG"] == "1"
   $CFLAGS << " -O0 -g"
 end
 
-# Every *.c beside this file: the core (server.c bayeux.c channels.c json.c
-# buf.c) and the Ruby bindings (ruby_*.c, init.c).
+# Every *.c beside this file: the core (see backbone_sync.h for its layers)
+# and the Ruby bindings (ruby_*.c, init.c).
 $srcs = Dir.glob(File.join(__dir__, "*.c")).map { |f| File.basename(f) }.sort
 
 create_makefile("backbone_sync/backbone_sync")

@@ -69,7 +69,7 @@
 #define F_INPROC 0x40                      /* an in-process publish (bs_server_publish) too */
 
 #define CID_PLACEHOLDER "$CID$CID$CID$CID$CID$CID$CID$CID"
-#define CID_LEN 32                         /* BS_ID_LEN (core.h) */
+#define CID_LEN 32                         /* BS_ID_LEN (bayeux.h) */
 
 #define MAX_MESSAGE 65536                  /* the server's max_message_size */
 #define LIVENESS_MS 2000                   /* generous: ASan, and a machine shared with others */
