@@ -513,6 +513,8 @@ RSpec.describe BackboneSync::Server, "under hostile traffic" do
     end
 
     it "hash flooding: 16,384 names sharing one FNV-1a hash cost no more than random ones" do
+      # A ratio of CPU times: under ASan or valgrind those measure the tools.
+      skip "CPU cost ratios mean nothing under #{instrumented_runtime}" if instrumented_runtime
       require "zlib"
       colliding = Zlib::GzipReader.open(File.expand_path("../fixtures/fnv1a_collisions.txt.gz", __dir__)) { |z| z.read.split("\n") }
       fnv = lambda { |str| str.each_byte.reduce(2_166_136_261) { |h, c| ((h ^ c) * 16_777_619) & 0xffffffff } }
