@@ -149,4 +149,50 @@ RSpec.describe "the standalone launcher" do
       expect(exit_status(wait, within: 30).exitstatus).to eq(0)
     end
   end
+
+  it "serves https with --key/--cert, logs publishes with --verbose, and joins a backplane with --redis" do
+    redis = BackboneSyncSpec::RedisProcess.new(BackboneSyncSpec::RedisProcess.free_port).start
+    Dir.mktmpdir do |dir|
+      key, cert = self_signed_cert(dir)
+      argv = [RbConfig.ruby, bin, "--port", "0", "--secret", shared_secret, "--key", key, "--cert", cert,
+              "--verbose", "--redis", redis.url]
+      with_launched(argv) do |_pid, url, _lines, stdout|
+        expect(url).to start_with("https://127.0.0.1:")
+        stats = eventually(what: "the backplane to connect") do
+          s = request(:get, url.sub(%r{/faye\z}, "/stats"), headers: { "Authorization" => "Bearer #{shared_secret}" }).json
+          s if s["backplane_up"] == 1
+        end
+        expect(stats["backplane_up"]).to eq(1)
+        res = post_json(url, [{ channel: "/l/v", data: 1, ext: { secret: shared_secret } }])
+        expect(res.json.first["successful"]).to be(true)
+        logged = +""
+        eventually(what: "the verbose publish line") do
+          logged << stdout.read_nonblock(65_536, exception: false).to_s
+          logged.include?("publish: /l/v")
+        end
+      end
+    end
+  ensure
+    redis&.stop
+  end
+
+  it "rake faye:start takes host=, timeout=, key=, cert= and verbose=" do
+    rake = Gem.bin_path("rake", "rake")
+    Dir.mktmpdir do |dir|
+      key, cert = self_signed_cert(dir)
+      argv = [RbConfig.ruby, rake, "-f", File.join(root, "Rakefile"), "faye:start", "port=0", "host=127.0.0.1",
+              "timeout=3", "secret=rake-secret", "key=#{key}", "cert=#{cert}", "verbose=1"]
+      with_launched(argv) do |_pid, url, _lines, stdout|
+        expect(url).to match(%r{\Ahttps://127\.0\.0\.1:\d+/faye\z})
+        http = BackboneSyncSpec::BayeuxHTTP::Session.new(url)
+        reply = http.handshake!
+        expect(reply["advice"]).to include("timeout" => 3000) # timeout=3
+        logged = +""
+        eventually(what: "a verbose line") do
+          logged << stdout.read_nonblock(65_536, exception: false).to_s
+          logged.include?("handshake: client")
+        end
+      end
+    end
+  end
 end

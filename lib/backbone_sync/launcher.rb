@@ -12,6 +12,10 @@ module BackboneSync
     # generate one), then blocks until a signal arrives; stops the server.
     # options are Server.new's; redis: "redis://host:port/db" joins a backplane.
     def run(out: $stdout, **options)
+      # A program's output: --verbose lines must show as they happen, also
+      # when stdout is a pipe (systemd, docker logs), not when a buffer fills.
+      out.sync = true if out.respond_to?(:sync=)
+      $stdout.sync = true
       generated = nil
       if options[:secret].nil?
         options[:secret] = BackboneSync.secret || (generated = SecureRandom.hex(32))

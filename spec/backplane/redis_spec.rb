@@ -2,6 +2,8 @@
 
 require "spec_helper"
 require "redis-client"
+require "stringio"
+require "logger"
 
 # Several servers over one real Redis: each message reaches every subscriber
 # on every node exactly once, with the same offsets everywhere; a client can
@@ -219,10 +221,54 @@ RSpec.describe "the Redis backplane" do
           .to raise_error(BackboneSync::Overloaded, /publish/)
         expect(nodes[0].stats[:backplane_queued]).to eq(10_000)
         expect(nodes[0].stats[:backplane_refused]).to eq(1)
+        # A browser's publish past the bound: the 407 the README promises.
+        res = post_json(nodes[0].url, [{ channel: "/bp/full", data: 1, ext: { secret: shared_secret } }])
+        expect(res.json.first["error"]).to start_with("407:/bp/full:")
+        expect(nodes[0].stats[:backplane_refused]).to eq(2)
       ensure
         @redis.start
       end
       eventually(timeout: 15, what: "the held publishes to go out") { nodes[0].stats[:backplane_queued].zero? }
+    end
+  end
+
+  it "holds at most 16 MiB of publishes while Redis is away" do
+    with_nodes(1, max_message_size: 70_000) do |nodes, _prefix|
+      @redis.stop
+      eventually { nodes[0].stats[:backplane_up].zero? }
+      begin
+        big = "x" * 60_000
+        expect { 300.times { |i| nodes[0].publish("/bp/big", "#{i}#{big}") } }
+          .to raise_error(BackboneSync::Overloaded)
+        # 16 MiB / ~60 KB: about 279 held, far from the 10,000-message bound.
+        expect(nodes[0].stats[:backplane_queued]).to be_between(270, 280)
+      ensure
+        @redis.start
+      end
+      eventually(timeout: 15, what: "the held publishes to go out") { nodes[0].stats[:backplane_queued].zero? }
+    end
+  end
+
+  it "retries an unreachable Redis with a doubling backoff, and says so in the log" do
+    log = StringIO.new
+    server = BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 5, logger: Logger.new(log),
+                                      redis: "redis://127.0.0.1:#{free_port}/0").start
+    begin
+      eventually(timeout: 10, what: "four retries") { log.string.scan(/retrying in \d+ ms/).size >= 4 }
+      delays = log.string.scan(/retrying in (\d+) ms/).flatten.map(&:to_i)
+      expect(delays.first(4)).to eq([100, 200, 400, 800])
+      expect(server.stats[:backplane_up]).to eq(0)
+    ensure
+      stop_bounded(server)
+    end
+  end
+
+  it "RedisPublisher#publish returns each message's offset in its channel" do
+    with_nodes(1) do |_nodes, prefix|
+      publisher = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+      expect(3.times.map { |i| publisher.publish("/bp/offsets", i) }).to eq([1, 2, 3])
+      expect(publisher.publish("/bp/other", 0)).to eq(1)
+      publisher.close
     end
   end
 

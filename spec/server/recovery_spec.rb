@@ -206,4 +206,20 @@ RSpec.describe BackboneSync::Server, "recovery from history" do
       expect(kept).to eq(kept.sort_by { |k| k ? 1 : 0 })
     end
   end
+
+  it "keeps a message recoverable for history_ttl seconds, and not after" do
+    with_server(history_ttl: 1) do |server|
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+      http.handshake!
+      epoch = http.subscribe!("/rec/ttl")["ext"]["epoch"]
+      server.publish("/rec/ttl", "young")
+      reply = http.subscribe!("/rec/ttl", ext: { since: { offset: 0, epoch: epoch } })
+      expect(reply["ext"]).to include("recovered" => true)
+      # Time is the behaviour here: past the 1 s ttl, the sweep (once a
+      # second) drops it; 10 s leaves a loaded machine its slack.
+      eventually(timeout: 10, interval: 0.5, what: "the message to outlive history_ttl") do
+        !http.subscribe!("/rec/ttl", ext: { since: { offset: 0, epoch: epoch } })["ext"]["recovered"]
+      end
+    end
+  end
 end
