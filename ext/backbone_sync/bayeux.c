@@ -636,7 +636,7 @@ static int wait_for_load(bs_engine_t *e, bs_link_t *l, const sub_req_t *r)
 
 void bs_engine_loaded(bs_engine_t *e, const char *channel, size_t chlen, const bs_loaded_t *l)
 {
-    bs_history_t *h = bs_history_get(&e->histories, channel, chlen);
+    bs_history_t *h = bs_channel_valid_name(channel, chlen) ? bs_history_get(&e->histories, channel, chlen) : NULL;
     bs_dnode_t *n, *next;
 
     if (h) {

@@ -14,6 +14,11 @@
  * Input: byte 0 picks the link and whether to drain queues afterwards; the
  * rest is the request body, in which "$CID" stands for the id of the client
  * made by the latest handshake (the fuzzer could never guess a random one).
+ * With bit 2 of byte 0 set, the rest is what the backplane hands up from
+ * Redis instead ("<channel>\n<offset>\n<epoch>\n<frame>", split as
+ * backplane.c does), fed to bs_engine_remote; with bit 3 as well, it is a
+ * history load ("<channel>\n<offset>\n<epoch>\n" then "<offset> <frame>\n"
+ * lines), fed to bs_engine_loaded: input from another process is fuzzed too.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -92,6 +97,50 @@ static void drain(bs_link_t *l)
     bs_buf_reset(&l->out);
 }
 
+/* Splits off the text up to the next newline; NULL when there is none. */
+static const char *field(const char **p, const char *end, size_t *len)
+{
+    const char *start = *p, *nl = memchr(start, '\n', (size_t)(end - start));
+
+    if (!nl)
+        return NULL;
+    *len = (size_t)(nl - start);
+    *p = nl + 1;
+    return start;
+}
+
+static void from_redis(const char *p, size_t len, int load)
+{
+    const char *end = p + len, *ch, *off, *ep;
+    size_t chlen, offlen, elen;
+    char num[24];
+
+    if (!(ch = field(&p, end, &chlen)) || !(off = field(&p, end, &offlen)) || !(ep = field(&p, end, &elen)) ||
+        offlen >= sizeof(num))
+        return;
+    memcpy(num, off, offlen);
+    num[offlen] = '\0';
+    if (!load) {
+        bs_engine_remote(&engine, ch, chlen, strtoull(num, NULL, 10), ep, elen, p, (size_t)(end - p));
+        return;
+    }
+    {
+        bs_loaded_t l = { .offset = strtoull(num, NULL, 10) };
+        const char *line;
+        size_t linelen;
+
+        memcpy(l.epoch, ep, elen < BS_EPOCH_LEN ? elen : BS_EPOCH_LEN);
+        while ((line = field(&p, end, &linelen))) {
+            const char *sp = memchr(line, ' ', linelen);
+
+            if (sp && bs_loaded_add(&l, strtoull(line, NULL, 10), sp + 1, (size_t)(line + linelen - sp - 1)))
+                break;
+        }
+        bs_engine_loaded(&engine, ch, chlen, &l);
+        bs_loaded_free(&l);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
@@ -107,6 +156,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (size < 1 || size > cfg.max_message_size)
         return 0;
+    if (data[0] & 4) {
+        from_redis((const char *)data + 1, size - 1, data[0] & 8);
+        return 0;
+    }
     l = &links[data[0] & 1];
     /* Each "$CID" (4 bytes) grows to BS_ID_LEN bytes at most. */
     if (!(body = malloc(size * (BS_ID_LEN / 4) + 1)))
