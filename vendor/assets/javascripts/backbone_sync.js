@@ -1889,129 +1889,68 @@
   var _            = root._,
       BackboneSync = root.BackboneSync;
 
-  // The only events a delivery may trigger.
-  var ACTIONS = { create: 'create', update: 'update', destroy: 'destroy' };
-
   // ### new RailsFayeSubscriber(collection, options)
   //
   // Options: `channel` (required: `"users"` or `"/sync/users"`), `client`,
   // and `resync`, a function called instead of `collection.fetch()` when
-  // the collection may have missed changes.
+  // the collection may have missed changes. The subscription itself (the
+  // token retry, the refetch after an outage, `leave`) is a
+  // `BackboneSync.Subscription`, as for `Backbone.PushableCollection`.
   function RailsFayeSubscriber(collection, options) {
     options = options || {};
     if (!options.channel) throw new Error('RailsFayeSubscriber needs {channel: "<plural>"}, e.g. {channel: "users"}');
+    _.bindAll(this, 'receive', 'resync');
     this.collection = collection;
-    this.channel    = BackboneSync.channelName(options.channel);
-    this.client     = options.client || BackboneSync.client();
     this.resyncWith = options.resync || null;
-    this._down      = false;
-    this._retried   = false;
-    this._left      = false;
-    _.bindAll(this, 'receive', 'resync', '_transportDown', '_transportUp', '_clientResync');
+    this._subscription = new BackboneSync.Subscription(collection, {
+      kind: 'collection', channel: options.channel, client: options.client,
+      refetch: this.resyncWith, outage: this.resync
+    });
+    this.channel = this._subscription.channel;
+    this.client  = this._subscription.client;
     this.subscribe();
+  }
+
+  function applyOne(change) {
+    return BackboneSync.applyToCollection(this.collection, change);
   }
 
   _.extend(RailsFayeSubscriber.prototype, {
 
-    // Subscribe, and follow the client's connection: a client that recovers
-    // by itself says when it could not (`resync`); for any other client,
-    // an outage (`transport:down`, then `transport:up`) means a refetch.
+    // Subscribe, and follow the client's connection. `subscription` is a
+    // thenable for the server's answer.
     subscribe: function () {
-      var self = this;
-      BackboneSync.authorize(this.client);
-      this.subscription = this.client.subscribe(this.channel, this.receive);
-      if (this.subscription && typeof this.subscription.then === 'function') {
-        this.subscription.then(null, function (error) { self._refused(error); });
-      }
-      if (BackboneSync.clientRecovers(this.client)) {
-        this.client.bind('resync', this._clientResync);
-      } else {
-        this.client.bind('transport:down', this._transportDown);
-        this.client.bind('transport:up', this._transportUp);
-      }
+      this.subscription = this._subscription.open();
       return this;
-    },
-
-    // A 403 may mean the server wants a token: get one and try once more.
-    _refused: function (error) {
-      if (this._left || this._retried || !BackboneSync.isForbidden(error)) return;
-      this._retried = true;
-      BackboneSync.tokenRefused(this.channel);
-      this.leave({ keepBindings: true });
-      this._left = false;
-      this.subscription = this.client.subscribe(this.channel, this.receive);
-      var self = this;
-      if (this.subscription && typeof this.subscription.then === 'function') {
-        this.subscription.then(null, function (e) {
-          self.collection.trigger('backbone_sync:forbidden', self.channel, e);
-        });
-      }
     },
 
     // ### receive
     //
     // Apply each change in one delivery, canonical or legacy shaped.
     receive: function (data) {
-      if (this._left) return;
-      var changes = BackboneSync.changes(data), i, action;
-      for (i = 0; i < changes.length; i++) {
-        action = ACTIONS[changes[i].event];
-        if (action) this[action](changes[i]);
-      }
+      this._subscription.receive(data);
     },
 
-    create: function (change) {
-      return BackboneSync.applyToCollection(this.collection, change);
-    },
-
-    update: function (change) {
-      return BackboneSync.applyToCollection(this.collection, change);
-    },
-
-    destroy: function (change) {
-      return BackboneSync.applyToCollection(this.collection, change);
-    },
+    // Apply one change to the collection. Deliveries reach it through
+    // `BackboneSync.dispatch`; these stay for code that calls them.
+    create: applyOne,
+    update: applyOne,
+    destroy: applyOne,
 
     // ### resync
     //
     // Fetch the whole collection again: the server is the truth after an
-    // outage. With Backbone 1.x `fetch` merges, adds and removes in place.
+    // outage.
     resync: function () {
-      if (this._left) return;
-      this.collection.trigger('backbone_sync:resync', this.collection, this.channel);
-      if (this.resyncWith) return this.resyncWith(this.collection);
-      return this.collection.fetch();
-    },
-
-    _clientResync: function (channel) {
-      if (channel === this.channel) this.resync();
-    },
-
-    _transportDown: function () {
-      this._down = true;
-    },
-
-    _transportUp: function () {
-      if (!this._down) return;
-      this._down = false;
-      this.resync();
+      return this._subscription.resync();
     },
 
     // ### leave
     //
     // Unsubscribe and stop listening to the client.
-    leave: function (options) {
-      this._left = true;
-      if (this.subscription && typeof this.subscription.cancel === 'function') {
-        this.subscription.cancel();
-      } else {
-        this.client.unsubscribe(this.channel, this.receive);
-      }
+    leave: function () {
+      this._subscription.close();
       this.subscription = null;
-      if (options && options.keepBindings) return;
-      this.client.unbind('resync', this._clientResync);
-      this.client.unbind('transport:down', this._transportDown);
-      this.client.unbind('transport:up', this._transportUp);
     }
   });
 
@@ -2047,44 +1986,40 @@
       _            = root._,
       BackboneSync = root.BackboneSync;
 
-  var COLLECTION_ACTIONS = { create: true, update: true, destroy: true },
-      MODEL_ACTIONS      = { update: true, destroy: true };
-
   function channelOf(object) {
     var channel = typeof object.channel === 'function' ? object.channel() : object.channel;
     return channel ? BackboneSync.channelName(channel) : null;
   }
 
-  // What both classes do with their subscription; `this` is the
-  // collection or the model, `apply(change)` handles one change.
+  // What both classes do with their subscription, a
+  // `BackboneSync.Subscription` (as for `RailsFayeSubscriber`); `this` is
+  // the collection or the model, `pushKind` says which.
   var Push = {
     subscribePush: function () {
       if (this.pushSubscription || this.pushDisposed) return this;
       var channel = channelOf(this);
       if (!channel) return this;
-      var client = this.client || BackboneSync.client(),
-          self = this;
-      BackboneSync.authorize(client);
-      this.pushClient = client;
-      this.pushChannel = channel;
-      this.pushSubscription = client.subscribe(channel, function (data) { self.receive(data); });
-      if (this.pushSubscription && typeof this.pushSubscription.then === 'function') {
-        this.pushSubscription.then(null, function (error) {
-          // A 403 may mean the server wants a token: get one, try once more.
-          if (self.pushSubscription && BackboneSync.isForbidden(error) && BackboneSync.tokenRefused(channel)) {
-            self.pushSubscription = null;
-            self.subscribePush();
-          }
-        });
-      }
+      var self = this,
+          subscription = new BackboneSync.Subscription(this, {
+            kind: this.pushKind, channel: channel, client: this.client,
+            outage: function () { return self.resync(); }
+          });
+      this.pushClient = subscription.client;
+      this.pushChannel = subscription.channel;
+      this.pushSubscription = subscription.open();
       return this;
     },
 
     unsubscribePush: function () {
       var subscription = this.pushSubscription;
       this.pushSubscription = null;
-      if (subscription && typeof subscription.cancel === 'function') subscription.cancel();
+      if (subscription) subscription.close();
       return this;
+    },
+
+    // Each change in a delivery goes through the table of allowed actions.
+    receive: function (data) {
+      BackboneSync.dispatch(this.pushKind, this, data);
     },
 
     // Stop following the channel for good (Marionette and Chaplin call it).
@@ -2096,68 +2031,36 @@
     }
   };
 
+  // `stopListening()` with no arguments also unsubscribes.
+  function stopListening(Base) {
+    return function () {
+      if (arguments.length === 0) this.unsubscribePush();
+      var stop = Base.prototype.stopListening;
+      return stop ? stop.apply(this, arguments) : this;
+    };
+  }
+
   // Backbone.PushableCollection
   // ---------------------------
 
   Backbone.PushableCollection = Backbone.Collection.extend(_.extend({}, Push, {
+
+    pushKind: 'collection',
 
     constructor: function (models, options) {
       if (options && options.client) this.client = options.client;
       if (options && options.channel) this.channel = options.channel;
       Backbone.Collection.apply(this, arguments);
       this.subscribePush();
-      if (this.pushClient && !BackboneSync.clientRecovers(this.pushClient)) this._watchTransport();
-      else if (this.pushClient) this._watchResync();
     },
 
-    // Each change in a delivery goes through the table of allowed events.
-    receive: function (data) {
-      var changes = BackboneSync.changes(data), i;
-      for (i = 0; i < changes.length; i++) {
-        if (COLLECTION_ACTIONS[changes[i].event] === true) BackboneSync.applyToCollection(this, changes[i]);
-      }
-    },
-
-    // Called after an outage the client could not recover from.
+    // Called after an outage the client could not recover from: triggers
+    // `backbone_sync:resync` and fetches.
     resync: function () {
-      if (!this.pushSubscription) return;
-      this.trigger('backbone_sync:resync', this, this.pushChannel);
-      return this.fetch();
+      if (this.pushSubscription) return this.pushSubscription.resync();
     },
 
-    _watchResync: function () {
-      var self = this;
-      this._onResync = function (channel) { if (channel === self.pushChannel) self.resync(); };
-      this.pushClient.bind('resync', this._onResync);
-    },
-
-    _watchTransport: function () {
-      var self = this, down = false;
-      this._onDown = function () { down = true; };
-      this._onUp = function () {
-        if (!down) return;
-        down = false;
-        self.resync();
-      };
-      this.pushClient.bind('transport:down', this._onDown);
-      this.pushClient.bind('transport:up', this._onUp);
-    },
-
-    unsubscribePush: function () {
-      Push.unsubscribePush.call(this);
-      if (this.pushClient) {
-        if (this._onResync) this.pushClient.unbind('resync', this._onResync);
-        if (this._onDown) this.pushClient.unbind('transport:down', this._onDown);
-        if (this._onUp) this.pushClient.unbind('transport:up', this._onUp);
-      }
-      return this;
-    },
-
-    stopListening: function () {
-      if (arguments.length === 0) this.unsubscribePush();
-      var stop = Backbone.Collection.prototype.stopListening;
-      return stop ? stop.apply(this, arguments) : this;
-    }
+    stopListening: stopListening(Backbone.Collection)
   }));
 
   // Backbone.PushableModel
@@ -2165,11 +2068,15 @@
 
   Backbone.PushableModel = Backbone.Model.extend(_.extend({}, Push, {
 
+    pushKind: 'model',
+
     constructor: function (attributes, options) {
       if (options && options.client) this.client = options.client;
       Backbone.Model.apply(this, arguments);
       // A new model has no channel yet: subscribe once an id arrives.
       this.on('change:' + this.idAttribute, this._idChanged, this);
+      // A destroy pushed on its own channel is the channel's last word.
+      this.on('destroy', this._pushedDestroy, this);
       if (!this.isNew()) this.subscribePush();
     },
 
@@ -2180,13 +2087,8 @@
       this.subscribePush();
     },
 
-    receive: function (data) {
-      var changes = BackboneSync.changes(data), i;
-      for (i = 0; i < changes.length; i++) {
-        if (MODEL_ACTIONS[changes[i].event] !== true) continue;
-        if (changes[i].event === 'destroy') this.unsubscribePush();
-        BackboneSync.applyToModel(this, changes[i]);
-      }
+    _pushedDestroy: function (model, collection, options) {
+      if (model === this && options && options.backboneSync) this.unsubscribePush();
     },
 
     destroy: function () {
@@ -2195,10 +2097,6 @@
       return Backbone.Model.prototype.destroy.apply(this, arguments);
     },
 
-    stopListening: function () {
-      if (arguments.length === 0) this.unsubscribePush();
-      var stop = Backbone.Model.prototype.stopListening;
-      return stop ? stop.apply(this, arguments) : this;
-    }
+    stopListening: stopListening(Backbone.Model)
   }));
 })(typeof window !== 'undefined' ? window : this);
