@@ -90,6 +90,25 @@ for (const version of VERSIONS) {
         leave();
       });
 
+      test(`${name}: each delivery goes through the subscriber's own receive()`, () => {
+        const page = loadPage(version);
+        const client = stubClient();
+        const seen = [];
+        // The demo wraps the instance's method; a subclass overrides the prototype's.
+        const { RailsFayeSubscriber } = page.BackboneSync;
+        const original = RailsFayeSubscriber.prototype.receive;
+        RailsFayeSubscriber.prototype.receive = function (data) { seen.push(data.event); return original.apply(this, arguments); };
+        const { target, leave } = HOSTS[name](page, client, 'users');
+        if (name !== 'RailsFayeSubscriber') {
+          const receive = target.receive;
+          target.receive = function (data) { seen.push(data.event); return receive.apply(this, arguments); };
+        }
+        client.last().callback({ event: 'update', object: { id: 1, name: 'Anne' }, origin: null, version: 2 });
+        assert.deepEqual(seen, ['update']);
+        assert.equal(target.get(1)?.get('name') ?? target.get('name'), 'Anne');
+        leave();
+      });
+
       test(`${name}: another refusal than 403 is not retried, and nothing is applied after leaving`, async () => {
         const page = loadPage(version);
         const client = stubClient();

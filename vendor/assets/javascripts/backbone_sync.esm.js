@@ -1662,7 +1662,9 @@ try {
   // `BackboneSync.client()`), `refetch(collection)`, called instead of
   // `collection.fetch()` by `resync`, and `outage()`, called instead of
   // `resync` after an outage (a subscriber passes its own overridable
-  // `resync`, which comes back here).
+  // `resync`, which comes back here), and `deliver(data)`, called with each
+  // delivery instead of `receive` (a subscriber passes its own overridable
+  // `receive`, which comes back here).
   function Subscription(target, options) {
     options = options || {};
     this.target  = target;
@@ -1671,11 +1673,12 @@ try {
     this.client  = options.client || BackboneSync.client();
     this.refetch = options.refetch || null;
     this.outage  = options.outage || null;
+    this.deliver = options.deliver || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
     this.retried = false;
     this._down   = false;
-    _.bindAll(this, 'receive', '_clientResync', '_transportDown', '_transportUp');
+    _.bindAll(this, '_delivered', '_clientResync', '_transportDown', '_transportUp');
   }
 
   _.extend(Subscription.prototype, {
@@ -1695,7 +1698,8 @@ try {
       return this;
     },
 
-    // One delivery, until `close`.
+    // Apply one delivery to the target through the table of allowed
+    // actions.
     receive: function (data) {
       if (this.closed) return;
       BackboneSync.dispatch(this.kind, this.target, data);
@@ -1738,7 +1742,7 @@ try {
 
     _subscribe: function () {
       var self = this,
-          faye = this.faye = this.client.subscribe(this.channel, this.receive);
+          faye = this.faye = this.client.subscribe(this.channel, this._delivered);
       if (faye && typeof faye.then === 'function') {
         faye.then(null, function (error) { self._refused(faye, error); });
       }
@@ -1763,7 +1767,14 @@ try {
       this.faye = null;
       if (!faye) return;
       if (typeof faye.cancel === 'function') faye.cancel();
-      else this.client.unsubscribe(this.channel, this.receive);
+      else this.client.unsubscribe(this.channel, this._delivered);
+    },
+
+    // The listener on the client, until `close`.
+    _delivered: function (data) {
+      if (this.closed) return;
+      if (this.deliver) this.deliver(data);
+      else this.receive(data);
     },
 
     _outage: function () {
@@ -1921,7 +1932,7 @@ try {
     this.resyncWith = options.resync || null;
     this._subscription = new BackboneSync.Subscription(collection, {
       kind: 'collection', channel: options.channel, client: options.client,
-      refetch: this.resyncWith, outage: this.resync
+      refetch: this.resyncWith, outage: this.resync, deliver: this.receive
     });
     this.channel = this._subscription.channel;
     this.client  = this._subscription.client;
@@ -2019,6 +2030,7 @@ try {
       var self = this,
           subscription = new BackboneSync.Subscription(this, {
             kind: this.pushKind, channel: channel, client: this.client,
+            deliver: function (data) { self.receive(data); },
             outage: function () { return self.resync(); }
           });
       this.pushClient = subscription.client;

@@ -1645,7 +1645,9 @@
   // `BackboneSync.client()`), `refetch(collection)`, called instead of
   // `collection.fetch()` by `resync`, and `outage()`, called instead of
   // `resync` after an outage (a subscriber passes its own overridable
-  // `resync`, which comes back here).
+  // `resync`, which comes back here), and `deliver(data)`, called with each
+  // delivery instead of `receive` (a subscriber passes its own overridable
+  // `receive`, which comes back here).
   function Subscription(target, options) {
     options = options || {};
     this.target  = target;
@@ -1654,11 +1656,12 @@
     this.client  = options.client || BackboneSync.client();
     this.refetch = options.refetch || null;
     this.outage  = options.outage || null;
+    this.deliver = options.deliver || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
     this.retried = false;
     this._down   = false;
-    _.bindAll(this, 'receive', '_clientResync', '_transportDown', '_transportUp');
+    _.bindAll(this, '_delivered', '_clientResync', '_transportDown', '_transportUp');
   }
 
   _.extend(Subscription.prototype, {
@@ -1678,7 +1681,8 @@
       return this;
     },
 
-    // One delivery, until `close`.
+    // Apply one delivery to the target through the table of allowed
+    // actions.
     receive: function (data) {
       if (this.closed) return;
       BackboneSync.dispatch(this.kind, this.target, data);
@@ -1721,7 +1725,7 @@
 
     _subscribe: function () {
       var self = this,
-          faye = this.faye = this.client.subscribe(this.channel, this.receive);
+          faye = this.faye = this.client.subscribe(this.channel, this._delivered);
       if (faye && typeof faye.then === 'function') {
         faye.then(null, function (error) { self._refused(faye, error); });
       }
@@ -1746,7 +1750,14 @@
       this.faye = null;
       if (!faye) return;
       if (typeof faye.cancel === 'function') faye.cancel();
-      else this.client.unsubscribe(this.channel, this.receive);
+      else this.client.unsubscribe(this.channel, this._delivered);
+    },
+
+    // The listener on the client, until `close`.
+    _delivered: function (data) {
+      if (this.closed) return;
+      if (this.deliver) this.deliver(data);
+      else this.receive(data);
     },
 
     _outage: function () {
@@ -1904,7 +1915,7 @@
     this.resyncWith = options.resync || null;
     this._subscription = new BackboneSync.Subscription(collection, {
       kind: 'collection', channel: options.channel, client: options.client,
-      refetch: this.resyncWith, outage: this.resync
+      refetch: this.resyncWith, outage: this.resync, deliver: this.receive
     });
     this.channel = this._subscription.channel;
     this.client  = this._subscription.client;
@@ -2002,6 +2013,7 @@
       var self = this,
           subscription = new BackboneSync.Subscription(this, {
             kind: this.pushKind, channel: channel, client: this.client,
+            deliver: function (data) { self.receive(data); },
             outage: function () { return self.resync(); }
           });
       this.pushClient = subscription.client;

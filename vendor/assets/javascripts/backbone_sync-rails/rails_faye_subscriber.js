@@ -40,7 +40,7 @@
     this.resyncWith = options.resync || null;
     this._subscription = new BackboneSync.Subscription(collection, {
       kind: 'collection', channel: options.channel, client: options.client,
-      refetch: this.resyncWith, outage: this.resync
+      refetch: this.resyncWith, outage: this.resync, deliver: this.receive
     });
     this.channel = this._subscription.channel;
     this.client  = this._subscription.client;

@@ -45,6 +45,7 @@
       var self = this,
           subscription = new BackboneSync.Subscription(this, {
             kind: this.pushKind, channel: channel, client: this.client,
+            deliver: function (data) { self.receive(data); },
             outage: function () { return self.resync(); }
           });
       this.pushClient = subscription.client;

@@ -68,7 +68,9 @@
   // `BackboneSync.client()`), `refetch(collection)`, called instead of
   // `collection.fetch()` by `resync`, and `outage()`, called instead of
   // `resync` after an outage (a subscriber passes its own overridable
-  // `resync`, which comes back here).
+  // `resync`, which comes back here), and `deliver(data)`, called with each
+  // delivery instead of `receive` (a subscriber passes its own overridable
+  // `receive`, which comes back here).
   function Subscription(target, options) {
     options = options || {};
     this.target  = target;
@@ -77,11 +79,12 @@
     this.client  = options.client || BackboneSync.client();
     this.refetch = options.refetch || null;
     this.outage  = options.outage || null;
+    this.deliver = options.deliver || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
     this.retried = false;
     this._down   = false;
-    _.bindAll(this, 'receive', '_clientResync', '_transportDown', '_transportUp');
+    _.bindAll(this, '_delivered', '_clientResync', '_transportDown', '_transportUp');
   }
 
   _.extend(Subscription.prototype, {
@@ -101,7 +104,8 @@
       return this;
     },
 
-    // One delivery, until `close`.
+    // Apply one delivery to the target through the table of allowed
+    // actions.
     receive: function (data) {
       if (this.closed) return;
       BackboneSync.dispatch(this.kind, this.target, data);
@@ -144,7 +148,7 @@
 
     _subscribe: function () {
       var self = this,
-          faye = this.faye = this.client.subscribe(this.channel, this.receive);
+          faye = this.faye = this.client.subscribe(this.channel, this._delivered);
       if (faye && typeof faye.then === 'function') {
         faye.then(null, function (error) { self._refused(faye, error); });
       }
@@ -169,7 +173,14 @@
       this.faye = null;
       if (!faye) return;
       if (typeof faye.cancel === 'function') faye.cancel();
-      else this.client.unsubscribe(this.channel, this.receive);
+      else this.client.unsubscribe(this.channel, this._delivered);
+    },
+
+    // The listener on the client, until `close`.
+    _delivered: function (data) {
+      if (this.closed) return;
+      if (this.deliver) this.deliver(data);
+      else this.receive(data);
     },
 
     _outage: function () {
