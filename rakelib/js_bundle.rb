@@ -23,6 +23,11 @@ class JsBundle
   # Load order: each file comes after the files it `//= require`s.
   SOURCES = %w[
     backbone_sync/faye
+    backbone_sync/config
+    backbone_sync/sync
+    backbone_sync/client
+    backbone_sync/changes
+    backbone_sync/subscription
     backbone_sync/core
     extensions/backbone.collection.idempotent
     backbone_sync-rails/rails_faye_subscriber

@@ -16,6 +16,7 @@ import path from 'node:path';
 import {
   ROOT, TARGET_NAMES, startServer, launchBrowser, inPage, publishOverHttp, within, sleep, signSubscription,
 } from '../support/harness.mjs';
+import { assetOrder } from './support/backbone_env.mjs';
 
 const TARGETS = (process.env.FAYE_JS_TARGETS || 'ours,faye').split(',').map((s) => s.trim()).filter(Boolean);
 const CSRF = 'csrf-token-for-the-spec';
@@ -24,11 +25,10 @@ const SCRIPTS = {
   'jquery.js': 'node_modules/jquery/dist/jquery.js',
   'underscore.js': 'node_modules/underscore/underscore-umd.js',
   'backbone.js': 'node_modules/backbone-1.6.1/backbone.js',
-  'core.js': 'vendor/assets/javascripts/backbone_sync/core.js',
-  'idempotent.js': 'vendor/assets/javascripts/extensions/backbone.collection.idempotent.js',
-  'subscriber.js': 'vendor/assets/javascripts/backbone_sync-rails/rails_faye_subscriber.js',
-  'pushable.js': 'vendor/assets/javascripts/backbone_sync/pushable.js',
 };
+// Our assets one by one, as Sprockets serves `//= require backbone_sync/core` and the rest.
+const ASSETS = assetOrder();
+for (const file of ASSETS) SCRIPTS[file] = `vendor/assets/javascripts/${file}`;
 
 // The stand-in Rails app. `app.endpoint` is the Faye server of the test.
 async function startApp() {
@@ -51,8 +51,7 @@ async function startApp() {
 <script>window.pageErrors = []; addEventListener('error', function (e) { pageErrors.push(String(e.message)); });</script>
 <script src="/js/jquery.js"></script><script src="/js/underscore.js"></script><script src="/js/backbone.js"></script>
 <script src="${app.endpoint}.js"></script>
-<script src="/js/core.js"></script><script src="/js/idempotent.js"></script>
-<script src="/js/subscriber.js"></script><script src="/js/pushable.js"></script>`);
+${ASSETS.map((file) => `<script src="/js/${file}"></script>`).join('')}`);
         return;
       }
       const script = url.pathname.startsWith('/js/') && SCRIPTS[url.pathname.slice(4)];

@@ -17,6 +17,11 @@ const ASSETS = path.join(ROOT, 'vendor/assets/javascripts');
 const FILES = [
   'backbone_sync.js',
   'backbone_sync/faye.js',
+  'backbone_sync/config.js',
+  'backbone_sync/sync.js',
+  'backbone_sync/client.js',
+  'backbone_sync/changes.js',
+  'backbone_sync/subscription.js',
   'backbone_sync/core.js',
   'backbone_sync/pushable.js',
   'backbone_sync-rails/rails_faye_subscriber.js',
@@ -53,6 +58,13 @@ test('each file requires what it uses', () => {
   const directives = (file) => fs.readFileSync(path.join(ASSETS, file), 'utf8')
     .split('\n').map((line) => /^\/\/= require (\S+)/.exec(line)).filter(Boolean).map((m) => m[1]);
   for (const [file, needs] of [
+    ['backbone_sync/config.js', []],
+    ['backbone_sync/sync.js', ['backbone_sync/config']],
+    ['backbone_sync/client.js', ['backbone_sync/config']],
+    ['backbone_sync/changes.js', ['backbone_sync/sync']],
+    ['backbone_sync/subscription.js', ['backbone_sync/client', 'backbone_sync/changes']],
+    ['backbone_sync/core.js', ['backbone_sync/config', 'backbone_sync/sync', 'backbone_sync/client',
+      'backbone_sync/changes', 'backbone_sync/subscription']],
     ['extensions/backbone.collection.idempotent.js', ['backbone_sync/core']],
     ['backbone_sync-rails/rails_faye_subscriber.js', ['backbone_sync/core', 'extensions/backbone.collection.idempotent']],
     ['backbone_sync/pushable.js', ['backbone_sync/core', 'extensions/backbone.collection.idempotent']],

@@ -48,11 +48,25 @@ export const ASSET_FILES = [
   'backbone_sync/pushable.js',
 ];
 
+// `files` with what they `//= require` first, each once, in the order
+// Sprockets serves them (backbone_sync/core.js is its parts, then itself).
+export function assetOrder(files = ASSET_FILES) {
+  const order = [];
+  const visit = (file) => {
+    if (order.includes(file)) return;
+    const source = fs.readFileSync(path.join(ASSETS, file), 'utf8');
+    for (const [, required] of source.matchAll(/^\/\/= require (\S+)\s*$/gm)) visit(`${required}.js`);
+    order.push(file);
+  };
+  files.forEach(visit);
+  return order;
+}
+
 // A page-like `window` holding Backbone, _ and our assets.
 export function loadPage(version, files = ASSET_FILES) {
   const { Backbone, _ } = loadBackbone(version);
   const window = { Backbone, _ };
-  for (const file of files) {
+  for (const file of assetOrder(files)) {
     const source = fs.readFileSync(path.join(ASSETS, file), 'utf8');
     new Function('window', source)(window);
   }

@@ -29,44 +29,41 @@
       _            = root._,
       BackboneSync = root.BackboneSync;
 
-  var COLLECTION_ACTIONS = { create: true, update: true, destroy: true },
-      MODEL_ACTIONS      = { update: true, destroy: true };
-
   function channelOf(object) {
     var channel = typeof object.channel === 'function' ? object.channel() : object.channel;
     return channel ? BackboneSync.channelName(channel) : null;
   }
 
-  // What both classes do with their subscription; `this` is the
-  // collection or the model, `apply(change)` handles one change.
+  // What both classes do with their subscription, a
+  // `BackboneSync.Subscription` (as for `RailsFayeSubscriber`); `this` is
+  // the collection or the model, `pushKind` says which.
   var Push = {
     subscribePush: function () {
       if (this.pushSubscription || this.pushDisposed) return this;
       var channel = channelOf(this);
       if (!channel) return this;
-      var client = this.client || BackboneSync.client(),
-          self = this;
-      BackboneSync.authorize(client);
-      this.pushClient = client;
-      this.pushChannel = channel;
-      this.pushSubscription = client.subscribe(channel, function (data) { self.receive(data); });
-      if (this.pushSubscription && typeof this.pushSubscription.then === 'function') {
-        this.pushSubscription.then(null, function (error) {
-          // A 403 may mean the server wants a token: get one, try once more.
-          if (self.pushSubscription && BackboneSync.isForbidden(error) && BackboneSync.tokenRefused(channel)) {
-            self.pushSubscription = null;
-            self.subscribePush();
-          }
-        });
-      }
+      var self = this,
+          subscription = new BackboneSync.Subscription(this, {
+            kind: this.pushKind, channel: channel, client: this.client,
+            deliver: function (data) { self.receive(data); },
+            outage: function () { return self.resync(); }
+          });
+      this.pushClient = subscription.client;
+      this.pushChannel = subscription.channel;
+      this.pushSubscription = subscription.open();
       return this;
     },
 
     unsubscribePush: function () {
       var subscription = this.pushSubscription;
       this.pushSubscription = null;
-      if (subscription && typeof subscription.cancel === 'function') subscription.cancel();
+      if (subscription) subscription.close();
       return this;
+    },
+
+    // Each change in a delivery goes through the table of allowed actions.
+    receive: function (data) {
+      BackboneSync.dispatch(this.pushKind, this, data);
     },
 
     // Stop following the channel for good (Marionette and Chaplin call it).
@@ -78,68 +75,36 @@
     }
   };
 
+  // `stopListening()` with no arguments also unsubscribes.
+  function stopListening(Base) {
+    return function () {
+      if (arguments.length === 0) this.unsubscribePush();
+      var stop = Base.prototype.stopListening;
+      return stop ? stop.apply(this, arguments) : this;
+    };
+  }
+
   // Backbone.PushableCollection
   // ---------------------------
 
   Backbone.PushableCollection = Backbone.Collection.extend(_.extend({}, Push, {
+
+    pushKind: 'collection',
 
     constructor: function (models, options) {
       if (options && options.client) this.client = options.client;
       if (options && options.channel) this.channel = options.channel;
       Backbone.Collection.apply(this, arguments);
       this.subscribePush();
-      if (this.pushClient && !BackboneSync.clientRecovers(this.pushClient)) this._watchTransport();
-      else if (this.pushClient) this._watchResync();
     },
 
-    // Each change in a delivery goes through the table of allowed events.
-    receive: function (data) {
-      var changes = BackboneSync.changes(data), i;
-      for (i = 0; i < changes.length; i++) {
-        if (COLLECTION_ACTIONS[changes[i].event] === true) BackboneSync.applyToCollection(this, changes[i]);
-      }
-    },
-
-    // Called after an outage the client could not recover from.
+    // Called after an outage the client could not recover from: triggers
+    // `backbone_sync:resync` and fetches.
     resync: function () {
-      if (!this.pushSubscription) return;
-      this.trigger('backbone_sync:resync', this, this.pushChannel);
-      return this.fetch();
+      if (this.pushSubscription) return this.pushSubscription.resync();
     },
 
-    _watchResync: function () {
-      var self = this;
-      this._onResync = function (channel) { if (channel === self.pushChannel) self.resync(); };
-      this.pushClient.bind('resync', this._onResync);
-    },
-
-    _watchTransport: function () {
-      var self = this, down = false;
-      this._onDown = function () { down = true; };
-      this._onUp = function () {
-        if (!down) return;
-        down = false;
-        self.resync();
-      };
-      this.pushClient.bind('transport:down', this._onDown);
-      this.pushClient.bind('transport:up', this._onUp);
-    },
-
-    unsubscribePush: function () {
-      Push.unsubscribePush.call(this);
-      if (this.pushClient) {
-        if (this._onResync) this.pushClient.unbind('resync', this._onResync);
-        if (this._onDown) this.pushClient.unbind('transport:down', this._onDown);
-        if (this._onUp) this.pushClient.unbind('transport:up', this._onUp);
-      }
-      return this;
-    },
-
-    stopListening: function () {
-      if (arguments.length === 0) this.unsubscribePush();
-      var stop = Backbone.Collection.prototype.stopListening;
-      return stop ? stop.apply(this, arguments) : this;
-    }
+    stopListening: stopListening(Backbone.Collection)
   }));
 
   // Backbone.PushableModel
@@ -147,11 +112,15 @@
 
   Backbone.PushableModel = Backbone.Model.extend(_.extend({}, Push, {
 
+    pushKind: 'model',
+
     constructor: function (attributes, options) {
       if (options && options.client) this.client = options.client;
       Backbone.Model.apply(this, arguments);
       // A new model has no channel yet: subscribe once an id arrives.
       this.on('change:' + this.idAttribute, this._idChanged, this);
+      // A destroy pushed on its own channel is the channel's last word.
+      this.on('destroy', this._pushedDestroy, this);
       if (!this.isNew()) this.subscribePush();
     },
 
@@ -162,13 +131,8 @@
       this.subscribePush();
     },
 
-    receive: function (data) {
-      var changes = BackboneSync.changes(data), i;
-      for (i = 0; i < changes.length; i++) {
-        if (MODEL_ACTIONS[changes[i].event] !== true) continue;
-        if (changes[i].event === 'destroy') this.unsubscribePush();
-        BackboneSync.applyToModel(this, changes[i]);
-      }
+    _pushedDestroy: function (model, collection, options) {
+      if (model === this && options && options.backboneSync) this.unsubscribePush();
     },
 
     destroy: function () {
@@ -177,10 +141,6 @@
       return Backbone.Model.prototype.destroy.apply(this, arguments);
     },
 
-    stopListening: function () {
-      if (arguments.length === 0) this.unsubscribePush();
-      var stop = Backbone.Model.prototype.stopListening;
-      return stop ? stop.apply(this, arguments) : this;
-    }
+    stopListening: stopListening(Backbone.Model)
   }));
 })(typeof window !== 'undefined' ? window : this);

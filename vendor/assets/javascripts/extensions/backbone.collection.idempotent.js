@@ -10,7 +10,7 @@
 // gives every version from 0.9.2 to 1.6.1 the same behaviour, through the
 // public `add`, `get` and `set` only. The race between a model's save and
 // the broadcast of its own creation is closed by the origin token (see
-// backbone_sync/core.js), which this file loads.
+// backbone_sync/sync.js), which this file loads with backbone_sync/core.
 //
 //= require backbone_sync/core
 

@@ -1,0 +1,222 @@
+// backbone_sync/changes.js
+// ========================
+//
+// What a delivery may do, and how a pushed change is applied to a
+// collection or a model, exactly once and never backwards:
+//
+//     BackboneSync.dispatch('collection', users, data);   // create, update, destroy
+//     BackboneSync.dispatch('model', user, data);         // update, destroy
+//
+// Every subscriber hands its deliveries to `dispatch`, which looks each
+// change up in one table of allowed actions; nothing else reaches a model.
+//
+//= require backbone_sync/sync
+
+(function (root) {
+  'use strict';
+
+  var Backbone     = root.Backbone,
+      _            = root._,
+      BackboneSync = root.BackboneSync;
+
+  // How many destroyed ids a collection remembers, so that an update
+  // delivered after its destroy cannot bring the record back.
+  var MAX_TOMBSTONES = 1000;
+
+  var hasOwn = Object.prototype.hasOwnProperty;
+
+  // The table of allowed actions
+  // ----------------------------
+
+  // What a change may do, by what it is delivered to and its event. A
+  // model's own channel has no `create`; any other event does nothing.
+  var ACTIONS = {
+    collection: { create: applyToCollection, update: applyToCollection, destroy: applyToCollection },
+    model:      { update: applyToModel, destroy: applyToModel }
+  };
+
+  function actionFor(kind, event) {
+    var table = hasOwn.call(ACTIONS, kind) ? ACTIONS[kind] : null;
+    return table && hasOwn.call(table, event) ? table[event] : null;
+  }
+
+  // Whether some target accepts `event` at all.
+  function known(event) {
+    return !!(actionFor('collection', event) || actionFor('model', event));
+  }
+
+  // ### BackboneSync.dispatch
+  //
+  // Apply each change of one delivery to `target`, a collection (`kind`
+  // `'collection'`) or a model (`'model'`), through the table.
+  BackboneSync.dispatch = function (kind, target, data) {
+    var changes = BackboneSync.changes(data), action, i;
+    for (i = 0; i < changes.length; i++) {
+      action = actionFor(kind, changes[i].event);
+      if (action) action(target, changes[i]);
+    }
+  };
+
+  // ### BackboneSync.changes
+  //
+  // Turn one delivery into a list of changes `{event, object, origin,
+  // version}`, keeping the events the table knows. It accepts the canonical
+  // payload and the legacy `{"create": {"42": {...}}}` shape of
+  // backbone_sync-rails 0.0.x.
+  BackboneSync.changes = function (data) {
+    var out = [], event, id, object;
+    if (!data || typeof data !== 'object') return out;
+    if (typeof data.event === 'string') {
+      if (known(data.event) && data.object && typeof data.object === 'object') {
+        out.push({ event: data.event, object: data.object, origin: data.origin || null,
+                   version: typeof data.version === 'number' ? data.version : 0 });
+      }
+      return out;
+    }
+    for (event in data) {
+      if (!hasOwn.call(data, event) || !known(event) || !data[event]) continue;
+      for (id in data[event]) {
+        if (!hasOwn.call(data[event], id)) continue;
+        object = data[event][id];
+        if (object && typeof object === 'object') {
+          out.push({ event: event, object: object, origin: null, version: 0, id: id });
+        }
+      }
+    }
+    return out;
+  };
+
+  // Applying a change
+  // -----------------
+
+  // ### BackboneSync.idFor
+  //
+  // The id of `attrs` in `collection`, honouring `modelId` (Backbone 1.2+)
+  // and the model's `idAttribute`.
+  BackboneSync.idFor = function (collection, attrs) {
+    if (attrs instanceof Backbone.Model) return attrs.id;
+    if (typeof collection.modelId === 'function') return collection.modelId(attrs, collection.model && collection.model.prototype && collection.model.prototype.idAttribute);
+    var idAttribute = (collection.model && collection.model.prototype && collection.model.prototype.idAttribute) || 'id';
+    return attrs[idAttribute];
+  };
+
+  function idOfModel(model, attrs) {
+    return attrs[model.idAttribute || 'id'];
+  }
+
+  // The broadcast object is the record's JSON, as the server renders it for
+  // a fetch: it goes through the model's `parse` as a fetch's would (which
+  // unwraps `include_root_in_json`, for example). `parser` is a model, or
+  // the prototype of the collection's model.
+  function parseWith(parser, object) {
+    if (!parser || typeof parser.parse !== 'function') return object;
+    var attrs = parser.parse(object, {});
+    return attrs && typeof attrs === 'object' ? attrs : {};
+  }
+
+  // Is a change with `version` older than what `model` already shows?
+  // Version 0 means "unknown" and is never stale.
+  function stale(model, version) {
+    var seen = model.backboneSyncVersion;
+    return version > 0 && typeof seen === 'number' && version < seen;
+  }
+
+  function saw(model, version) {
+    if (version > 0 && !(model.backboneSyncVersion >= version)) model.backboneSyncVersion = version;
+  }
+
+  function contains(collection, model) {
+    return _.indexOf(collection.models, model) >= 0;
+  }
+
+  // Tombstones live on the collection: ids destroyed, with their version.
+  function buried(collection, id, version) {
+    var graves = collection.backboneSyncTombstones;
+    if (!graves || id == null || !hasOwn.call(graves.versions, id)) return false;
+    var at = graves.versions[id];
+    return !(version > 0 && at > 0 && version > at);
+  }
+
+  function bury(collection, id, version) {
+    if (id == null) return;
+    var graves = collection.backboneSyncTombstones ||
+      (collection.backboneSyncTombstones = { versions: {}, order: [] });
+    if (!hasOwn.call(graves.versions, id)) graves.order.push(id);
+    graves.versions[id] = version;
+    while (graves.order.length > MAX_TOMBSTONES) delete graves.versions[graves.order.shift()];
+  }
+
+  // ### BackboneSync.applyToCollection
+  //
+  // Apply one change to `collection`, exactly once:
+  //
+  // * a change this page caused (its origin names one of our pending
+  //   models) is merged into that model, whether its save has been answered
+  //   or not, so the collection never holds two models for one record;
+  // * `create` and `update` merge into the model with the same id, or add
+  //   one; a change older than what the model shows is dropped;
+  // * `destroy` removes the model, and remembers the id so that a late
+  //   update cannot bring it back.
+  function applyToCollection(collection, change) {
+    var object = parseWith(collection.model && collection.model.prototype, change.object),
+        version = change.version || 0,
+        id = BackboneSync.idFor(collection, object);
+    if (id == null && change.id != null) id = change.id;
+
+    var mine = BackboneSync.originModel(change.origin),
+        byId = id != null ? collection.get(id) : null,
+        targets = _.uniq(_.compact([mine, byId]));
+
+    if (change.event === 'destroy') {
+      bury(collection, id, version);
+      _.each(targets, function (model) {
+        if (contains(collection, model)) collection.remove(model);
+      });
+      BackboneSync.forgetOrigin(mine);
+      return null;
+    }
+    if (buried(collection, id, version)) return null;
+
+    var model = null;
+    _.each(targets, function (target) {
+      if (stale(target, version)) return;
+      target.set(parseWith(target, change.object));
+      saw(target, version);
+      model = model || target;
+    });
+    if (targets.length && !model) return null;          // every copy is newer
+    BackboneSync.forgetOrigin(mine);
+
+    if (model && !contains(collection, model)) {
+      // Our pending model was saved outside this collection (or with
+      // `wait: true`): it becomes the collection's copy.
+      if (!collection.get(id)) collection.add(model);
+    } else if (!model) {
+      collection.add(object);
+      model = collection.get(id);
+      if (model) saw(model, version);
+    }
+    return model;
+  }
+  BackboneSync.applyToCollection = applyToCollection;
+
+  // ### BackboneSync.applyToModel
+  //
+  // Apply one change delivered on a model's own channel: `update` merges
+  // unless it is older than the model, `destroy` announces the model as
+  // destroyed (`{backboneSync: true}`), which removes it from every
+  // collection that holds it.
+  function applyToModel(model, change) {
+    var attrs = parseWith(model, change.object),
+        id = idOfModel(model, attrs);
+    if (id != null && model.id != null && String(id) !== String(model.id)) return;
+    if (change.event === 'destroy') {
+      model.trigger('destroy', model, model.collection, { backboneSync: true });
+      return;
+    }
+    if (stale(model, change.version || 0)) return;
+    model.set(attrs);
+    saw(model, change.version || 0);
+  }
+  BackboneSync.applyToModel = applyToModel;
+})(typeof window !== 'undefined' ? window : this);
