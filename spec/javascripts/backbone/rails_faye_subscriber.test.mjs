@@ -93,6 +93,25 @@ for (const target of TARGETS) {
           assert.deepEqual(users.pluck('id').sort(), [42, 44]);
         });
 
+        test('calls its own create, update and destroy, so an app may override them (backbone_sync-rails)', async () => {
+          const seen = [];
+          const original = subscriber.update;
+          subscriber.update = function (change) {
+            seen.push([change.event, change.object.id]);
+            return original.call(this, change);
+          };
+          subscriber.destroy = function (change) { seen.push([change.event, change.object.id]); };
+          await deliver(sync(), { event: 'create', object: { id: 9, name: 'a' }, origin: null, version: 1 },
+            () => users.get(9), 'create');
+          await deliver(sync(), { event: 'update', object: { id: 9, name: 'b' }, origin: null, version: 2 },
+            () => users.get(9).get('name') === 'b', 'update, through the override');
+          await deliver(sync(), { event: 'destroy', object: { id: 9 }, origin: null, version: 3 });
+          await deliver(sync(), { event: 'launch', object: { id: 9 }, origin: null, version: 4 });
+          await drain(page, client);
+          assert.deepEqual(seen, [['update', 9], ['destroy', 9]]);
+          assert.ok(users.get(9), 'the overriding destroy kept the model');
+        });
+
         test('ignores an update older than the model, and an update after its destroy', async () => {
           await deliver(sync(), { event: 'create', object: { id: 7, name: 'v1' }, origin: null, version: 100 },
             () => users.get(7), 'create');

@@ -1421,12 +1421,18 @@ try {
   // ### BackboneSync.dispatch
   //
   // Apply each change of one delivery to `target`, a collection (`kind`
-  // `'collection'`) or a model (`'model'`), through the table.
-  BackboneSync.dispatch = function (kind, target, data) {
-    var changes = BackboneSync.changes(data), action, i;
+  // `'collection'`) or a model (`'model'`), through the table. With `via`,
+  // an allowed change goes to `via[event](change)` instead, as
+  // backbone_sync-rails' subscriber called its own `create`, `update` and
+  // `destroy`, which apps override.
+  BackboneSync.dispatch = function (kind, target, data, via) {
+    var changes = BackboneSync.changes(data), action, event, i;
     for (i = 0; i < changes.length; i++) {
-      action = actionFor(kind, changes[i].event);
-      if (action) action(target, changes[i]);
+      event = changes[i].event;
+      action = actionFor(kind, event);
+      if (!action) continue;
+      if (via && typeof via[event] === 'function') via[event](changes[i]);
+      else action(target, changes[i]);
     }
   };
 
@@ -1664,7 +1670,8 @@ try {
   // `resync` after an outage (a subscriber passes its own overridable
   // `resync`, which comes back here), and `deliver(data)`, called with each
   // delivery instead of `receive` (a subscriber passes its own overridable
-  // `receive`, which comes back here).
+  // `receive`, which comes back here), and `via`, whose `create`, `update`
+  // and `destroy` apply the allowed changes (see `BackboneSync.dispatch`).
   function Subscription(target, options) {
     options = options || {};
     this.target  = target;
@@ -1674,6 +1681,7 @@ try {
     this.refetch = options.refetch || null;
     this.outage  = options.outage || null;
     this.deliver = options.deliver || null;
+    this.via     = options.via || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
     this.retried = false;
@@ -1702,7 +1710,7 @@ try {
     // actions.
     receive: function (data) {
       if (this.closed) return;
-      BackboneSync.dispatch(this.kind, this.target, data);
+      BackboneSync.dispatch(this.kind, this.target, data, this.via);
     },
 
     // ### resync
@@ -1932,7 +1940,7 @@ try {
     this.resyncWith = options.resync || null;
     this._subscription = new BackboneSync.Subscription(collection, {
       kind: 'collection', channel: options.channel, client: options.client,
-      refetch: this.resyncWith, outage: this.resync, deliver: this.receive
+      refetch: this.resyncWith, outage: this.resync, deliver: this.receive, via: this
     });
     this.channel = this._subscription.channel;
     this.client  = this._subscription.client;
@@ -1959,8 +1967,9 @@ try {
       this._subscription.receive(data);
     },
 
-    // Apply one change to the collection. Deliveries reach it through
-    // `BackboneSync.dispatch`; these stay for code that calls them.
+    // Apply one change to the collection: every allowed change of a
+    // delivery comes through here (`BackboneSync.dispatch` with `via`), so
+    // an app may override them as it did with backbone_sync-rails.
     create: applyOne,
     update: applyOne,
     destroy: applyOne,

@@ -40,7 +40,7 @@
     this.resyncWith = options.resync || null;
     this._subscription = new BackboneSync.Subscription(collection, {
       kind: 'collection', channel: options.channel, client: options.client,
-      refetch: this.resyncWith, outage: this.resync, deliver: this.receive
+      refetch: this.resyncWith, outage: this.resync, deliver: this.receive, via: this
     });
     this.channel = this._subscription.channel;
     this.client  = this._subscription.client;
@@ -67,8 +67,9 @@
       this._subscription.receive(data);
     },
 
-    // Apply one change to the collection. Deliveries reach it through
-    // `BackboneSync.dispatch`; these stay for code that calls them.
+    // Apply one change to the collection: every allowed change of a
+    // delivery comes through here (`BackboneSync.dispatch` with `via`), so
+    // an app may override them as it did with backbone_sync-rails.
     create: applyOne,
     update: applyOne,
     destroy: applyOne,

@@ -48,12 +48,18 @@
   // ### BackboneSync.dispatch
   //
   // Apply each change of one delivery to `target`, a collection (`kind`
-  // `'collection'`) or a model (`'model'`), through the table.
-  BackboneSync.dispatch = function (kind, target, data) {
-    var changes = BackboneSync.changes(data), action, i;
+  // `'collection'`) or a model (`'model'`), through the table. With `via`,
+  // an allowed change goes to `via[event](change)` instead, as
+  // backbone_sync-rails' subscriber called its own `create`, `update` and
+  // `destroy`, which apps override.
+  BackboneSync.dispatch = function (kind, target, data, via) {
+    var changes = BackboneSync.changes(data), action, event, i;
     for (i = 0; i < changes.length; i++) {
-      action = actionFor(kind, changes[i].event);
-      if (action) action(target, changes[i]);
+      event = changes[i].event;
+      action = actionFor(kind, event);
+      if (!action) continue;
+      if (via && typeof via[event] === 'function') via[event](changes[i]);
+      else action(target, changes[i]);
     }
   };
 

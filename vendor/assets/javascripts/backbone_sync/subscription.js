@@ -70,7 +70,8 @@
   // `resync` after an outage (a subscriber passes its own overridable
   // `resync`, which comes back here), and `deliver(data)`, called with each
   // delivery instead of `receive` (a subscriber passes its own overridable
-  // `receive`, which comes back here).
+  // `receive`, which comes back here), and `via`, whose `create`, `update`
+  // and `destroy` apply the allowed changes (see `BackboneSync.dispatch`).
   function Subscription(target, options) {
     options = options || {};
     this.target  = target;
@@ -80,6 +81,7 @@
     this.refetch = options.refetch || null;
     this.outage  = options.outage || null;
     this.deliver = options.deliver || null;
+    this.via     = options.via || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
     this.retried = false;
@@ -108,7 +110,7 @@
     // actions.
     receive: function (data) {
       if (this.closed) return;
-      BackboneSync.dispatch(this.kind, this.target, data);
+      BackboneSync.dispatch(this.kind, this.target, data, this.via);
     },
 
     // ### resync
