@@ -61,14 +61,28 @@ module BackboneSync
       end
     end
 
-    def initialize(host: "127.0.0.1", port: 9292, mount: "/faye", timeout: 45,
-                   key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
+    # Every default of the server, written once: the C core takes explicit
+    # values (_configure), and the other Ruby classes that need one of these
+    # (RedisPublisher's history settings and key prefix, the embedded
+    # server's host and mount) read it here.
+    DEFAULTS = {
+      host: "127.0.0.1", port: 9292, mount: "/faye", timeout: 45,
+      max_message_size: 65_536, max_depth: 32, max_batch: 100,
+      max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000, max_channels: 100_000,
+      request_timeout: 10, history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
+      redis_prefix: "backbone_sync:"
+    }.freeze
+
+    def initialize(host: DEFAULTS[:host], port: DEFAULTS[:port], mount: DEFAULTS[:mount],
+                   timeout: DEFAULTS[:timeout], key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
                    signed_subscriptions: false, public_channels: [],
-                   max_message_size: 65_536, max_depth: 32, max_batch: 100,
-                   max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000, max_channels: 100_000,
-                   request_timeout: 10, allowed_origins: nil,
-                   history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
-                   redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: "backbone_sync:")
+                   max_message_size: DEFAULTS[:max_message_size], max_depth: DEFAULTS[:max_depth],
+                   max_batch: DEFAULTS[:max_batch], max_subscriptions: DEFAULTS[:max_subscriptions],
+                   max_queue: DEFAULTS[:max_queue], max_clients: DEFAULTS[:max_clients],
+                   max_channels: DEFAULTS[:max_channels], request_timeout: DEFAULTS[:request_timeout],
+                   allowed_origins: nil, history_size: DEFAULTS[:history_size],
+                   history_ttl: DEFAULTS[:history_ttl], history_memory: DEFAULTS[:history_memory],
+                   redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: DEFAULTS[:redis_prefix])
       @host = validate_host(host)
       @port = validate_int(:port, port, 0, 65_535, "use 0 to pick a free port")
       @mount = validate_mount(mount)
