@@ -15,7 +15,9 @@ module BackboneSync
   #
   # The C extension defines the private primitives (_configure, _start,
   # _stop, _forget, _publish, _stats, _running?, _port); this class owns
-  # validation, defaults, logging and the process model.
+  # validation, defaults, logging and the process model. After a fork the
+  # core marks an inherited server stopped (_forget: running? is false,
+  # _stop does nothing); @forked_from is only what Ruby tells the caller.
   class Server
     CLIENT_JS = File.expand_path("../../vendor/assets/javascripts/backbone_sync/faye.js", __dir__)
     LOG_LEVELS = { "E" => :error, "W" => :warn, "I" => :info, "D" => :debug }.freeze
@@ -145,7 +147,7 @@ module BackboneSync
     # Idempotent: closes every connection and joins the service thread.
     def stop
       @lock.synchronize do
-        _stop unless @forked_from
+        _stop # in a forked child the C core knows there is nothing to join
         close_log
         self.class.unregister(self)
       end
@@ -153,7 +155,7 @@ module BackboneSync
     end
 
     def running?
-      !@forked_from && _running?
+      _running?
     end
 
     # The bound port once started (useful with port: 0), else the configured one.
