@@ -155,6 +155,28 @@ module BackboneSync
         end
       end
 
+      # What a committed change of +record+ becomes, for the push macro and
+      # the observer alike: the payload (format: :canonical or :legacy, with
+      # +origin+) to +channels+, now through publish, or with async: through
+      # a BackboneSync::BroadcastJob on +queue+ (the payload is built now:
+      # the record may be gone when the job runs). Never raises: a failure is
+      # reported as publish's are.
+      def broadcast_change(record, event, channels, origin:, format: :canonical, async: false, queue: nil)
+        context = { model: record.class.name, id: (record.id if record.respond_to?(:id)), event: event.to_s }
+        payload = BackboneSync::Payload.build(record, event, origin: origin, format: format)
+        if async
+          require "backbone_sync/broadcast_job"
+          job = BackboneSync::BroadcastJob
+          job = job.set(queue: queue) if queue
+          job.perform_later(Array(channels), payload)
+        else
+          publish(channels, payload, context)
+        end
+        nil
+      rescue StandardError => e
+        BackboneSync.report_broadcast_error(e, context || { model: record.class.name, event: event.to_s })
+      end
+
       # How many broadcasts may wait for the network (config.backbone_sync.queue_size).
       attr_reader :queue_size
 
