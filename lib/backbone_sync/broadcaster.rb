@@ -77,10 +77,7 @@ module BackboneSync
       # The Redis URL of the backplane, or nil: set explicitly, else
       # $BACKBONE_SYNC_REDIS_URL.
       def redis
-        return @redis if @redis
-
-        env = ENV["BACKBONE_SYNC_REDIS_URL"]
-        env unless env.nil? || env.empty?
+        @redis || BackboneSync.default_redis_url
       end
 
       def redis=(url)
@@ -248,8 +245,9 @@ module BackboneSync
               require "backbone_sync/redis_publisher"
               BackboneSync::RedisPublisher.new(url)
             else
-              BackboneSync::Publisher.new(server_url, secret: BackboneSync.secret,
-                                                      open_timeout: 1, read_timeout: 2, retries: 2)
+              # A shorter connect timeout than Publisher's default: a save's
+              # broadcasts wait behind it in the queue. The rest are Publisher's.
+              BackboneSync::Publisher.new(server_url, secret: BackboneSync.secret, open_timeout: 1)
             end
           end
         end

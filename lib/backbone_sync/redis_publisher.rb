@@ -17,7 +17,7 @@ module BackboneSync
     # history_size and history_ttl are used only until a server has
     # connected to this Redis: the servers' own settings, which they store
     # there, win (publish.lua). Their defaults are the server's.
-    def initialize(url = ENV["BACKBONE_SYNC_REDIS_URL"], prefix: PREFIX,
+    def initialize(url = BackboneSync.default_redis_url, prefix: PREFIX,
                    history_size: Server::DEFAULTS[:history_size],
                    history_ttl: Server::DEFAULTS[:history_ttl], timeout: 2)
       begin

@@ -84,7 +84,7 @@ module BackboneSync
                    max_channels: DEFAULTS[:max_channels], request_timeout: DEFAULTS[:request_timeout],
                    allowed_origins: nil, history_size: DEFAULTS[:history_size],
                    history_ttl: DEFAULTS[:history_ttl], history_memory: DEFAULTS[:history_memory],
-                   redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: DEFAULTS[:redis_prefix])
+                   redis: BackboneSync.default_redis_url, redis_prefix: DEFAULTS[:redis_prefix])
       @host = validate_host(host)
       @port = validate_int(:port, port, 0, 65_535, "use 0 to pick a free port")
       @mount = validate_mount(mount)
