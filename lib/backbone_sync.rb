@@ -42,6 +42,13 @@ module BackboneSync
       rails_secret
     end
 
+    # $BACKBONE_SYNC_REDIS_URL, or nil when it is unset or empty: the Redis
+    # URL of Server, RedisPublisher and the broadcaster when given none.
+    def default_redis_url
+      env = ENV["BACKBONE_SYNC_REDIS_URL"]
+      env unless env.nil? || env.empty?
+    end
+
     # +channel+ as a String fit to publish to, or ChannelError saying what a
     # channel looks like. A Symbol is taken as its name; wildcards, /meta
     # and /service are refused (BackboneSync.channel?, the C core's rule).

@@ -88,7 +88,7 @@ RSpec.describe BackboneSync::Server, "options and logging" do
           expect { BackboneSync.channel!(reserved) }.to raise_error(BackboneSync::ChannelError), reserved
         end
         expect { server.publish(42, 1) }.to raise_error(BackboneSync::ChannelError, /channel must be a String/)
-        expect { server.publish("/big", "x" * 2000) }.to raise_error(ArgumentError, /larger than max_message_size/)
+        expect { server.publish("/big", "x" * 2000) }.to raise_error(BackboneSync::MessageTooLarge, /larger than max_message_size/)
         expect { server.publish("/bad", { "s" => "\xFF" }) }.to raise_error(BackboneSync::EncodeError)
         expect(server.publish(:"/sym/ok", { "ok" => true })).to be_nil
         expect(server.running?).to be(true)
@@ -209,6 +209,8 @@ RSpec.describe BackboneSync::Server, "options and logging" do
 
     it "closes the log pipe and ends its thread on stop" do
       io = StringIO.new
+      # timeout 0.4+ starts one thread of its own at its first use (stop_bounded).
+      Timeout.timeout(1) { nil }
       threads = Thread.list.size
       fds = open_fds
       3.times do

@@ -26,4 +26,5 @@ void Init_backbone_sync(void)
 
     Init_BackboneSync_JSON(bs_mBackboneSync);
     Init_BackboneSync_Server(bs_mBackboneSync);
+    Init_BackboneSync_Publish(bs_mBackboneSync);
 }

@@ -32,5 +32,6 @@ void bs_ruby_json_encode(VALUE obj, bs_buf_t *out);
 
 void Init_BackboneSync_JSON(VALUE mBackboneSync);
 void Init_BackboneSync_Server(VALUE mBackboneSync);
+void Init_BackboneSync_Publish(VALUE mBackboneSync);
 
 #endif

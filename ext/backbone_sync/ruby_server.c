@@ -8,12 +8,15 @@
 
 #include "ruby_bindings.h"
 
-static VALUE eStartError = Qnil, ePortInUse = Qnil, eNotRunning = Qnil, eOverloaded = Qnil,
-             eChannelError = Qnil;
+static VALUE eError = Qnil, eStartError = Qnil, ePortInUse = Qnil, eNotRunning = Qnil,
+             eOverloaded = Qnil, eChannelError = Qnil, eMessageTooLarge = Qnil;
 
 typedef struct server_wrapper {
     bs_server_t *srv;                    /* NULL until _configure */
-    int forgotten;                       /* set by _forget in a forked child */
+    /* Set by _forget in a forked child. The core keeps its own flag, but
+     * offers no way to ask it, and _stats must not take the backplane's
+     * lock, which the parent's threads may have held at fork. */
+    int forgotten;
 } server_wrapper_t;
 
 static void server_free(void *p)
@@ -148,7 +151,7 @@ static VALUE Server_configure(VALUE self, VALUE hash)
 
     Check_Type(hash, T_HASH);
     if (w->srv && bs_server_running(w->srv))
-        rb_raise(rb_eRuntimeError, "cannot reconfigure a running server: call stop first");
+        rb_raise(eError, "cannot reconfigure a running server: call stop first");
 
     host = need(hash, "host");
     mount = need(hash, "mount");
@@ -271,12 +274,10 @@ static VALUE Server_stop(VALUE self)
 
     if (!w->srv)
         return Qnil;
-    if (w->forgotten) {
-        /* a forked child owns no service thread: nothing to join */
-        return Qnil;
-    }
-    /* No unblock function: bs_server_stop is bounded, and abandoning it
-     * half-way would leave the context half destroyed. */
+    /* In a forked child (bs_server_forget) the core returns at once: there
+     * is no service thread to join. No unblock function: bs_server_stop is
+     * bounded, and abandoning it half-way would leave the context half
+     * destroyed. */
     rb_thread_call_without_gvl(stop_nogvl, w->srv, NULL, NULL);
     return Qnil;
 }
@@ -286,7 +287,7 @@ static VALUE Server_stop(VALUE self)
  *   _forget -> nil
  *
  * In a forked child: mark the inherited server stopped without touching the
- * parent's thread, sockets or locks.
+ * parent's thread, sockets or locks. The core remembers it.
  */
 static VALUE Server_forget(VALUE self)
 {
@@ -305,7 +306,9 @@ static VALUE Server_forget(VALUE self)
  *   _publish(channel, data) -> nil
  *
  * Encodes +data+ as JSON in this thread and queues it for +channel+'s
- * subscribers. Raises EncodeError, ChannelError, NotRunning, Overloaded.
+ * subscribers. Raises EncodeError, ChannelError, NotRunning, Overloaded,
+ * MessageTooLarge. (In a forked child the core answers NotRunning; server.rb
+ * says so first, with the parent's pid.)
  */
 static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
 {
@@ -314,10 +317,6 @@ static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
     int rc;
 
     StringValue(channel);
-    if (w->forgotten)
-        rb_raise(eNotRunning,
-                 "this server runs in the parent process, not in this forked child; "
-                 "publish over HTTP with BackboneSync::Publisher.new(url, secret: ...)");
     if (!w->srv)
         rb_raise(eNotRunning, "the server was never started: call start before publish");
 
@@ -332,7 +331,9 @@ static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
     case BS_OK:
         return Qnil;
     case BS_ESTOPPED:
-        rb_raise(eNotRunning, "the server is not running: call start before publish");
+        rb_raise(eNotRunning, "the server is not running (never started, stopped, or inherited by a forked "
+                              "child): call start before publish, or publish over HTTP with "
+                              "BackboneSync::Publisher");
     case BS_EFULL:
         rb_raise(eOverloaded, "the publish queue is full (subscribers are not keeping up); "
                               "publish less often, or retry after a pause");
@@ -342,14 +343,14 @@ static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
                  "digits and -_!~()$@ (no wildcards, not under /meta or /service)",
                  rb_inspect(channel));
     case BS_ETOOBIG:
-        rb_raise(rb_eArgError, "the message for %" PRIsVALUE " is larger than max_message_size; "
-                               "publish less data (an id to fetch), or raise max_message_size",
+        rb_raise(eMessageTooLarge, "the message for %" PRIsVALUE " is larger than max_message_size; "
+                                   "publish less data (an id to fetch), or raise max_message_size",
                  rb_inspect(channel));
     case BS_ENOMEM:
         rb_memerror();
     default:
-        rb_raise(rb_eRuntimeError, "publish failed with unknown code %d; this is a bug in "
-                                   "backbone_sync, please report it", rc);
+        rb_raise(eError, "publish failed with unknown code %d; this is a bug in "
+                         "backbone_sync, please report it", rc);
     }
     UNREACHABLE_RETURN(Qnil);
 }
@@ -360,7 +361,8 @@ static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
  * call-seq:
  *   _stats -> Hash
  *
- * A snapshot of the server's counters, with symbol keys and Integer values.
+ * A snapshot of the server's counters, with symbol keys and Integer values;
+ * zeros in a forked child.
  */
 static VALUE Server_stats(VALUE self)
 {
@@ -395,7 +397,7 @@ static VALUE Server_running_p(VALUE self)
 {
     server_wrapper_t *w = unwrap(self);
 
-    return (w->srv && !w->forgotten && bs_server_running(w->srv)) ? Qtrue : Qfalse;
+    return (w->srv && bs_server_running(w->srv)) ? Qtrue : Qfalse;
 }
 
 static VALUE Server_port(VALUE self)
@@ -443,11 +445,13 @@ void Init_BackboneSync_Server(VALUE mBackboneSync)
 {
     VALUE cServer = rb_define_class_under(mBackboneSync, "Server", rb_cObject);
 
+    eError = bs_ruby_error_class("Error");
     eStartError = bs_ruby_error_class("StartError");
     ePortInUse = bs_ruby_error_class("PortInUse");
     eNotRunning = bs_ruby_error_class("NotRunning");
     eOverloaded = bs_ruby_error_class("Overloaded");
     eChannelError = bs_ruby_error_class("ChannelError");
+    eMessageTooLarge = bs_ruby_error_class("MessageTooLarge");
 
     rb_define_alloc_func(cServer, server_alloc);
     rb_define_private_method(cServer, "_configure", Server_configure, 1);

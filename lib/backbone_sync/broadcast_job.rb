@@ -13,7 +13,7 @@ module BackboneSync
     # queue's own retry applies.
     def perform(channels, payload)
       Array(channels).each do |channel|
-        BackboneSync::Rails::Faye.publish!(channel, payload)
+        BackboneSync::Broadcaster.publish!(channel, payload)
       rescue StandardError => e
         BackboneSync.report_broadcast_error(e, channel: channel, job: job_id)
         raise

@@ -25,6 +25,10 @@ module BackboneSync
   # The in-process publish queue is full; subscribers cannot keep up.
   class Overloaded < Error; end
 
+  # Server#publish: the encoded message is over the server's
+  # max_message_size (an ArgumentError in earlier versions).
+  class MessageTooLarge < Error; end
+
   # BackboneSync::Publisher gave up: the server was unreachable or refused.
   class PublishError < Error; end
 

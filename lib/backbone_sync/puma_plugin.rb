@@ -37,9 +37,9 @@ module BackboneSync
         booted = defined?(BackboneSync::Rails::Engine) && defined?(::Rails.application) &&
                  ::Rails.application&.initialized?
         if clustered
-          BackboneSync::Rails::Faye.stop_embedded_server if booted
+          BackboneSync::Broadcaster.stop_embedded_server if booted
           @supervisor = Supervisor.new(launcher)
-        elsif booted && !BackboneSync::Rails::Faye.embedded_server
+        elsif booted && !BackboneSync::Broadcaster.embedded_server
           BackboneSync::Rails::Engine.boot_server(::Rails.application.config.backbone_sync.embedded)
         end
       end

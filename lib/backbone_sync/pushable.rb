@@ -148,46 +148,27 @@ module BackboneSync
         channels = push_channels(event)
         return if channels.empty?
 
-        payload = BackboneSync::Payload.build(self, event, origin: origin, format: config.payload)
-        context = { model: self.class.name, id: (id if respond_to?(:id)), event: event.to_s }
-        if config.async
-          require "backbone_sync/broadcast_job"
-          job = BackboneSync::BroadcastJob
-          job = job.set(queue: config.queue) if config.queue
-          job.perform_later(channels, payload)
-        else
-          BackboneSync::Rails::Faye.publish(channels, payload, context)
-        end
-        nil
+        BackboneSync::Broadcaster.broadcast_change(self, event, channels, origin: origin, format: config.payload,
+                                                                          async: config.async, queue: config.queue)
       rescue StandardError => e
-        BackboneSync.report_broadcast_error(e, context || { model: self.class.name, event: event.to_s })
+        BackboneSync.report_broadcast_error(e, model: self.class.name, id: (id if respond_to?(:id)),
+                                               event: event.to_s)
       end
 
       private
 
-      # after_create/update/destroy/touch: remember what happened until the
-      # commit. A create followed by updates in one transaction is a create;
-      # a destroy wins over both.
+      # The callbacks: ChangeTracker remembers what happened until the
+      # commit (a create then updates is a create; a destroy wins).
       def backbone_sync_mark(event)
-        return if BackboneSync.suppressed?
-
-        if @backbone_sync_event.nil?
-          @backbone_sync_origin = BackboneSync.origin
-          @backbone_sync_event = event
-        elsif event == :destroy
-          @backbone_sync_event = :destroy
-        end
+        BackboneSync::ChangeTracker.mark(self, event, :push)
       end
 
       def backbone_sync_commit
-        event = @backbone_sync_event
-        origin = @backbone_sync_origin
-        @backbone_sync_event = @backbone_sync_origin = nil
-        push_broadcast(event, origin: origin) if event
+        BackboneSync::ChangeTracker.commit(self, :push) { |event, origin| push_broadcast(event, origin: origin) }
       end
 
       def backbone_sync_rollback
-        @backbone_sync_event = @backbone_sync_origin = nil
+        BackboneSync::ChangeTracker.forget(self, :push)
       end
     end
 
@@ -202,13 +183,25 @@ module BackboneSync
 
         map = events.empty? ? DEFAULTS.dup : EVENTS.to_h { |e| [e, []] }
         events.each { |event, targets| map[event] = check_targets(klass, event, targets) }
-        payload = (options[:payload] || :canonical).to_sym
-        unless BackboneSync::Payload::FORMATS.include?(payload)
-          raise ArgumentError, "#{klass.name}.push: payload: must be :canonical or :legacy, got #{options[:payload].inspect}"
+        Config.new(events: map.transform_values(&:freeze).freeze, **build_options(klass, options, "push"))
+      end
+
+      # push's options (async:, payload:, queue:), checked, with their
+      # defaults; the observer's push_options take the same.
+      def build_options(klass, options, macro)
+        options = options.transform_keys(&:to_sym)
+        unknown = options.keys - OPTIONS
+        unless unknown.empty?
+          raise ArgumentError, "#{klass.name}.#{macro}: unknown option #{unknown.map(&:inspect).join(', ')}; " \
+                               "use #{OPTIONS.map(&:inspect).join(', ')}"
         end
 
-        Config.new(events: map.transform_values(&:freeze).freeze, async: options[:async] ? true : false,
-                   payload: payload, queue: options[:queue])
+        payload = (options[:payload] || :canonical).to_sym
+        unless BackboneSync::Payload::FORMATS.include?(payload)
+          raise ArgumentError, "#{klass.name}.#{macro}: payload: must be :canonical or :legacy, got #{options[:payload].inspect}"
+        end
+
+        { async: options[:async] ? true : false, payload: payload, queue: options[:queue] }
       end
 
       def check_targets(klass, event, targets)

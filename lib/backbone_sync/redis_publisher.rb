@@ -1,8 +1,5 @@
 # frozen_string_literal: true
 
-require "json"
-require "securerandom"
-
 module BackboneSync
   # Publishes straight into the Redis backplane, from any process, with the
   # same script the servers run (publish.lua): Redis numbers the message and
@@ -13,15 +10,16 @@ module BackboneSync
   #   publisher.publish("/sync/users", { "id" => 1 })   # => the message's offset
   class RedisPublisher
     SCRIPT = File.read(File.expand_path("publish.lua", __dir__)).freeze
-    PREFIX = "backbone_sync:"
+    PREFIX = Server::DEFAULTS[:redis_prefix]
 
     attr_reader :url
 
     # history_size and history_ttl are used only until a server has
     # connected to this Redis: the servers' own settings, which they store
-    # there, win (publish.lua).
-    def initialize(url = ENV["BACKBONE_SYNC_REDIS_URL"], prefix: PREFIX, history_size: 100,
-                   history_ttl: 300, timeout: 2)
+    # there, win (publish.lua). Their defaults are the server's.
+    def initialize(url = BackboneSync.default_redis_url, prefix: PREFIX,
+                   history_size: Server::DEFAULTS[:history_size],
+                   history_ttl: Server::DEFAULTS[:history_ttl], timeout: 2)
       begin
         require "redis-client"
       rescue LoadError
@@ -47,10 +45,10 @@ module BackboneSync
     # PublishError when Redis cannot be reached.
     def publish(channel, data)
       channel = BackboneSync.channel!(channel)
-      # The delivery up to its ext; the script adds the offset and the epoch.
-      head = +"[{\"channel\":#{JSON.generate(channel)},\"data\":"
-      head << BackboneSync.encode_json(data) << ",\"ext\":{"
-      args = [@prefix, channel, head, @history_size, @history_ttl, fresh_epoch]
+      # The delivery up to its ext, built by the C core as the server builds
+      # it; the script adds the offset and the epoch (made by the core too).
+      head = BackboneSync.delivery_head(channel, BackboneSync.encode_json(data))
+      args = [@prefix, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch]
       @lock.synchronize { run(args) }
     rescue RedisClient::Error => e
       raise e.is_a?(RedisClient::ConnectionError) ? Unreachable : PublishError, "could not publish to #{channel} through Redis at #{@url}: #{e.message} " \
@@ -72,10 +70,6 @@ module BackboneSync
       # Redis restarted and forgot the script.
       @sha = nil
       @client.call("EVAL", SCRIPT, 0, *args)
-    end
-
-    def fresh_epoch
-      SecureRandom.random_number(36**16).to_s(36).rjust(16, "0")
     end
   end
 end

@@ -15,7 +15,9 @@ module BackboneSync
   #
   # The C extension defines the private primitives (_configure, _start,
   # _stop, _forget, _publish, _stats, _running?, _port); this class owns
-  # validation, defaults, logging and the process model.
+  # validation, defaults, logging and the process model. After a fork the
+  # core marks an inherited server stopped (_forget: running? is false,
+  # _stop does nothing); @forked_from is only what Ruby tells the caller.
   class Server
     CLIENT_JS = File.expand_path("../../vendor/assets/javascripts/backbone_sync/faye.js", __dir__)
     LOG_LEVELS = { "E" => :error, "W" => :warn, "I" => :info, "D" => :debug }.freeze
@@ -61,14 +63,28 @@ module BackboneSync
       end
     end
 
-    def initialize(host: "127.0.0.1", port: 9292, mount: "/faye", timeout: 45,
-                   key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
+    # Every default of the server, written once: the C core takes explicit
+    # values (_configure), and the other Ruby classes that need one of these
+    # (RedisPublisher's history settings and key prefix, the embedded
+    # server's host and mount) read it here.
+    DEFAULTS = {
+      host: "127.0.0.1", port: 9292, mount: "/faye", timeout: 45,
+      max_message_size: 65_536, max_depth: 32, max_batch: 100,
+      max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000, max_channels: 100_000,
+      request_timeout: 10, history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
+      redis_prefix: "backbone_sync:"
+    }.freeze
+
+    def initialize(host: DEFAULTS[:host], port: DEFAULTS[:port], mount: DEFAULTS[:mount],
+                   timeout: DEFAULTS[:timeout], key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
                    signed_subscriptions: false, public_channels: [],
-                   max_message_size: 65_536, max_depth: 32, max_batch: 100,
-                   max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000, max_channels: 100_000,
-                   request_timeout: 10, allowed_origins: nil,
-                   history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
-                   redis: ENV["BACKBONE_SYNC_REDIS_URL"], redis_prefix: "backbone_sync:")
+                   max_message_size: DEFAULTS[:max_message_size], max_depth: DEFAULTS[:max_depth],
+                   max_batch: DEFAULTS[:max_batch], max_subscriptions: DEFAULTS[:max_subscriptions],
+                   max_queue: DEFAULTS[:max_queue], max_clients: DEFAULTS[:max_clients],
+                   max_channels: DEFAULTS[:max_channels], request_timeout: DEFAULTS[:request_timeout],
+                   allowed_origins: nil, history_size: DEFAULTS[:history_size],
+                   history_ttl: DEFAULTS[:history_ttl], history_memory: DEFAULTS[:history_memory],
+                   redis: BackboneSync.default_redis_url, redis_prefix: DEFAULTS[:redis_prefix])
       @host = validate_host(host)
       @port = validate_int(:port, port, 0, 65_535, "use 0 to pick a free port")
       @mount = validate_mount(mount)
@@ -131,7 +147,7 @@ module BackboneSync
     # Idempotent: closes every connection and joins the service thread.
     def stop
       @lock.synchronize do
-        _stop unless @forked_from
+        _stop # in a forked child the C core knows there is nothing to join
         close_log
         self.class.unregister(self)
       end
@@ -139,7 +155,7 @@ module BackboneSync
     end
 
     def running?
-      !@forked_from && _running?
+      _running?
     end
 
     # The bound port once started (useful with port: 0), else the configured one.

@@ -51,6 +51,52 @@ RSpec.describe "the Redis backplane" do
     end
   end
 
+  # The next frame that carries a delivery on +channel+, as the bytes sent.
+  def raw_delivery(ws, channel)
+    loop do
+      text = ws.read_message(timeout: 10)
+      return text if Array(JSON.parse(text)).any? { |m| m["channel"] == channel && m.key?("data") }
+    end
+  end
+
+  it "gives a Ruby publisher's message the bytes the C server gives its own, offset and epoch aside" do
+    prefix = "spec#{rand(1 << 30)}:"
+    # A long /meta/connect timeout: no connect reply may share a frame with the deliveries.
+    node = BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 60, redis: @redis.url,
+                                    redis_prefix: prefix).start
+    plain = BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 60).start # no Redis: the engine's own path
+    eventually(what: "the node connected to Redis") { node.stats[:backplane_up] == 1 }
+    channel = "/bp/same-bytes_~!"
+    # What one JSON encoder and another would write differently.
+    data = { "s" => "Ada \u00e9 \u2028 \"q\" \\ </script> \u{1F600}", "n" => [1, 2.5, 1e-7, nil, true, 2**70],
+             "t" => Time.utc(2024, 1, 2, 3, 4, 5.678r), :sym => :val }
+    node_ws, = ws_session(node.url, [channel])
+    plain_ws, = ws_session(plain.url, [channel])
+    publisher = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+    begin
+      publisher.publish(channel, data)
+      from_ruby = raw_delivery(node_ws, channel)
+      node.publish(channel, data)
+      from_node = raw_delivery(node_ws, channel)
+      plain.publish(channel, data)
+      from_plain = raw_delivery(plain_ws, channel)
+
+      tail = /"offset":(\d+),"epoch":"([0-9a-z]{16})"\}\}\]\z/
+      [from_ruby, from_node, from_plain].each { |text| expect(text).to match(tail) }
+      expect(from_ruby.sub(tail, "")).to eq(from_plain.sub(tail, ""))
+      expect(from_ruby.sub(tail, "")).to eq(from_node.sub(tail, ""))
+      expect(from_ruby[tail, 1]).to eq("1")
+      expect(from_node[tail, 1]).to eq("2")
+      expect(from_ruby[tail, 2]).to eq(from_node[tail, 2]) # one epoch in Redis for the channel
+    ensure
+      publisher.close
+      node_ws&.close
+      plain_ws&.close
+      stop_bounded(node)
+      stop_bounded(plain)
+    end
+  end
+
   it "delivers every publish, from any node, Ruby or HTTP, once to every subscriber on every node" do
     with_nodes(3) do |nodes, prefix|
       ws, = ws_session(nodes[0].url, ["/bp/all"])

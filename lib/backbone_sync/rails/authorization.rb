@@ -1,6 +1,19 @@
 # frozen_string_literal: true
 
 module BackboneSync
+  class << self
+    # The policy of the subscription endpoint: the block gets the channel and
+    # the ActionDispatch::Request and returns true to grant a token.
+    #
+    #   BackboneSync.authorize_subscription { |channel, request| request.session[:user_id] }
+    def authorize_subscription(&block)
+      @authorize_subscription = block if block
+      @authorize_subscription
+    end
+
+    attr_writer :authorize_subscription
+  end
+
   module Rails
     @subscriptions_path = "/backbone_sync/subscriptions"
     @token_ttl = 3600

@@ -34,13 +34,13 @@ module BackboneSync
 
       initializer "backbone_sync.configure", before: :load_config_initializers do |app|
         options = app.config.backbone_sync
-        Faye.root_address = options.root_address if options.root_address
-        Faye.redis = options.redis if options.key?(:redis)
-        Faye.client_url = options.client_url if options.client_url
+        BackboneSync::Broadcaster.root_address = options.root_address if options.root_address
+        BackboneSync::Broadcaster.redis = options.redis if options.key?(:redis)
+        BackboneSync::Broadcaster.client_url = options.client_url if options.client_url
         BackboneSync.secret = options.secret if options.secret
         BackboneSync::Rails.subscriptions_path = options.subscriptions_path if options.key?(:subscriptions_path)
         BackboneSync::Rails.token_ttl = options.token_ttl if options.token_ttl
-        Faye.queue_size = options.queue_size if options.queue_size
+        BackboneSync::Broadcaster.queue_size = options.queue_size if options.queue_size
       end
 
       initializer "backbone_sync.controller" do
@@ -77,7 +77,7 @@ module BackboneSync
           # faye:start with the app's settings: its secret (derived from
           # secret_key_base) and root_address's port and mount.
           task defaults: :environment do
-            uri = URI.parse(BackboneSync::Rails::Faye.server_url)
+            uri = URI.parse(BackboneSync::Broadcaster.server_url)
             ENV["port"] ||= uri.port.to_s unless ENV["PORT"]
             ENV["mount"] ||= uri.path unless ENV["MOUNT"]
           end
@@ -105,12 +105,12 @@ module BackboneSync
         # to that server over HTTP.
         def start_embedded(embedded)
           options = embedded.is_a?(Hash) ? embedded.transform_keys(&:to_sym) : {}
-          server = Faye.start_embedded_server(**options)
+          server = BackboneSync::Broadcaster.start_embedded_server(**options)
           announce(:info, "backbone_sync: embedded server listening on #{server.url}")
           server
         rescue BackboneSync::PortInUse => e
           announce(:warn, "backbone_sync: not starting the embedded server (#{e.message}); this process " \
-                          "publishes over HTTP to #{Faye.server_url} instead")
+                          "publishes over HTTP to #{BackboneSync::Broadcaster.server_url} instead")
           nil
         end
 

@@ -1,245 +1,26 @@
 # frozen_string_literal: true
 
-require "uri"
+require "forwardable"
+
+require_relative "../broadcaster"
+require_relative "observer"
 
 module BackboneSync
   module Rails
-    # Where broadcasts go. The app never has to care:
-    #
-    # 1. a BackboneSync::Server running in this process gets them in-process;
-    # 2. else, when a Redis URL is configured (redis=, config.backbone_sync.redis
-    #    or BACKBONE_SYNC_REDIS_URL), BackboneSync::RedisPublisher puts them
-    #    into the backplane every server node listens to;
-    # 3. else BackboneSync::Publisher POSTs them to root_address (kept-alive
-    #    connection, short timeouts, a few retries) with the shared secret.
-    #
-    # Routes 2 and 3 go through a BackboneSync::BroadcastQueue: the save
-    # returns at once and one thread per process does the network part.
+    # The backbone_sync-rails (2011) names, kept for apps and initializers
+    # written against them: every method is BackboneSync::Broadcaster's, and
+    # Faye::Observer is BackboneSync::Rails::Observer.
     #
     #   BackboneSync::Rails::Faye.root_address = "http://localhost:9292"
     module Faye
-      DEFAULT_ROOT_ADDRESS = "http://localhost:9292"
-      DEFAULT_MOUNT = "/faye"
-
-      @lock = Mutex.new
-      @root_address = DEFAULT_ROOT_ADDRESS
-      @redis = nil
-      @server = nil
-      @client_url = nil
-      @publisher = nil
-      @publisher_pid = nil
-      @queue = nil
-      @queue_size = BackboneSync::BroadcastQueue::DEFAULT_SIZE
+      DEFAULT_ROOT_ADDRESS = BackboneSync::Broadcaster::DEFAULT_ROOT_ADDRESS
+      DEFAULT_MOUNT = BackboneSync::Broadcaster::DEFAULT_MOUNT
+      Observer = BackboneSync::Rails::Observer
 
       class << self
-        attr_reader :root_address
+        extend Forwardable
 
-        # Where the server listens, as "http://host:port" (the mount defaults
-        # to /faye) or the full "http://host:port/faye".
-        def root_address=(address)
-          parsed = begin
-            URI.parse(address.to_s)
-          rescue URI::InvalidURIError
-            nil
-          end
-          unless parsed.is_a?(URI::HTTP) && parsed.host
-            raise ArgumentError, "root_address must be the server's http(s) address, such as " \
-                                 "\"http://localhost:9292\", got #{address.inspect}"
-          end
-
-          @lock.synchronize do
-            @root_address = address.to_s
-            reset_publisher
-          end
-        end
-
-        # The server's Bayeux URL: root_address plus /faye unless it has a path.
-        def server_url
-          uri = URI.parse(root_address)
-          uri.path = DEFAULT_MOUNT if uri.path.nil? || uri.path.empty? || uri.path == "/"
-          uri.to_s
-        end
-
-        # The URL browsers use (backbone_sync_tags): the embedded server's
-        # when there is one, else client_url= when set, else server_url.
-        def client_url
-          @client_url || embedded_server&.url || server_url
-        end
-
-        attr_writer :client_url
-
-        # The Redis URL of the backplane, or nil: set explicitly, else
-        # $BACKBONE_SYNC_REDIS_URL.
-        def redis
-          return @redis if @redis
-
-          env = ENV["BACKBONE_SYNC_REDIS_URL"]
-          env unless env.nil? || env.empty?
-        end
-
-        def redis=(url)
-          @lock.synchronize do
-            @redis = url.nil? || url.to_s.empty? ? nil : url.to_s
-            reset_publisher
-          end
-        end
-
-        # The server this process publishes to in-process: the one set here,
-        # else any BackboneSync::Server started in this process.
-        def server
-          return @server if @server&.running?
-
-          BackboneSync::Server.started.find(&:running?)
-        end
-
-        attr_writer :server
-
-        # The server started by config.backbone_sync.embedded, if any.
-        attr_reader :embedded_server
-
-        # Starts a server in this process (config.backbone_sync.embedded);
-        # +options+ go to BackboneSync::Server.new. Its port defaults to
-        # root_address's.
-        def start_embedded_server(**options)
-          uri = URI.parse(root_address)
-          defaults = { host: "127.0.0.1", port: uri.port, mount: uri.path.to_s.empty? || uri.path == "/" ? DEFAULT_MOUNT : uri.path,
-                       secret: BackboneSync.secret }
-          server = BackboneSync::Server.new(**defaults.merge(options)).start
-          @embedded_server = server
-          server
-        end
-
-        def stop_embedded_server
-          @embedded_server&.stop
-          @embedded_server = nil
-        end
-
-        # Which route the next publish takes: :in_process, :redis or :http.
-        def route
-          return :in_process if server
-          return :redis if redis
-
-          :http
-        end
-
-        # Sends +data+ to every channel in +channels+: at once to a server
-        # in this process (no network), else through the broadcast queue,
-        # so the caller never waits on the network. Never raises: a failure
-        # (now or in the queue's thread) is logged, counted
-        # (BackboneSync.broadcast_failures) and handed to
-        # BackboneSync.on_error. Returns the number of channels delivered or
-        # queued.
-        def publish(channels, data, context = {})
-          context = context.merge(route: route)
-          valid = Array(channels).filter_map do |channel|
-            BackboneSync.sync_channel(channel)
-          rescue StandardError => e
-            BackboneSync.report_broadcast_error(e, context.merge(channel: channel))
-            nil
-          end
-          local = server
-          return queue.push(valid, data, context) unless local
-
-          valid.count do |channel|
-            local.publish(channel, data)
-            true
-          rescue StandardError => e
-            BackboneSync.report_broadcast_error(e, context.merge(channel: channel))
-            false
-          end
-        end
-
-        # How many broadcasts may wait for the network (config.backbone_sync.queue_size).
-        attr_reader :queue_size
-
-        # Set at boot: a new size makes a new queue (what the old one holds
-        # is still sent by its thread, but no longer flushed).
-        def queue_size=(size)
-          @lock.synchronize do
-            next if size == @queue_size && @queue
-
-            @queue = nil
-            @queue_size = size
-            queue_locked
-          end
-        end
-
-        # Waits (at most +timeout+ seconds) until every queued broadcast has
-        # been sent or reported. True when nothing is left.
-        def flush(timeout: 5)
-          q = @lock.synchronize { @queue }
-          q ? q.flush(timeout: timeout) : true
-        end
-
-        # The queue's {queued:, dropped:, circuit:}.
-        def queue_stats
-          queue.stats
-        end
-
-        # Like publish for one channel, but raises BackboneSync::Error on failure.
-        def publish!(channel, data)
-          publish_one(channel, data)
-        end
-
-        # Drops the kept-alive publisher (after a config change or a fork).
-        def reset
-          @lock.synchronize { reset_publisher }
-        end
-
-        private
-
-        def queue
-          @lock.synchronize { queue_locked }
-        end
-
-        # Caller holds @lock.
-        def queue_locked
-          @queue ||= BackboneSync::BroadcastQueue.new(
-            size: @queue_size,
-            sender: ->(channel, data) { publisher.publish(channel, data) },
-            on_failure: ->(error, context) { BackboneSync.report_broadcast_error(error, context) }
-          )
-        end
-
-        def publish_one(channel, data)
-          channel = BackboneSync.sync_channel(channel)
-          if (local = server)
-            local.publish(channel, data)
-          else
-            publisher.publish(channel, data)
-          end
-        end
-
-        # One publisher per process: a forked child opens its own connection.
-        def publisher
-          @lock.synchronize do
-            reset_publisher if @publisher_pid != Process.pid
-            @publisher ||= begin
-              @publisher_pid = Process.pid
-              if (url = redis)
-                require "backbone_sync/redis_publisher"
-                BackboneSync::RedisPublisher.new(url)
-              else
-                BackboneSync::Publisher.new(server_url, secret: BackboneSync.secret,
-                                                        open_timeout: 1, read_timeout: 2, retries: 2)
-              end
-            end
-          end
-        end
-
-        # Caller holds @lock.
-        def reset_publisher
-          @queue&.close_circuit
-          old = @publisher
-          ours = @publisher_pid == Process.pid
-          @publisher = nil
-          @publisher_pid = nil
-          # A publisher inherited over fork shares its socket with the parent:
-          # dropping it without closing leaves the parent's connection alone.
-          old.close if old && ours
-        rescue StandardError
-          nil
-        end
+        def_delegators "BackboneSync::Broadcaster", *BackboneSync::Broadcaster.singleton_methods(false)
       end
     end
   end

@@ -9,7 +9,7 @@ module BackboneSync
       #   <meta name="backbone-sync-server" content="http://127.0.0.1:9292/faye">
       #   <meta name="backbone-sync-subscriptions" content="/backbone_sync/subscriptions">
       def backbone_sync_tags
-        tags = [tag(:meta, name: "backbone-sync-server", content: BackboneSync::Rails::Faye.client_url)]
+        tags = [tag(:meta, name: "backbone-sync-server", content: BackboneSync::Broadcaster.client_url)]
         if (path = BackboneSync::Rails.subscriptions_path)
           script_name = respond_to?(:request) && request ? request.script_name.to_s : ""
           tags << tag(:meta, name: "backbone-sync-subscriptions", content: "#{script_name}#{path}")

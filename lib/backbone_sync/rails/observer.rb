@@ -2,79 +2,91 @@
 
 module BackboneSync
   module Rails
-    module Faye
-      # The observer style of backbone_sync-rails (2011), with the rails-observers gem:
-      #
-      #   class UserObserver < ActiveRecord::Observer
-      #     include BackboneSync::Rails::Faye::Observer
-      #   end
-      #   # config/application.rb: config.active_record.observers = :user_observer
-      #
-      # Creates, updates and destroys of the observed models go to
-      # "/sync/<table_name>" (or the model's faye_channel class method) after
-      # the transaction commits, with the same payload as the push macro.
-      # Define payload_format returning :legacy in the observer for JavaScript
-      # that expects {"create":{"42":{...}}}.
-      module Observer
-        def after_create(record)
-          backbone_sync_mark(record, :create)
+    # The observer style of backbone_sync-rails (2011), with the rails-observers gem:
+    #
+    #   class UserObserver < ActiveRecord::Observer
+    #     include BackboneSync::Rails::Observer   # or its old name, BackboneSync::Rails::Faye::Observer
+    #     push_options async: true, queue: "sync" # optional: push's options
+    #   end
+    #   # config/application.rb: config.active_record.observers = :user_observer
+    #
+    # Creates, updates and destroys of the observed models go to
+    # "/sync/<table_name>" (or the model's faye_channel class method) after
+    # the transaction commits, with the same payload as the push macro: the
+    # same BackboneSync::ChangeTracker decides what a transaction amounts to,
+    # and BackboneSync::Broadcaster sends it. push_options takes push's
+    # options: async: true enqueues a BackboneSync::BroadcastJob (on queue:),
+    # payload: :legacy sends {"create":{"42":{...}}} (as does defining
+    # payload_format returning :legacy in the observer).
+    module Observer
+      def self.included(base)
+        base.extend(ClassMethods) if base.is_a?(Class)
+      end
+
+      module ClassMethods
+        # push's options (async:, queue:, payload:) for every model this
+        # observer sees; replaces earlier ones.
+        def push_options(**options)
+          @push_options = BackboneSync::Pushable.build_options(self, options, "push_options").freeze
         end
 
-        def after_update(record)
-          backbone_sync_mark(record, :update)
+        # The options in force (inherited by subclasses).
+        def backbone_sync_options
+          return @push_options if defined?(@push_options) && @push_options
+          return superclass.backbone_sync_options if superclass.respond_to?(:backbone_sync_options)
+
+          BackboneSync::Pushable.build_options(self, {}, "push_options")
         end
+      end
 
-        def after_destroy(record)
-          backbone_sync_mark(record, :destroy)
-        end
+      def after_create(record)
+        BackboneSync::ChangeTracker.mark(record, :create, self)
+      end
 
-        def after_commit(record)
-          event = record.instance_variable_get(:@backbone_sync_observed)
-          return unless event
+      def after_update(record)
+        BackboneSync::ChangeTracker.mark(record, :update, self)
+      end
 
-          origin = record.instance_variable_get(:@backbone_sync_observed_origin)
-          backbone_sync_forget(record)
-          payload = BackboneSync::Payload.build(record, event, origin: origin, format: payload_format)
-          BackboneSync::Rails::Faye.publish(channel_for(record), payload,
-                                            { model: record.class.name, id: record.id, event: event.to_s })
+      def after_destroy(record)
+        BackboneSync::ChangeTracker.mark(record, :destroy, self)
+      end
+
+      def after_commit(record)
+        BackboneSync::ChangeTracker.commit(record, self) do |event, origin|
+          options = backbone_sync_options
+          BackboneSync::Broadcaster.broadcast_change(record, event, channel_for(record), origin: origin,
+                                                                                         format: payload_format,
+                                                                                         async: options[:async],
+                                                                                         queue: options[:queue])
         rescue StandardError => e
           BackboneSync.report_broadcast_error(e, model: record.class.name, event: event.to_s)
         end
+      end
 
-        def after_rollback(record)
-          backbone_sync_forget(record)
-        end
+      def after_rollback(record)
+        BackboneSync::ChangeTracker.forget(record, self)
+      end
 
-        # The channel of +record+'s class: "/sync/<faye_channel or table_name>".
-        def channel_for(record)
-          klass = record.class
-          name = klass.respond_to?(:faye_channel) && klass.faye_channel ? klass.faye_channel : klass.table_name
-          BackboneSync.sync_channel(name)
-        end
+      # The channel of +record+'s class: "/sync/<faye_channel or table_name>".
+      def channel_for(record)
+        klass = record.class
+        name = klass.respond_to?(:faye_channel) && klass.faye_channel ? klass.faye_channel : klass.table_name
+        BackboneSync.sync_channel(name)
+      end
 
-        def payload_format
-          :canonical
-        end
+      # :canonical or :legacy; push_options(payload:) sets it, and an
+      # observer may override it.
+      def payload_format
+        backbone_sync_options[:payload]
+      end
 
-        private
+      private
 
-        # As with push: a create then updates in one transaction is a create;
-        # a destroy wins.
-        def backbone_sync_mark(record, event)
-          return if BackboneSync.suppressed?
-
-          current = record.instance_variable_get(:@backbone_sync_observed)
-          if current.nil?
-            record.instance_variable_set(:@backbone_sync_observed, event)
-            record.instance_variable_set(:@backbone_sync_observed_origin, BackboneSync.origin)
-          elsif event == :destroy
-            record.instance_variable_set(:@backbone_sync_observed, :destroy)
-          end
-        end
-
-        def backbone_sync_forget(record)
-          record.instance_variable_set(:@backbone_sync_observed, nil)
-          record.instance_variable_set(:@backbone_sync_observed_origin, nil)
+      def backbone_sync_options
+        if self.class.respond_to?(:backbone_sync_options)
+          self.class.backbone_sync_options
+        else
+          BackboneSync::Pushable.build_options(self.class, {}, "push_options")
         end
       end
     end
