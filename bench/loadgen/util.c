@@ -19,13 +19,18 @@ int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - t_origin;
 }
 
+static void vsay(const char *fmt, va_list ap)
+{
+    fputs("loadgen: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void die(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("loadgen: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsay(fmt, ap);
     va_end(ap);
     exit(2);
 }
@@ -34,9 +39,7 @@ void warnx_(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("loadgen: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsay(fmt, ap);
     va_end(ap);
 }
 
