@@ -207,4 +207,20 @@ RSpec.describe BackboneSync::Publisher do
     publisher = described_class.new("http://127.0.0.1:#{free_port}/faye", secret: "s")
     expect { publisher.publish("/pub/x", { "bad" => "\xFF" }) }.to raise_error(BackboneSync::EncodeError)
   end
+
+  it "retries twice by default: three attempts in all, as the README says" do
+    publisher = described_class.new("http://127.0.0.1:#{free_port}/faye", secret: "s")
+    expect { publisher.publish("/pub/default", 1) }.to raise_error(BackboneSync::Unreachable, /after 3 attempts/)
+  end
+
+  it "gives up on a server that accepts and never answers after its default 2 s" do
+    listener = TCPServer.new("127.0.0.1", 0)
+    publisher = described_class.new("http://127.0.0.1:#{listener.addr[1]}/faye", secret: "s")
+    started = monotonic
+    expect { publisher.publish("/pub/hung", 1) }.to raise_error(BackboneSync::Unreachable, /did not answer within 2/)
+    # 2 s, once (no retry after a read timeout); 10 s is far from Net::HTTP's 60 s.
+    expect(monotonic - started).to be_between(1.9, 10)
+  ensure
+    listener&.close
+  end
 end

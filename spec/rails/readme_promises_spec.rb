@@ -81,4 +81,36 @@ RSpec.describe "what the README promises about push and the endpoint", :rails do
       expect(request_token("/sync/members")).to eq(200)
     end
   end
+
+  describe "the origin header" do
+    def origin_seen(value)
+      seen = :unset
+      app = BackboneSync::OriginMiddleware.new(->(_env) { seen = BackboneSync.origin; [200, {}, []] })
+      app.call("HTTP_X_BACKBONESYNC_ORIGIN" => value)
+      seen
+    end
+
+    it "keeps printable ASCII up to 128 characters, and ignores anything else" do
+      expect(origin_seen("p" * 127 + ":")).to eq("p" * 127 + ":")        # exactly 128
+      expect(origin_seen("p" * 129)).to be_nil                           # one over
+      expect(origin_seen("page:c1\n")).to be_nil                         # a control character
+      expect(origin_seen("page c1")).to be_nil                           # a space is not \x21-\x7e
+      expect(origin_seen("page:\u00e9")).to be_nil                       # not ASCII
+      expect(origin_seen("")).to be_nil
+    end
+
+    it "follows the app's isolation level: fiber-local under :fiber" do
+      skip "ActiveSupport::IsolatedExecutionState is Rails 7 and later" unless defined?(ActiveSupport::IsolatedExecutionState)
+      previous = ActiveSupport::IsolatedExecutionState.isolation_level
+      ActiveSupport::IsolatedExecutionState.isolation_level = :fiber
+      inner = nil
+      BackboneSync.with_origin("outer:c1") do
+        Fiber.new { inner = BackboneSync.origin }.resume
+        expect(BackboneSync.origin).to eq("outer:c1")
+      end
+      expect(inner).to be_nil # another fiber does not see it
+    ensure
+      ActiveSupport::IsolatedExecutionState.isolation_level = previous if previous
+    end
+  end
 end
