@@ -38,7 +38,9 @@
 #include "transport.h"
 
 #define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; deadlines have the heap */
-#define TRIM_AFTER (4u << 20)               /* bytes freed before the heap is handed back to the OS */
+#define TRIM_AFTER (256u << 10)             /* bytes freed before the heap is handed back (checked once a second) */
+#define CONNECTION_BYTES 4096               /* what lws frees with a connection: the wsi, its 1 KB rx
+                                             * buffer, a header table; lws does not say, so estimated */
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
 #define RX_BUFFER 1024                      /* lws's per-WebSocket receive buffer: small keeps idle sockets cheap */
@@ -274,6 +276,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_WSI_DESTROY:
         if (!s->destroying)
             BS_STAT_SUB(&s->conn_stats, connections, 1);
+        /* Counted for the heap trim: lws's frees are most of what a churn gives back. */
+        s->freed += CONNECTION_BYTES;
         break;
     case LWS_CALLBACK_HTTP:
         return bs_http_request(t, wsi, tl, in);
