@@ -477,7 +477,6 @@ static int needs_token(const bs_engine_t *e, const char *s, size_t len)
 static void finish_subscribe(bs_engine_t *e, bs_buf_t *out, bs_client_t *c, const sub_req_t *r,
                              bs_history_t *h);
 static int wait_for_load(bs_engine_t *e, bs_link_t *l, const sub_req_t *r);
-static int fresh_history(const bs_history_t *h);
 
 static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t *m, const char *json, int on)
 {
@@ -485,6 +484,7 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
     const char *s;
     uint32_t i, fresh = 0, fresh_channels = 0;
     bs_history_t *h;
+    int made;                               /* this subscribe made the history: nothing known of it here */
 
     if (!c)
         return;
@@ -519,6 +519,8 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
         return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
                     "Too many subscriptions for one client (max_subscriptions)");
     /* One exact channel: report its epoch and offset, and replay from since. */
+    made = on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs)) &&
+           !bs_history_find(&e->histories, m->subs, strlen(m->subs));
     if (on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs)) &&
         (h = bs_history_get(&e->histories, m->subs, strlen(m->subs)))) {
         sub_req_t r = {
@@ -532,7 +534,7 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
         /* With Redis, the truth is there: ask for what this node does not
          * know, and answer once it comes (the service thread never waits). */
         if (e->ops->load && !h->loading &&
-            (fresh_history(h) || !h->epoch[0] || (m->has_since && !bs_history_covers(h, m->since_epoch, m->since_offset)))) {
+            (made || !h->epoch[0] || (m->has_since && !bs_history_covers(h, m->since_epoch, m->since_offset)))) {
             if (e->ops->load(e->ops_ctx, h->name, h->name_len, h->epoch) == 0)
                 h->loading = 1;
             else
@@ -554,12 +556,6 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
     reply_open(out, MSG_ID(m, json), m->channel, m->channel_len, c->id, 1);
     bs_buf_append(out, "}", 1);
     add_subscription(out, m, json);
-}
-
-/* A history nobody has published to or loaded yet. */
-static int fresh_history(const bs_history_t *h)
-{
-    return !h->offset && !h->len;
 }
 
 /* Carries a subscribe to one exact channel to its end. h: the channel's

@@ -674,7 +674,7 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
             bs_buf_free(&head);
             return BS_ENOMEM;
         }
-        rc = bs_backplane_publish(s->backplane, channel, chlen, head.ptr, head.len);
+        rc = s->ops.route(s, channel, chlen, head.ptr, head.len); /* the engine's route, from this thread */
         bs_buf_free(&head);
         return rc;
     }
