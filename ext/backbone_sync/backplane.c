@@ -444,7 +444,13 @@ static int sync_interest(bs_backplane_t *b)
             rc = -1;
             break;
         }
-        confirmed += (size_t)sub_reply(b, reply);
+        if (((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+            /* An answer all the same (an ACL that forbids the channel, say). */
+            bs_log(b->log, 'E', "Redis refused a subscription: %s", ((redisReply *)reply)->str);
+            confirmed++;
+        } else {
+            confirmed += (size_t)sub_reply(b, reply);
+        }
         freeReplyObject(reply);
     }
     redisSetTimeout(b->sub, none);
