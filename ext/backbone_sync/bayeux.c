@@ -872,17 +872,23 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
 {
     const char *client_id = m->client_id && client_find(e, m->client_id, m->client_id_len)
                             ? m->client_id : NULL;
+    int trusted;
 
     if (!bs_channel_valid_name(m->channel, m->channel_len))
         return fail(e, out, m, json, client_id, 405, m->channel, m->channel_len, "Invalid channel");
     if (!m->has_data)
         return fail(e, out, m, json, client_id, 402, "data", 4, "Missing required parameter");
-    if (!secret_matches(e->cfg->secret, m->secret, m->secret_len) &&
-        !public_channel(e, m->channel, m->channel_len)) {
+    trusted = secret_matches(e->cfg->secret, m->secret, m->secret_len);
+    if (!trusted && !public_channel(e, m->channel, m->channel_len)) {
         if (bs_log_verbose(e->log))
             bs_log(e->log, 'W', "publish refused on %s: no valid secret", m->channel);
         return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len, "Forbidden channel");
     }
+    /* An event id can silence a later publish that reuses it: only the
+     * app's own publishers may set one, not a browser on a public channel. */
+    if (!trusted && m->event_id)
+        return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len,
+                    "Forbidden: ext.event_id needs the publishers' secret");
     /* The delivery is the message as published, less clientId and the secret. */
     if (bs_log_verbose(e->log))
         bs_log(e->log, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
