@@ -259,6 +259,24 @@ RSpec.describe "the Redis backplane" do
     end
   end
 
+  it "holds Redis subscriptions only while a client wants them: a flood of channels goes with its client" do
+    with_nodes(1, max_subscriptions: 5000) do |nodes, prefix|
+      raw = RedisClient.new(url: @redis.url)
+      ours = -> { raw.call("PUBSUB", "CHANNELS", "#{prefix}ch:*").size + raw.call("PUBSUB", "NUMPAT") }
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[0].url)
+      http.handshake!
+      50.times do |k|
+        subs = Array.new(100) { |j| "/flood/c#{(k * 100) + j}" }
+        subs[0] = "/flood/p#{k}/*" # some patterns among them
+        http.subscribe!(subs)
+      end
+      eventually(timeout: 20, what: "5,000 subscriptions in Redis") { ours.call == 5000 }
+      http.disconnect
+      eventually(timeout: 20, what: "none left in Redis") { ours.call.zero? }
+      raw.close
+    end
+  end
+
   it "recovers a client on a node that stopped receiving its channel meanwhile" do
     with_nodes(2) do |nodes, _prefix|
       node, other = nodes
