@@ -43,5 +43,13 @@ module Dummy
     # use this port): BACKBONE_SYNC_ROOT_ADDRESS or the default.
     config.backbone_sync.root_address = ENV["BACKBONE_SYNC_ROOT_ADDRESS"] if ENV["BACKBONE_SYNC_ROOT_ADDRESS"]
     config.backbone_sync.embedded = ENV["BACKBONE_SYNC_EMBEDDED"] == "1" if ENV.key?("BACKBONE_SYNC_EMBEDDED")
+    # spec/rails/config_spec.rb boots the app with other settings: a JSON
+    # object of config.backbone_sync values (a Hash value's keys as Symbols).
+    if (settings = ENV["BACKBONE_SYNC_DUMMY_CONFIG"])
+      require "json"
+      JSON.parse(settings).each do |key, value|
+        config.backbone_sync[key] = value.is_a?(Hash) ? value.transform_keys(&:to_sym) : value
+      end
+    end
   end
 end
