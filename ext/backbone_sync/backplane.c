@@ -4,13 +4,18 @@
  * Every publish goes through lib/backbone_sync/publish.lua, run in Redis: it
  * gives the message its channel's next offset and the channel's epoch, keeps
  * it in the channel's history (a sorted set by offset), and PUBLISHes it on
- * <prefix>ch:<channel>. A node receives the messages of a channel only while
- * it has a subscriber to it: the engine says which channels and patterns it
- * wants (bs_backplane_interest), and this thread SUBSCRIBEs (PSUBSCRIBE for
- * a pattern) and UNSUBSCRIBEs to match, before it runs any history load
+ * <prefix>ch:<channel>, on <prefix>kids:<parent> (for the wildcard one
+ * segment below the parent) and on <prefix>tree:<ancestor> for each
+ * ancestor, the root "" included (for the wildcards of any depth below it).
+ * A node receives the messages of a channel only while it has a
+ * subscriber to it or to a pattern matching it: the engine says which
+ * channels and patterns it wants (bs_backplane_interest), and this thread
+ * SUBSCRIBEs and UNSUBSCRIBEs to match, before it runs any history load
  * asked for after that, so what a load reads too early arrives as a
- * message. Each node fans a message out to its own subscribers: once per
- * node, in offset order. Ruby processes publish with the same script,
+ * message. No PSUBSCRIBE: Redis checks every pattern on every publish, so
+ * a flood of wildcard subscriptions would cost every publish. Each node
+ * fans a message out to its own subscribers: once per node, in offset
+ * order. Ruby processes publish with the same script,
  * straight into Redis.
  *
  * Layer: backplane (see backplane.h). Threads: the backplane thread owns two
@@ -266,7 +271,7 @@ static void handle_message(bs_backplane_t *b, const char *p, size_t len)
 }
 
 /* A reply read on `sub`: a message is handed up; 1 when it confirms a
- * (p)subscribe or (p)unsubscribe, else 0. */
+ * subscribe or unsubscribe, else 0. */
 static int sub_reply(bs_backplane_t *b, redisReply *r)
 {
     const char *kind;
@@ -274,14 +279,11 @@ static int sub_reply(bs_backplane_t *b, redisReply *r)
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
         return 0;
     kind = r->element[0]->str;
-    if (strcmp(kind, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING)
+    if (strcmp(kind, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING) {
         handle_message(b, r->element[2]->str, r->element[2]->len);
-    else if (strcmp(kind, "pmessage") == 0 && r->elements == 4 && r->element[3]->type == REDIS_REPLY_STRING)
-        handle_message(b, r->element[3]->str, r->element[3]->len);
-    else
-        return strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0 ||
-               strcmp(kind, "psubscribe") == 0 || strcmp(kind, "punsubscribe") == 0;
-    return 0;
+        return 0;
+    }
+    return strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0;
 }
 
 static int read_sub(bs_backplane_t *b)
@@ -365,27 +367,18 @@ static int stopping(bs_backplane_t *b)
 
 /* ---- interest: what `sub` is subscribed to ---------------------------------- */
 
-static int is_pattern(const char *name, size_t len)
+/* The Redis channel publish.lua sends a Bayeux channel's or pattern's
+ * messages on: "<prefix>ch:/a/b" for the channel /a/b, "<prefix>kids:/a"
+ * for the pattern of one star below /a, "<prefix>tree:/a" for the pattern
+ * of two stars below /a (exactly what each matches). */
+static int redis_channel(bs_buf_t *out, const char *prefix, const char *name, size_t len)
 {
-    return (len >= 2 && memcmp(name + len - 2, "/*", 2) == 0) ||
-           (len >= 3 && memcmp(name + len - 3, "/**", 3) == 0);
-}
-
-/* The Redis channel of a Bayeux channel, "<prefix>ch:<name>"; for a
- * pattern, the glob PSUBSCRIBE takes, with the prefix's glob characters
- * escaped (a channel name has none, and Redis's * matches more segments
- * than Bayeux's: the engine's registry keeps only what matches). */
-static int redis_channel(bs_buf_t *out, const char *prefix, const char *name, size_t len, int pattern)
-{
-    const char *p;
-
     bs_buf_reset(out);
-    for (p = prefix; *p; p++) {
-        if (pattern && strchr("*?[]\\", *p) && bs_buf_append(out, "\\", 1))
-            return -1;
-        if (bs_buf_append(out, p, 1))
-            return -1;
-    }
+    bs_buf_append_str(out, prefix);
+    if (len >= 3 && memcmp(name + len - 3, "/**", 3) == 0)
+        return bs_buf_append(out, "tree:", 5) || bs_buf_append(out, name, len - 3);
+    if (len >= 2 && memcmp(name + len - 2, "/*", 2) == 0)
+        return bs_buf_append(out, "kids:", 5) || bs_buf_append(out, name, len - 2);
     return bs_buf_append(out, "ch:", 3) || bs_buf_append(out, name, len);
 }
 
@@ -422,14 +415,12 @@ static int sync_interest(bs_backplane_t *b)
     bs_buf_init(&name);
     for (i = 0; i < n; i++) {
         interest_t *x = batch[i];
-        int pattern = is_pattern(x->name, x->len);
-        const char *verb = x->want_now ? (pattern ? "PSUBSCRIBE" : "SUBSCRIBE")
-                                       : (pattern ? "PUNSUBSCRIBE" : "UNSUBSCRIBE");
 
         if (x->want_now == x->active)
             continue;
-        if (redis_channel(&name, b->prefix, x->name, x->len, pattern) ||
-            redisAppendCommand(b->sub, "%s %b", verb, name.ptr, name.len) != REDIS_OK) {
+        if (redis_channel(&name, b->prefix, x->name, x->len) ||
+            redisAppendCommand(b->sub, "%s %b", x->want_now ? "SUBSCRIBE" : "UNSUBSCRIBE", name.ptr,
+                               name.len) != REDIS_OK) {
             rc = -1;
             break;
         }

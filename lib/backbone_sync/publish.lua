@@ -2,8 +2,11 @@
 -- by the C server (ext/backbone_sync/backplane.c) and by Ruby publishers
 -- (BackboneSync::RedisPublisher). It gives the message the next offset of its
 -- channel and the channel's epoch, keeps it in the channel's bounded history,
--- and publishes it on <prefix>ch:<channel>, where the nodes with a subscriber
--- to the channel (or to a pattern matching it) listen.
+-- and publishes it where the nodes that want it listen: <prefix>ch:<channel>
+-- for its own subscribers, <prefix>kids:<parent> for /parent/*, and
+-- <prefix>tree:<ancestor> for /ancestor/** (tree: alone for /**). A publish
+-- on a Redis channel nobody listens to costs a lookup; no pattern is ever
+-- matched.
 --
 -- ARGV: prefix, channel, head, history_size, history_ttl, fresh_epoch[, event_id]
 --   head is the delivery up to its ext object, ending in `"ext":{` or, when
@@ -47,5 +50,13 @@ if size > 0 then
 end
 redis.call('EXPIRE', ekey, keep)
 redis.call('EXPIRE', okey, keep)
-redis.call('PUBLISH', prefix .. 'ch:' .. channel, channel .. '\n' .. offset .. '\n' .. epoch .. '\n' .. frame)
+local message = channel .. '\n' .. offset .. '\n' .. epoch .. '\n' .. frame
+redis.call('PUBLISH', prefix .. 'ch:' .. channel, message)
+local parent = string.match(channel, '^(.*)/[^/]*$')
+redis.call('PUBLISH', prefix .. 'kids:' .. parent, message)
+while true do
+  redis.call('PUBLISH', prefix .. 'tree:' .. parent, message)
+  if parent == '' then break end
+  parent = string.match(parent, '^(.*)/[^/]*$')
+end
 return offset
