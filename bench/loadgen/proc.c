@@ -113,3 +113,28 @@ int64_t self_cpu_us(void)
     return (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
            (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
 }
+
+/* Busy time of one CPU from /proc/stat (user, nice, system, irq, softirq,
+ * steal: everything but idle and iowait), in microseconds, clock-tick
+ * resolution. It counts whoever ran there, softirq work included. */
+int64_t proc_core_busy_us(int cpu)
+{
+    char want[16], line[512];
+    int64_t busy = -1;
+    snprintf(want, sizeof want, "cpu%d ", cpu);
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long v[8] = { 0 };
+        if (strncmp(line, want, strlen(want)) != 0)
+            continue;
+        if (sscanf(line + strlen(want), "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]) == 8)
+            busy = (int64_t)((v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) * 1000000ull /
+                             (unsigned long long)sysconf(_SC_CLK_TCK));
+        break;
+    }
+    fclose(f);
+    return busy;
+}

@@ -12,6 +12,8 @@ int proc_fd_count(int pid);
 int64_t proc_stat_cpu_us(int pid);
 /* The sum of the threads' schedstat run times (ns resolution), else the above. */
 int64_t proc_cpu_us(int pid);
+/* Busy time of CPU `cpu` (all but idle and iowait) from /proc/stat, whoever ran. */
+int64_t proc_core_busy_us(int cpu);
 /* This process's own user + system time. */
 int64_t self_cpu_us(void);
 
