@@ -1733,7 +1733,10 @@ int main(int argc, char **argv)
         uint64_t d0 = st.deliveries, b0 = st.sub_rx_bytes, f0 = st.sub_rx_frames, r0 = st.sub_reads;
         int64_t scpu0 = server_cpu_us(), lcpu0 = self_cpu_us();
         int64_t tcpu0 = opt.server_pid ? proc_stat_cpu_us(opt.server_pid) : -1;
-        int64_t core0 = opt.server_cpu >= 0 ? proc_core_busy_us(opt.server_cpu) : -1;
+        int64_t sirq0 = -1, sirq1 = -1;
+        int ksirqd = opt.server_cpu >= 0 ? proc_ksoftirqd_pid(opt.server_cpu) : 0;
+        int64_t ks0 = ksirqd ? proc_stat_cpu_us(ksirqd) : -1;
+        int64_t core0 = opt.server_cpu >= 0 ? proc_core_busy_us(opt.server_cpu, &sirq0) : -1;
         int64_t t0 = now_ns();
         begin_phase();
         tp_target = published + opt.messages;
@@ -1741,7 +1744,8 @@ int main(int argc, char **argv)
         int64_t t1 = st.deliveries > d0 ? st.last_delivery_ns : now_ns();
         int64_t scpu1 = server_cpu_us(), lcpu1 = self_cpu_us();
         int64_t tcpu1 = opt.server_pid ? proc_stat_cpu_us(opt.server_pid) : -1;
-        int64_t core1 = opt.server_cpu >= 0 ? proc_core_busy_us(opt.server_cpu) : -1;
+        int64_t core1 = opt.server_cpu >= 0 ? proc_core_busy_us(opt.server_cpu, &sirq1) : -1;
+        int64_t ks1 = ksirqd ? proc_stat_cpu_us(ksirqd) : -1;
         uint64_t d = st.deliveries - d0;
         double el = secs(t1 - t0);
         printf("tp_complete %d\n", ok);
@@ -1765,8 +1769,13 @@ int main(int argc, char **argv)
              * softirq and anyone else who ran there included. */
             if (tcpu0 >= 0 && tcpu1 >= tcpu0)
                 printf("server_stat_cpu_us_per_delivery %.3f\n", (double)(tcpu1 - tcpu0) / (double)d);
-            if (core0 >= 0 && core1 >= core0)
+            if (core0 >= 0 && core1 >= core0) {
                 printf("server_core_busy_us_per_delivery %.3f\n", (double)(core1 - core0) / (double)d);
+                printf("server_core_softirq_us_per_delivery %.3f\n", (double)(sirq1 - sirq0) / (double)d);
+            }
+            /* softirq work deferred to ksoftirqd: on the server's core, not in its process */
+            if (ks0 >= 0 && ks1 >= ks0)
+                printf("ksoftirqd_us_per_delivery %.3f\n", (double)(ks1 - ks0) / (double)d);
         }
         long rss = server_rss_kib();
         if (rss > 0)
