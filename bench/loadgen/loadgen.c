@@ -18,6 +18,13 @@
  * ext.offset is checked against its sequence number, so both nodes must
  * number the stream alike.
  *
+ * With --raw it drives bench/reference/broadcaster.c instead: no Bayeux
+ * session, each client only a WebSocket upgrade (the publisher's path says
+ * "publish"), a subscriber ready once upgraded, and the publisher sending
+ * the message exactly as a Bayeux server delivers it ([{"channel":..,
+ * "data":{"seq":..,"t":..,"pad":..},"id":..}], --size bytes inside the
+ * brackets), so that window, payload and delivery counting stay the same.
+ *
  * With --churn SECONDS (bin/soak) it runs the soak instead of the phases:
  * after the subscribers are set up, a publisher sends at a steady rate while
  * slices of subscribers are dropped (abruptly, with a WebSocket close, or
@@ -86,7 +93,10 @@ static struct {
     double settle_seconds;    /* how long to wait for fds and RSS to come back */
     int fd_slack;             /* tolerated server fds above the baseline */
     long rss_slack_kib;       /* tolerated server RSS above the baseline */
+    int raw;                  /* raw WebSocket, no Bayeux: the reference broadcaster */
+    int server_cpu;           /* the CPU the server is pinned to (-1: not pinned) */
 } opt = {
+    .server_cpu = -1,
     .port = 0, .subs = 100, .messages = 1000, .window = 64,
     .latency_seconds = 5, .latency_rate = 5000, .hold_seconds = 0,
     .server_pid = 0, .secret = NULL, .mount = "/faye", .msg_size = 200,
@@ -165,7 +175,9 @@ static struct {
     uint64_t pub_acks, pub_nacks;
     uint64_t deliveries, dups, bogus;
     uint64_t no_rx_stamp;
-    uint64_t sub_rx_bytes;    /* WebSocket message bytes received by subscribers */     /* latency samples without a kernel receive time */
+    uint64_t sub_rx_bytes;    /* WebSocket message bytes received by subscribers */
+    uint64_t sub_rx_frames;   /* WebSocket messages (frames, or fragmented messages) they got */
+    uint64_t sub_reads;       /* recvmsg() calls that returned data on subscriber sockets */
     int64_t last_delivery_ns;
     uint64_t offsets_checked, offset_mismatch, epoch_mismatch, no_offset;
     /* the soak (--churn) */
@@ -393,7 +405,7 @@ static void conn_begin(conn_t *c)
             record_error("publisher setup", why);
         return;
     }
-    c->state = C_HS_CONNECTING;
+    c->state = opt.raw ? C_WS_CONNECTING : C_HS_CONNECTING;
 }
 
 static void start_next_setups(void)
@@ -635,8 +647,10 @@ static void on_message(void *ctx, const bmsg_t *m)
 
 static void on_ws_message(conn_t *c, const char *p, size_t len)
 {
-    if (c->index >= 0)
+    if (c->index >= 0) {
         st.sub_rx_bytes += len;
+        st.sub_rx_frames++;
+    }
     if (parse_bayeux(p, len, on_message, c) < 0) {
         st.malformed++;
         if (st.malformed <= 3)
@@ -875,13 +889,19 @@ static void send_upgrade(conn_t *c)
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     opt.mount, node_port(c), key);
+                     opt.raw && c->index < 0 ? "/publish" : opt.mount, node_port(c), key);
     buf_append(&c->wbuf, req, (size_t)n);
 }
 
 static void on_ws_open(conn_t *c)
 {
     c->state = C_OPEN;
+    if (opt.raw) {             /* the reference: upgraded is subscribed */
+        c->ready = 1;
+        if (c->index >= 0)
+            setup_done(c, 1, NULL);
+        return;
+    }
     send_connect(c);
     if (c->index >= 0) {
         char msg[512], ext[160] = "";
@@ -936,6 +956,8 @@ static void on_readable(conn_t *c)
     if (n > 0) {
         c->rbuf.len += (size_t)n;
         c->rx_ns = 0;
+        if (c->index >= 0)
+            st.sub_reads++;
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
             if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
                 struct timespec ts;
@@ -1057,9 +1079,15 @@ static void publish_one(void)
                      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
                      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
                      pub.client_id, pub.next_id++);
-    if (secret_json[0])
+    if (opt.raw)               /* what a Bayeux server would deliver, sent as is */
+        n = snprintf(msg, sizeof msg, "[%s%.*s%s]", head, pad,
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                     tail);
+    if (secret_json[0] && !opt.raw)
         n += snprintf(msg + n, sizeof msg - (size_t)n, ",\"ext\":{\"secret\":\"%s\"}", secret_json);
-    n += snprintf(msg + n, sizeof msg - (size_t)n, "}]");
+    if (!opt.raw)
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "}]");
     remaining[seq] = (uint32_t)st.ready;
     pub_t[seq] = t;
     if (st.ready > 0)
@@ -1125,7 +1153,8 @@ static int done_drained(void)
 
 static int done_final(void)
 {
-    return inflight == 0 && st.pub_acks + st.pub_nacks >= (uint64_t)published;
+    /* The reference acknowledges nothing. */
+    return inflight == 0 && (opt.raw || st.pub_acks + st.pub_nacks >= (uint64_t)published);
 }
 
 /* A message lost in an earlier phase must not shrink this phase's window or
@@ -1531,6 +1560,8 @@ static void usage(void)
             "               [--hold SECONDS] [--size BYTES] [--mount /faye]\n"
             "               [--phase-timeout S] [--concurrency C]\n"
             "               [--port2 P] [--server-pid2 PID]       (a second node; subscribers alternate)\n"
+            "               [--raw 1]                             (the reference broadcaster: no Bayeux)\n"
+            "               [--server-cpu N]                      (also report CPU N's busy time per delivery)\n"
             "       loadgen --port P --churn SECONDS [--subs N] [--churn-rate MSGS] [--churn-interval S]\n"
             "               [--churn-slice FRACTION] [--settle S] [--fd-slack N] [--rss-slack-kib K]\n"
             "               [--server-pid PID] [--secret S]       (the soak: bin/soak)\n");
@@ -1566,6 +1597,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--settle")) opt.settle_seconds = atof(v);
         else if (!strcmp(a, "--fd-slack")) opt.fd_slack = atoi(v);
         else if (!strcmp(a, "--rss-slack-kib")) opt.rss_slack_kib = atol(v);
+        else if (!strcmp(a, "--raw")) opt.raw = atoi(v);
+        else if (!strcmp(a, "--server-cpu")) opt.server_cpu = atoi(v);
         else usage();
         i++;
     }
@@ -1573,6 +1606,8 @@ int main(int argc, char **argv)
         die("--secret is too long");
     if (opt.port <= 0 || opt.subs <= 0 || opt.messages < 0 || opt.window <= 0 || opt.msg_size > 4000 ||
         opt.port2 < 0)
+        usage();
+    if (opt.raw && (opt.port2 > 0 || opt.churn_seconds > 0))
         usage();
     if (opt.churn_seconds > 0 && (opt.churn_rate <= 0 || opt.churn_interval <= 0 || opt.churn_slice <= 0 ||
                                   opt.churn_slice > 1 || !opt.server_pid))
@@ -1695,14 +1730,22 @@ int main(int argc, char **argv)
 
     /* Throughput: as fast as the in-flight window allows. */
     if (opt.messages > 0) {
-        uint64_t d0 = st.deliveries, b0 = st.sub_rx_bytes;
+        uint64_t d0 = st.deliveries, b0 = st.sub_rx_bytes, f0 = st.sub_rx_frames, r0 = st.sub_reads;
         int64_t scpu0 = server_cpu_us(), lcpu0 = self_cpu_us();
+        int64_t tcpu0 = opt.server_pid ? proc_stat_cpu_us(opt.server_pid) : -1;
+        int64_t sirq0 = -1, sirq1 = -1;
+        int ksirqd = opt.server_cpu >= 0 ? proc_ksoftirqd_pid(opt.server_cpu) : 0;
+        int64_t ks0 = ksirqd ? proc_stat_cpu_us(ksirqd) : -1;
+        int64_t core0 = opt.server_cpu >= 0 ? proc_core_busy_us(opt.server_cpu, &sirq0) : -1;
         int64_t t0 = now_ns();
         begin_phase();
         tp_target = published + opt.messages;
         int ok = run_until(done_throughput, tick_throughput, opt.phase_timeout, opt.stall_timeout, NULL);
         int64_t t1 = st.deliveries > d0 ? st.last_delivery_ns : now_ns();
         int64_t scpu1 = server_cpu_us(), lcpu1 = self_cpu_us();
+        int64_t tcpu1 = opt.server_pid ? proc_stat_cpu_us(opt.server_pid) : -1;
+        int64_t core1 = opt.server_cpu >= 0 ? proc_core_busy_us(opt.server_cpu, &sirq1) : -1;
+        int64_t ks1 = ksirqd ? proc_stat_cpu_us(ksirqd) : -1;
         uint64_t d = st.deliveries - d0;
         double el = secs(t1 - t0);
         printf("tp_complete %d\n", ok);
@@ -1717,6 +1760,22 @@ int main(int argc, char **argv)
         if (d > 0) {
             printf("loadgen_cpu_us_per_delivery %.3f\n", (double)(lcpu1 - lcpu0) / (double)d);
             printf("bytes_per_delivery %.0f\n", (double)(st.sub_rx_bytes - b0) / (double)d);
+            /* Batching, as the subscribers see it: below 1, several
+             * deliveries shared a WebSocket message or a read. */
+            printf("ws_messages_per_delivery %.3f\n", (double)(st.sub_rx_frames - f0) / (double)d);
+            printf("sub_reads_per_delivery %.3f\n", (double)(st.sub_reads - r0) / (double)d);
+            /* The same server CPU from /proc/PID/stat utime+stime (tick
+             * resolution), and the whole server core from /proc/stat:
+             * softirq and anyone else who ran there included. */
+            if (tcpu0 >= 0 && tcpu1 >= tcpu0)
+                printf("server_stat_cpu_us_per_delivery %.3f\n", (double)(tcpu1 - tcpu0) / (double)d);
+            if (core0 >= 0 && core1 >= core0) {
+                printf("server_core_busy_us_per_delivery %.3f\n", (double)(core1 - core0) / (double)d);
+                printf("server_core_softirq_us_per_delivery %.3f\n", (double)(sirq1 - sirq0) / (double)d);
+            }
+            /* softirq work deferred to ksoftirqd: on the server's core, not in its process */
+            if (ks0 >= 0 && ks1 >= ks0)
+                printf("ksoftirqd_us_per_delivery %.3f\n", (double)(ks1 - ks0) / (double)d);
         }
         long rss = server_rss_kib();
         if (rss > 0)

@@ -113,3 +113,58 @@ int64_t self_cpu_us(void)
     return (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
            (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
 }
+
+/* Busy time of one CPU from /proc/stat (user, nice, system, irq, softirq:
+ * everything but idle, iowait and steal), in microseconds, clock-tick
+ * resolution; its softirq share in *softirq_us. It counts whoever ran
+ * there, ksoftirqd and other tenants included. */
+int64_t proc_core_busy_us(int cpu, int64_t *softirq_us)
+{
+    char want[16], line[512];
+    int64_t busy = -1;
+    snprintf(want, sizeof want, "cpu%d ", cpu);
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long v[7] = { 0 };
+        if (strncmp(line, want, strlen(want)) != 0)
+            continue;
+        if (sscanf(line + strlen(want), "%llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+                   &v[5], &v[6]) == 7) {
+            unsigned long long hz = (unsigned long long)sysconf(_SC_CLK_TCK);
+            busy = (int64_t)((v[0] + v[1] + v[2] + v[5] + v[6]) * 1000000ull / hz);
+            if (softirq_us)
+                *softirq_us = (int64_t)(v[6] * 1000000ull / hz);
+        }
+        break;
+    }
+    fclose(f);
+    return busy;
+}
+
+/* The pid of ksoftirqd/<cpu>, which runs the softirq work that did not fit
+ * into the context that raised it; 0 if not found. */
+int proc_ksoftirqd_pid(int cpu)
+{
+    char want[32], path[300], comm[64];
+    snprintf(want, sizeof want, "ksoftirqd/%d\n", cpu);
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    struct dirent *e;
+    int pid = 0;
+    while (!pid && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(comm, sizeof comm, f) && strcmp(comm, want) == 0)
+            pid = atoi(e->d_name);
+        fclose(f);
+    }
+    closedir(d);
+    return pid;
+}
