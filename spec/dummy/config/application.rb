@@ -37,7 +37,10 @@ module Dummy
     config.hosts.clear if config.respond_to?(:hosts)
     # The log goes to BACKBONE_SYNC_DUMMY_LOG (or nowhere), and its errors
     # (a request answered 500, say) to the terminal as well, always.
-    errors = ErrorsOnly.new($stderr)
+    # A copy of stderr: to Rails and the engine this log is not the terminal,
+    # so what they print there unless the log goes there (the embedded
+    # server's listening line, say) is still printed.
+    errors = ErrorsOnly.new($stderr.dup)
     log = ENV["BACKBONE_SYNC_DUMMY_LOG"]
     config.logger =
       if !log
