@@ -1541,6 +1541,8 @@
   function refetchModel(model, gone) {
     var state = model.backboneSyncRefetch;
     if (state) { state.again = true; return; }
+    // A model not saved yet has no record to read (its url is the collection's).
+    if (typeof model.isNew === 'function' && model.isNew()) return;
     if (typeof model.url !== 'function' && !model.url) return;
     try { model.url(); } catch (e) { return; }      // no url: nothing to ask
     state = model.backboneSyncRefetch = { again: false, before: versionOfModel(model) };
