@@ -3,7 +3,7 @@
 module BackboneSync
   # The data of one broadcast. Canonical shape:
   #
-  #   {"event":"update","object":{...record.as_json...},"origin":"pg3k...:c5","version":1732437600123456}
+  #   {"event":"update","object":{...record.as_json...},"origin":"pg3k...:c5","version":1732437600123}
   #
   # and, for JavaScript written against backbone_sync-rails (payload: :legacy):
   #
@@ -42,13 +42,21 @@ module BackboneSync
     end
 
     # lock_version when the model has it, else updated_at in integer
-    # microseconds since the epoch, else 0. Larger is newer.
+    # milliseconds since the epoch, else 0. Larger is newer.
+    #
+    # The page reads the same number from a fetched record's JSON
+    # (BackboneSync.versionOf in changes.js): its lock_version, else its
+    # updated_at, which Rails renders with millisecond precision, so
+    # microseconds here would make every push look newer than any fetch.
+    # lock_version follows commit order exactly; updated_at is taken when a
+    # save starts, so of two concurrent saves the one that commits last may
+    # carry the older time (the page then reads the record again).
     def version_of(record)
       if attribute?(record, "lock_version")
         Integer(record.lock_version || 0)
       elsif attribute?(record, "updated_at") && (time = record.updated_at)
         time = time.to_time if time.respond_to?(:to_time)
-        (time.to_r * 1_000_000).to_i
+        (time.to_r * 1_000).floor
       else
         0
       end

@@ -42,7 +42,10 @@ RSpec.describe "BackboneSync::Rails::Observer", :rails do
       .to eq([["/sync/notes", "create"], ["/sync/notes", "update"], ["/sync/notes", "destroy"]])
     expect(messages.map { |m| m["data"]["object"]["body"] }).to eq(%w[first second second])
     expect(messages.map { |m| m["data"]["origin"] }).to eq([nil, nil, "pg:c1"])
-    expect(messages.first["data"]["version"]).to eq(note.created_at.strftime("%s%6N").to_i) # README: integer microseconds
+    expect(messages.first["data"]["version"]).to eq(note.created_at.strftime("%s%3N").to_i) # README: integer milliseconds
+    # The same number the page reads from the record's JSON (what a fetch returns).
+    rendered = Time.iso8601(messages.first["data"]["object"]["updated_at"])
+    expect(messages.first["data"]["version"]).to eq((rendered.to_r * 1000).to_i)
   end
 
   it "publishes a create with the committed state when the transaction also updated the record" do

@@ -17,6 +17,16 @@ require "rails-observers"
 require "backbone_sync"
 
 module Dummy
+  # The terminal's share of the log: errors only, whatever level Rails
+  # later gives the logger (config.log_level is applied to every logger).
+  class ErrorsOnly < ActiveSupport::Logger
+    def add(severity, message = nil, progname = nil, &block)
+      return true if severity.nil? || severity < ::Logger::ERROR
+
+      super
+    end
+  end
+
   # A members list: the Rails side of the demo (issue: `rake demo`) and the
   # app the integration specs (spec/rails) drive.
   class Application < Rails::Application
@@ -25,7 +35,21 @@ module Dummy
     config.eager_load = false
     config.secret_key_base = ENV.fetch("SECRET_KEY_BASE", "dummy-secret-key-base-for-backbone_sync-specs-only")
     config.hosts.clear if config.respond_to?(:hosts)
-    config.logger = Logger.new(ENV["BACKBONE_SYNC_DUMMY_LOG"] || File::NULL)
+    # The log goes to BACKBONE_SYNC_DUMMY_LOG (or nowhere), and its errors
+    # (a request answered 500, say) to the terminal as well, always.
+    # A copy of stderr: to Rails and the engine this log is not the terminal,
+    # so what they print there unless the log goes there (the embedded
+    # server's listening line, say) is still printed.
+    errors = ErrorsOnly.new($stderr.dup)
+    log = ENV["BACKBONE_SYNC_DUMMY_LOG"]
+    config.logger =
+      if !log
+        errors
+      elsif defined?(ActiveSupport::BroadcastLogger)
+        ActiveSupport::BroadcastLogger.new(ActiveSupport::Logger.new(log), errors)
+      else
+        ActiveSupport::Logger.new(log).tap { |file| file.extend(ActiveSupport::Logger.broadcast(errors)) }
+      end
     config.active_support.deprecation = :stderr
     config.action_controller.allow_forgery_protection = true
     config.active_job.queue_adapter = :async

@@ -11,6 +11,9 @@ ActiveRecord::Schema.define do
     t.string :name
     t.string :email
     t.references :family
+    # Orders pushed updates by commit (the push's version), and makes
+    # concurrent saves of one member retry rather than overwrite blindly.
+    t.integer :lock_version, default: 0, null: false
     t.timestamps
   end
 

@@ -133,6 +133,8 @@ for (const version of VERSIONS) {
         const { target, leave } = HOSTS[name](page, client, 'users');
         const resyncs = [];
         target.on('backbone_sync:resync', (collection, channel) => resyncs.push([collection === target, channel]));
+        client.last().accept();
+        await settle();
 
         client.trigger('transport:up');
         assert.equal(page.ajax.length, 0, 'no outage, no fetch');
@@ -152,6 +154,8 @@ for (const version of VERSIONS) {
         const page = loadPage(version);
         const client = stubClient({ recovers: true });
         const { leave } = HOSTS[name](page, client, 'users');
+        client.last().accept();
+        await settle();
         client.trigger('transport:down');
         client.trigger('transport:up');
         client.trigger('resync', '/sync/other');

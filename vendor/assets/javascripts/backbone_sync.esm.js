@@ -1493,16 +1493,105 @@ try {
     return attrs && typeof attrs === 'object' ? attrs : {};
   }
 
-  // Is a change with `version` older than what `model` already shows?
-  // Version 0 means "unknown" and is never stale.
-  function stale(model, version) {
-    var seen = model.backboneSyncVersion;
-    return version > 0 && typeof seen === 'number' && version < seen;
+  // Versions
+  // --------
+  //
+  // A push carries the record's `version`; a model read from the server
+  // (a fetch, a save's response) carries the same number in its
+  // attributes: `lock_version` when it has one, else `updated_at` in
+  // milliseconds since the epoch (what Rails renders: three decimals), as
+  // `BackboneSync::Payload.version_of` computes it. 0 or null means
+  // "unknown", which never makes a change stale.
+
+  // ### BackboneSync.versionOf
+  //
+  // The version of the record whose attributes are `attrs`, or null.
+  BackboneSync.versionOf = function (attrs) {
+    if (!attrs || typeof attrs !== 'object') return null;
+    var lock = attrs.lock_version, at = attrs.updated_at, ms;
+    if (typeof lock === 'number' && isFinite(lock)) return lock;
+    if (typeof lock === 'string' && /^\d+$/.test(lock)) return Number(lock);
+    if (typeof at === 'number' && isFinite(at)) return at;
+    if (typeof at === 'string' && at) {
+      ms = Date.parse(at);
+      if (!isNaN(ms)) return ms;
+    }
+    return null;
+  };
+
+  // What `model` shows: the version in its attributes (a model may define
+  // `pushVersion()` to say otherwise), else the last pushed one applied.
+  function versionOfModel(model) {
+    var version = typeof model.pushVersion === 'function' ? model.pushVersion() : BackboneSync.versionOf(model.attributes);
+    if (typeof version === 'number' && version > 0) return version;
+    return typeof model.backboneSyncVersion === 'number' ? model.backboneSyncVersion : null;
+  }
+  BackboneSync.modelVersion = versionOfModel;
+
+  // How a change with `version` and attributes `attrs` compares with what
+  // `model` shows: 'newer' (apply it), 'stale' (older: drop it), 'same'
+  // (the same version and data: nothing to do) or 'tie' (the same version,
+  // other data). Unknown versions are always 'newer'.
+  function compare(model, version, attrs) {
+    var seen = versionOfModel(model), key;
+    if (!(version > 0) || !(seen > 0) || version > seen) return 'newer';
+    if (version < seen) return 'stale';
+    for (key in attrs) {
+      if (hasOwn.call(attrs, key) && !_.isEqual(attrs[key], model.get(key))) return 'tie';
+    }
+    return 'same';
   }
 
   function saw(model, version) {
-    if (version > 0 && !(model.backboneSyncVersion >= version)) model.backboneSyncVersion = version;
+    if (version > 0) model.backboneSyncVersion = version;
   }
+
+  // ### BackboneSync.refetchModel
+  //
+  // A page that dropped a change as stale, or got a tie with other data,
+  // may show what the database overwrote (with `updated_at` as the
+  // version, the save that commits last can carry the older time): it
+  // reads the record again (GET its url). One read per model at a time; a
+  // drop while one is in flight asks for one more. Its answer is applied
+  // unless a push newer than it arrived while it was in flight, so it
+  // cannot roll a newer push back. A 404 calls `gone()`.
+  function refetchModel(model, gone) {
+    var state = model.backboneSyncRefetch;
+    if (state) { state.again = true; return; }
+    // A model not saved yet has no record to read (its url is the collection's).
+    if (typeof model.isNew === 'function' && model.isNew()) return;
+    if (typeof model.url !== 'function' && !model.url) return;
+    try { model.url(); } catch (e) { return; }      // no url: nothing to ask
+    state = model.backboneSyncRefetch = { again: false, before: versionOfModel(model) };
+    var done = function () {
+      model.backboneSyncRefetch = null;
+      if (state.again && !model.backboneSyncGone) refetchModel(model, gone);
+    };
+    model.trigger('backbone_sync:refetch', model);
+    (model.sync || Backbone.sync).call(model, 'read', model, {
+      success: function (resp) {
+        var attrs = parseWith(model, resp),
+            version = BackboneSync.versionOf(attrs) || 0,
+            now = versionOfModel(model);
+        // A push applied while the read was in flight, and newer than it:
+        // keep the push.
+        var pushedSince = now !== state.before;
+        if (!(pushedSince && version > 0 && now > 0 && version < now)) {
+          model.set(attrs);
+          saw(model, version);
+        }
+        done();
+      },
+      error: function (xhr) {
+        if (xhr && xhr.status === 404) {
+          model.backboneSyncGone = true;
+          if (gone) gone();
+        }
+        done();
+      }
+    });
+  }
+  BackboneSync.refetchModel = refetchModel;
 
   function contains(collection, model) {
     return _.indexOf(collection.models, model) >= 0;
@@ -1523,6 +1612,13 @@ try {
     if (!hasOwn.call(graves.versions, id)) graves.order.push(id);
     graves.versions[id] = version;
     while (graves.order.length > MAX_TOMBSTONES) delete graves.versions[graves.order.shift()];
+  }
+
+  // A refetch found the record gone (its destroy may be the push that
+  // was lost or dropped).
+  function removeGone(collection, model, id) {
+    bury(collection, id, 0);
+    if (contains(collection, model)) collection.remove(model);
   }
 
   // ### BackboneSync.applyToCollection
@@ -1558,8 +1654,25 @@ try {
 
     var model = null;
     _.each(targets, function (target) {
-      if (stale(target, version)) return;
-      target.set(parseWith(target, change.object));
+      var attrs = parseWith(target, change.object);
+      // A record's create is its first change: a copy already here (not
+      // the one this page is saving) is as new as it, or newer (lock_version
+      // 0, its create's version, says nothing).
+      if (change.event === 'create' && target !== mine && !(version > 0 && version > versionOfModel(target))) {
+        model = model || target;
+        return;
+      }
+      switch (compare(target, version, attrs)) {
+        case 'same':
+          model = model || target;
+          return;
+        case 'stale':
+        case 'tie':
+          // What this copy shows may be what the database overwrote.
+          refetchModel(target, function () { removeGone(collection, target, id); });
+          return;
+      }
+      target.set(attrs);
       saw(target, version);
       model = model || target;
     });
@@ -1593,7 +1706,15 @@ try {
       model.trigger('destroy', model, model.collection, { backboneSync: true });
       return;
     }
-    if (stale(model, change.version || 0)) return;
+    switch (compare(model, change.version || 0, attrs)) {
+      case 'same': return;
+      case 'stale':
+      case 'tie':
+        refetchModel(model, function () {
+          model.trigger('destroy', model, model.collection, { backboneSync: true });
+        });
+        return;
+    }
     model.set(attrs);
     saw(model, change.version || 0);
   }
@@ -1623,6 +1744,12 @@ try {
 //   `transport:up`) means the same. Then the collection triggers
 //   `backbone_sync:resync` (collection, channel) and is fetched again (or
 //   handed to the `refetch` option).
+// * `fetch` is the gap-free fetch of a collection: it waits until the
+//   server has acknowledged the subscribe, then fetches; what is pushed
+//   while the fetch is in flight is applied at once and held, then applied
+//   again, in order, over the fetch's `set` (or `reset`), each update only
+//   where it is newer than what the fetch returned. The refetch after an
+//   outage is one too.
 // * `close` unsubscribes and stops listening to the client, for good.
 //
 // The subscription is a thenable for the client's current subscribe, so
@@ -1684,6 +1811,8 @@ try {
     this.via     = options.via || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
+    this.ready   = false;       // the server has acknowledged the subscribe
+    this.holds   = [];          // per fetch in flight: the changes pushed meanwhile
     this.retried = false;
     this._down   = false;
     _.bindAll(this, '_delivered', '_clientResync', '_transportDown', '_transportUp');
@@ -1716,12 +1845,71 @@ try {
     // ### resync
     //
     // Fetch the collection again: the server is the truth after an outage.
-    // With Backbone 1.x `fetch` merges, adds and removes in place.
+    // With Backbone 1.x `fetch` merges, adds and removes in place. It is a
+    // gap-free fetch, as is a `refetch` option that returns a thenable.
     resync: function () {
       if (this.closed) return;
       this.target.trigger('backbone_sync:resync', this.target, this.channel);
-      if (this.refetch) return this.refetch(this.target);
-      return this.target.fetch();
+      var self = this;
+      if (this.refetch) return this.fetch({}, function () { return self.refetch(self.target); });
+      return this.fetch();
+    },
+
+    // ### fetch
+    //
+    // The gap-free fetch: once the subscribe is acknowledged (at once when
+    // it already is), `fetch(options)` the collection, holding the changes
+    // pushed while it is in flight; after its `set`, and before the
+    // caller's `success`, each held change is applied again through the
+    // table, and the version rules of `BackboneSync.applyToCollection`
+    // keep it from rolling back what the fetch returned newer. `run`, when
+    // given, does the fetching instead (it is passed the options and
+    // returns a thenable). Returns what the collection's `fetch` returns,
+    // or a promise of it while the subscribe is unanswered.
+    fetch: function (options, run) {
+      var self = this;
+      if (this.ready || this.closed) return this._fetchHeld(options, run);
+      var go = function () { return self._fetchHeld(options, run); };
+      return this.then(go, go);
+    },
+
+    _fetchHeld: function (options, run) {
+      var self = this, target = this.target,
+          hold = { changes: [] },
+          opts = _.extend({}, options),
+          success = opts.success, error = opts.error, released = false;
+      var release = function () {
+        if (released) return;
+        released = true;
+        var i = _.indexOf(self.holds, hold);
+        if (i >= 0) self.holds.splice(i, 1);
+        if (self.closed) return;
+        for (var j = 0; j < hold.changes.length; j++) self.receive(hold.changes[j]);
+      };
+      this.holds.push(hold);
+      opts.backboneSyncHeld = true;
+      opts.success = function () {
+        release();
+        if (success) return success.apply(this, arguments);
+      };
+      opts.error = function () {
+        release();
+        if (error) return error.apply(this, arguments);
+      };
+      var result;
+      try {
+        result = run ? run(opts) : target.fetch(opts);
+      } catch (e) {
+        release();
+        throw e;
+      }
+      // A `refetch` of the app's own does not call our success: release
+      // when what it returned settles (or at once when it returns nothing).
+      if (run) {
+        if (result && typeof result.then === 'function') result.then(release, release);
+        else release();
+      }
+      return result;
     },
 
     // ### close
@@ -1751,8 +1939,12 @@ try {
     _subscribe: function () {
       var self = this,
           faye = this.faye = this.client.subscribe(this.channel, this._delivered);
+      this.ready = false;
       if (faye && typeof faye.then === 'function') {
-        faye.then(null, function (error) { self._refused(faye, error); });
+        faye.then(function () { if (faye === self.faye) self.ready = true; },
+                  function (error) { self._refused(faye, error); });
+      } else {
+        this.ready = true;
       }
     },
 
@@ -1781,6 +1973,7 @@ try {
     // The listener on the client, until `close`.
     _delivered: function (data) {
       if (this.closed) return;
+      for (var i = 0; i < this.holds.length; i++) this.holds[i].changes.push(data);
       if (this.deliver) this.deliver(data);
       else this.receive(data);
     },
@@ -1908,11 +2101,13 @@ try {
 //
 //     var subscriber = new BackboneSync.RailsFayeSubscriber(users,
 //       {channel: 'users', client: fayeClient});
+//     subscriber.fetch();      // the first fetch, without a gap
 //     ...
 //     subscriber.leave();
 //
 // `create` adds (once), `update` merges (adding the model when it is
-// missing), `destroy` removes; an update older than the model is dropped.
+// missing), `destroy` removes; an update older than the model is dropped
+// and the model read again.
 // After an outage the collection is fetched again, unless the client
 // recovered every missed message from the server's history. `client` may
 // be the backbone_sync client or a real `Faye.Client`; it defaults to
@@ -1974,6 +2169,17 @@ try {
     update: applyOne,
     destroy: applyOne,
 
+    // ### fetch
+    //
+    // The gap-free first fetch: call it rather than `collection.fetch()`.
+    // It waits for the subscribe to be acknowledged, and what is pushed
+    // while it is in flight is applied again over what it returns (see
+    // `BackboneSync.Subscription#fetch`). Returns the request, or a promise
+    // of it while the subscribe is unanswered.
+    fetch: function (options) {
+      return this._subscription.fetch(options);
+    },
+
     // ### resync
     //
     // Fetch the whole collection again: the server is the truth after an
@@ -2012,7 +2218,9 @@ try {
 // model subscribes when its save gives it one). Both unsubscribe on
 // `stopListening()` (with no arguments), `dispose()` and, for models,
 // `destroy()`. A model's channel delivers `update` and `destroy`; a pushed
-// destroy removes the model from every collection that holds it. `client`
+// destroy removes the model from every collection that holds it. A
+// collection's `fetch` is gap-free (see `BackboneSync.Subscription#fetch`).
+// `client`
 // (on the prototype or in the options) defaults to `BackboneSync.client()`.
 //
 
@@ -2090,6 +2298,21 @@ try {
       if (options && options.channel) this.channel = options.channel;
       Backbone.Collection.apply(this, arguments);
       this.subscribePush();
+    },
+
+    // ### fetch
+    //
+    // The gap-free fetch (`BackboneSync.Subscription#fetch`): it waits for
+    // the subscribe to be acknowledged, and what is pushed while it is in
+    // flight is applied again over what it returns. While the subscribe is
+    // unanswered it returns a promise rather than the request.
+    // `{backboneSyncHeld: true}` is a plain fetch, which it uses itself.
+    fetch: function (options) {
+      var subscription = this.pushSubscription;
+      if (!subscription || (options && options.backboneSyncHeld)) {
+        return Backbone.Collection.prototype.fetch.apply(this, arguments);
+      }
+      return subscription.fetch(options);
     },
 
     // Called after an outage the client could not recover from: triggers

@@ -22,9 +22,23 @@ class MembersController < ApplicationController
     end
   end
 
+  # Members have a lock_version (it orders the pushes): when another request
+  # saved this member between our read and our write, read it again and
+  # apply this request's change on top, as the last writer would without
+  # the lock. Bounded: a member renamed this often by others is answered 409.
+  UPDATE_ATTEMPTS = 10
+
   def update
-    member = Member.find(params[:id])
-    if member.update(member_params)
+    attempts = 0
+    begin
+      member = Member.find(params[:id])
+      saved = member.update(member_params)
+    rescue ActiveRecord::StaleObjectError
+      attempts += 1
+      retry if attempts < UPDATE_ATTEMPTS
+      return render json: { errors: { base: ["saved by someone else meanwhile; try again"] } }, status: :conflict
+    end
+    if saved
       render json: member
     else
       render json: { errors: member.errors }, status: :unprocessable_entity

@@ -6,11 +6,13 @@
 //
 //     var subscriber = new BackboneSync.RailsFayeSubscriber(users,
 //       {channel: 'users', client: fayeClient});
+//     subscriber.fetch();      // the first fetch, without a gap
 //     ...
 //     subscriber.leave();
 //
 // `create` adds (once), `update` merges (adding the model when it is
-// missing), `destroy` removes; an update older than the model is dropped.
+// missing), `destroy` removes; an update older than the model is dropped
+// and the model read again.
 // After an outage the collection is fetched again, unless the client
 // recovered every missed message from the server's history. `client` may
 // be the backbone_sync client or a real `Faye.Client`; it defaults to
@@ -73,6 +75,17 @@
     create: applyOne,
     update: applyOne,
     destroy: applyOne,
+
+    // ### fetch
+    //
+    // The gap-free first fetch: call it rather than `collection.fetch()`.
+    // It waits for the subscribe to be acknowledged, and what is pushed
+    // while it is in flight is applied again over what it returns (see
+    // `BackboneSync.Subscription#fetch`). Returns the request, or a promise
+    // of it while the subscribe is unanswered.
+    fetch: function (options) {
+      return this._subscription.fetch(options);
+    },
 
     // ### resync
     //

@@ -120,16 +120,105 @@
     return attrs && typeof attrs === 'object' ? attrs : {};
   }
 
-  // Is a change with `version` older than what `model` already shows?
-  // Version 0 means "unknown" and is never stale.
-  function stale(model, version) {
-    var seen = model.backboneSyncVersion;
-    return version > 0 && typeof seen === 'number' && version < seen;
+  // Versions
+  // --------
+  //
+  // A push carries the record's `version`; a model read from the server
+  // (a fetch, a save's response) carries the same number in its
+  // attributes: `lock_version` when it has one, else `updated_at` in
+  // milliseconds since the epoch (what Rails renders: three decimals), as
+  // `BackboneSync::Payload.version_of` computes it. 0 or null means
+  // "unknown", which never makes a change stale.
+
+  // ### BackboneSync.versionOf
+  //
+  // The version of the record whose attributes are `attrs`, or null.
+  BackboneSync.versionOf = function (attrs) {
+    if (!attrs || typeof attrs !== 'object') return null;
+    var lock = attrs.lock_version, at = attrs.updated_at, ms;
+    if (typeof lock === 'number' && isFinite(lock)) return lock;
+    if (typeof lock === 'string' && /^\d+$/.test(lock)) return Number(lock);
+    if (typeof at === 'number' && isFinite(at)) return at;
+    if (typeof at === 'string' && at) {
+      ms = Date.parse(at);
+      if (!isNaN(ms)) return ms;
+    }
+    return null;
+  };
+
+  // What `model` shows: the version in its attributes (a model may define
+  // `pushVersion()` to say otherwise), else the last pushed one applied.
+  function versionOfModel(model) {
+    var version = typeof model.pushVersion === 'function' ? model.pushVersion() : BackboneSync.versionOf(model.attributes);
+    if (typeof version === 'number' && version > 0) return version;
+    return typeof model.backboneSyncVersion === 'number' ? model.backboneSyncVersion : null;
+  }
+  BackboneSync.modelVersion = versionOfModel;
+
+  // How a change with `version` and attributes `attrs` compares with what
+  // `model` shows: 'newer' (apply it), 'stale' (older: drop it), 'same'
+  // (the same version and data: nothing to do) or 'tie' (the same version,
+  // other data). Unknown versions are always 'newer'.
+  function compare(model, version, attrs) {
+    var seen = versionOfModel(model), key;
+    if (!(version > 0) || !(seen > 0) || version > seen) return 'newer';
+    if (version < seen) return 'stale';
+    for (key in attrs) {
+      if (hasOwn.call(attrs, key) && !_.isEqual(attrs[key], model.get(key))) return 'tie';
+    }
+    return 'same';
   }
 
   function saw(model, version) {
-    if (version > 0 && !(model.backboneSyncVersion >= version)) model.backboneSyncVersion = version;
+    if (version > 0) model.backboneSyncVersion = version;
   }
+
+  // ### BackboneSync.refetchModel
+  //
+  // A page that dropped a change as stale, or got a tie with other data,
+  // may show what the database overwrote (with `updated_at` as the
+  // version, the save that commits last can carry the older time): it
+  // reads the record again (GET its url). One read per model at a time; a
+  // drop while one is in flight asks for one more. Its answer is applied
+  // unless a push newer than it arrived while it was in flight, so it
+  // cannot roll a newer push back. A 404 calls `gone()`.
+  function refetchModel(model, gone) {
+    var state = model.backboneSyncRefetch;
+    if (state) { state.again = true; return; }
+    // A model not saved yet has no record to read (its url is the collection's).
+    if (typeof model.isNew === 'function' && model.isNew()) return;
+    if (typeof model.url !== 'function' && !model.url) return;
+    try { model.url(); } catch (e) { return; }      // no url: nothing to ask
+    state = model.backboneSyncRefetch = { again: false, before: versionOfModel(model) };
+    var done = function () {
+      model.backboneSyncRefetch = null;
+      if (state.again && !model.backboneSyncGone) refetchModel(model, gone);
+    };
+    model.trigger('backbone_sync:refetch', model);
+    (model.sync || Backbone.sync).call(model, 'read', model, {
+      success: function (resp) {
+        var attrs = parseWith(model, resp),
+            version = BackboneSync.versionOf(attrs) || 0,
+            now = versionOfModel(model);
+        // A push applied while the read was in flight, and newer than it:
+        // keep the push.
+        var pushedSince = now !== state.before;
+        if (!(pushedSince && version > 0 && now > 0 && version < now)) {
+          model.set(attrs);
+          saw(model, version);
+        }
+        done();
+      },
+      error: function (xhr) {
+        if (xhr && xhr.status === 404) {
+          model.backboneSyncGone = true;
+          if (gone) gone();
+        }
+        done();
+      }
+    });
+  }
+  BackboneSync.refetchModel = refetchModel;
 
   function contains(collection, model) {
     return _.indexOf(collection.models, model) >= 0;
@@ -150,6 +239,13 @@
     if (!hasOwn.call(graves.versions, id)) graves.order.push(id);
     graves.versions[id] = version;
     while (graves.order.length > MAX_TOMBSTONES) delete graves.versions[graves.order.shift()];
+  }
+
+  // A refetch found the record gone (its destroy may be the push that
+  // was lost or dropped).
+  function removeGone(collection, model, id) {
+    bury(collection, id, 0);
+    if (contains(collection, model)) collection.remove(model);
   }
 
   // ### BackboneSync.applyToCollection
@@ -185,8 +281,25 @@
 
     var model = null;
     _.each(targets, function (target) {
-      if (stale(target, version)) return;
-      target.set(parseWith(target, change.object));
+      var attrs = parseWith(target, change.object);
+      // A record's create is its first change: a copy already here (not
+      // the one this page is saving) is as new as it, or newer (lock_version
+      // 0, its create's version, says nothing).
+      if (change.event === 'create' && target !== mine && !(version > 0 && version > versionOfModel(target))) {
+        model = model || target;
+        return;
+      }
+      switch (compare(target, version, attrs)) {
+        case 'same':
+          model = model || target;
+          return;
+        case 'stale':
+        case 'tie':
+          // What this copy shows may be what the database overwrote.
+          refetchModel(target, function () { removeGone(collection, target, id); });
+          return;
+      }
+      target.set(attrs);
       saw(target, version);
       model = model || target;
     });
@@ -220,7 +333,15 @@
       model.trigger('destroy', model, model.collection, { backboneSync: true });
       return;
     }
-    if (stale(model, change.version || 0)) return;
+    switch (compare(model, change.version || 0, attrs)) {
+      case 'same': return;
+      case 'stale':
+      case 'tie':
+        refetchModel(model, function () {
+          model.trigger('destroy', model, model.collection, { backboneSync: true });
+        });
+        return;
+    }
     model.set(attrs);
     saw(model, change.version || 0);
   }

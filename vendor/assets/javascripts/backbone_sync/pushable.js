@@ -16,7 +16,9 @@
 // model subscribes when its save gives it one). Both unsubscribe on
 // `stopListening()` (with no arguments), `dispose()` and, for models,
 // `destroy()`. A model's channel delivers `update` and `destroy`; a pushed
-// destroy removes the model from every collection that holds it. `client`
+// destroy removes the model from every collection that holds it. A
+// collection's `fetch` is gap-free (see `BackboneSync.Subscription#fetch`).
+// `client`
 // (on the prototype or in the options) defaults to `BackboneSync.client()`.
 //
 //= require backbone_sync/core
@@ -96,6 +98,21 @@
       if (options && options.channel) this.channel = options.channel;
       Backbone.Collection.apply(this, arguments);
       this.subscribePush();
+    },
+
+    // ### fetch
+    //
+    // The gap-free fetch (`BackboneSync.Subscription#fetch`): it waits for
+    // the subscribe to be acknowledged, and what is pushed while it is in
+    // flight is applied again over what it returns. While the subscribe is
+    // unanswered it returns a promise rather than the request.
+    // `{backboneSyncHeld: true}` is a plain fetch, which it uses itself.
+    fetch: function (options) {
+      var subscription = this.pushSubscription;
+      if (!subscription || (options && options.backboneSyncHeld)) {
+        return Backbone.Collection.prototype.fetch.apply(this, arguments);
+      }
+      return subscription.fetch(options);
     },
 
     // Called after an outage the client could not recover from: triggers

@@ -21,6 +21,12 @@
 //   `transport:up`) means the same. Then the collection triggers
 //   `backbone_sync:resync` (collection, channel) and is fetched again (or
 //   handed to the `refetch` option).
+// * `fetch` is the gap-free fetch of a collection: it waits until the
+//   server has acknowledged the subscribe, then fetches; what is pushed
+//   while the fetch is in flight is applied at once and held, then applied
+//   again, in order, over the fetch's `set` (or `reset`), each update only
+//   where it is newer than what the fetch returned. The refetch after an
+//   outage is one too.
 // * `close` unsubscribes and stops listening to the client, for good.
 //
 // The subscription is a thenable for the client's current subscribe, so
@@ -84,6 +90,8 @@
     this.via     = options.via || null;
     this.faye    = null;        // what client.subscribe returned, last
     this.closed  = false;
+    this.ready   = false;       // the server has acknowledged the subscribe
+    this.holds   = [];          // per fetch in flight: the changes pushed meanwhile
     this.retried = false;
     this._down   = false;
     _.bindAll(this, '_delivered', '_clientResync', '_transportDown', '_transportUp');
@@ -116,12 +124,71 @@
     // ### resync
     //
     // Fetch the collection again: the server is the truth after an outage.
-    // With Backbone 1.x `fetch` merges, adds and removes in place.
+    // With Backbone 1.x `fetch` merges, adds and removes in place. It is a
+    // gap-free fetch, as is a `refetch` option that returns a thenable.
     resync: function () {
       if (this.closed) return;
       this.target.trigger('backbone_sync:resync', this.target, this.channel);
-      if (this.refetch) return this.refetch(this.target);
-      return this.target.fetch();
+      var self = this;
+      if (this.refetch) return this.fetch({}, function () { return self.refetch(self.target); });
+      return this.fetch();
+    },
+
+    // ### fetch
+    //
+    // The gap-free fetch: once the subscribe is acknowledged (at once when
+    // it already is), `fetch(options)` the collection, holding the changes
+    // pushed while it is in flight; after its `set`, and before the
+    // caller's `success`, each held change is applied again through the
+    // table, and the version rules of `BackboneSync.applyToCollection`
+    // keep it from rolling back what the fetch returned newer. `run`, when
+    // given, does the fetching instead (it is passed the options and
+    // returns a thenable). Returns what the collection's `fetch` returns,
+    // or a promise of it while the subscribe is unanswered.
+    fetch: function (options, run) {
+      var self = this;
+      if (this.ready || this.closed) return this._fetchHeld(options, run);
+      var go = function () { return self._fetchHeld(options, run); };
+      return this.then(go, go);
+    },
+
+    _fetchHeld: function (options, run) {
+      var self = this, target = this.target,
+          hold = { changes: [] },
+          opts = _.extend({}, options),
+          success = opts.success, error = opts.error, released = false;
+      var release = function () {
+        if (released) return;
+        released = true;
+        var i = _.indexOf(self.holds, hold);
+        if (i >= 0) self.holds.splice(i, 1);
+        if (self.closed) return;
+        for (var j = 0; j < hold.changes.length; j++) self.receive(hold.changes[j]);
+      };
+      this.holds.push(hold);
+      opts.backboneSyncHeld = true;
+      opts.success = function () {
+        release();
+        if (success) return success.apply(this, arguments);
+      };
+      opts.error = function () {
+        release();
+        if (error) return error.apply(this, arguments);
+      };
+      var result;
+      try {
+        result = run ? run(opts) : target.fetch(opts);
+      } catch (e) {
+        release();
+        throw e;
+      }
+      // A `refetch` of the app's own does not call our success: release
+      // when what it returned settles (or at once when it returns nothing).
+      if (run) {
+        if (result && typeof result.then === 'function') result.then(release, release);
+        else release();
+      }
+      return result;
     },
 
     // ### close
@@ -151,8 +218,12 @@
     _subscribe: function () {
       var self = this,
           faye = this.faye = this.client.subscribe(this.channel, this._delivered);
+      this.ready = false;
       if (faye && typeof faye.then === 'function') {
-        faye.then(null, function (error) { self._refused(faye, error); });
+        faye.then(function () { if (faye === self.faye) self.ready = true; },
+                  function (error) { self._refused(faye, error); });
+      } else {
+        this.ready = true;
       }
     },
 
@@ -181,6 +252,7 @@
     // The listener on the client, until `close`.
     _delivered: function (data) {
       if (this.closed) return;
+      for (var i = 0; i < this.holds.length; i++) this.holds[i].changes.push(data);
       if (this.deliver) this.deliver(data);
       else this.receive(data);
     },

@@ -127,11 +127,10 @@
     members.url = list.attr('data-url');
     new ListView({ el: list, collection: members });
 
-    // Load once subscribed, so that nothing saved in between is missed.
-    var load = function () {
-      members.fetch().then(function () { list.attr('data-ready', 'true'); });
-    };
-    members.pushSubscription.then(load, load);
+    // A PushableCollection's fetch is gap-free: it starts once the server
+    // has acknowledged the subscribe, and what is pushed while it is in
+    // flight is applied again over its older snapshot.
+    members.fetch().then(function () { list.attr('data-ready', 'true'); });
 
     form.on('submit', function (event) {
       event.preventDefault();
