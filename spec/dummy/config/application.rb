@@ -43,5 +43,13 @@ module Dummy
     # use this port): BACKBONE_SYNC_ROOT_ADDRESS or the default.
     config.backbone_sync.root_address = ENV["BACKBONE_SYNC_ROOT_ADDRESS"] if ENV["BACKBONE_SYNC_ROOT_ADDRESS"]
     config.backbone_sync.embedded = ENV["BACKBONE_SYNC_EMBEDDED"] == "1" if ENV.key?("BACKBONE_SYNC_EMBEDDED")
+
+    # The outbox: BACKBONE_SYNC_OUTBOX=0 turns it off; the outbox specs
+    # shorten the relay's timings (seconds).
+    config.backbone_sync.outbox = false if ENV["BACKBONE_SYNC_OUTBOX"] == "0"
+    config.backbone_sync.outbox_grace = Float(ENV["BACKBONE_SYNC_OUTBOX_GRACE"]) if ENV["BACKBONE_SYNC_OUTBOX_GRACE"]
+    config.backbone_sync.outbox_claim_ttl = Float(ENV["BACKBONE_SYNC_OUTBOX_CLAIM_TTL"]) if ENV["BACKBONE_SYNC_OUTBOX_CLAIM_TTL"]
+    config.backbone_sync.outbox_poll_interval = Float(ENV["BACKBONE_SYNC_OUTBOX_POLL"]) if ENV["BACKBONE_SYNC_OUTBOX_POLL"]
+    config.backbone_sync.outbox_batch_size = Integer(ENV["BACKBONE_SYNC_OUTBOX_BATCH"]) if ENV["BACKBONE_SYNC_OUTBOX_BATCH"]
   end
 end
