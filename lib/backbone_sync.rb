@@ -63,6 +63,15 @@ module BackboneSync
       channel
     end
 
+    # +id+ when it may be a message's event id (BackboneSync.event_id?: a
+    # String of 1 to 128 bytes, no NUL), else raises ArgumentError.
+    def event_id!(id)
+      return id if event_id?(id)
+
+      raise ArgumentError, "event_id must be a String of 1 to 128 bytes with no NUL " \
+                           "(e.g. SecureRandom.uuid), got #{id.inspect}"
+    end
+
     # A subscription token for +channel+, valid for +expires_in+ seconds:
     # "<expires>.<hex HMAC-SHA256(secret, "#{channel}\n#{expires}")>".
     # Give it to the browser, which sends it as ext.token when subscribing.

@@ -260,7 +260,7 @@ RSpec.describe BackboneSync::Server, "options and logging" do
           fresh = described_class.new(port: 0).start
           result["fresh"] = fresh.running?
           fresh.stop
-          result["stats"] = server.stats.values.uniq
+          result["stats"] = server.stats.reject { |_, v| v.zero? } # the counters that are not zero
           w.write(JSON.generate(result))
           w.close
           exit!(0)
@@ -271,7 +271,7 @@ RSpec.describe BackboneSync::Server, "options and logging" do
         result = JSON.parse(body)
         expect(result["restart"]).to match(/before this process forked; start a new BackboneSync::Server here/)
         expect(result["fresh"]).to be(true)
-        expect(result["stats"]).to eq([0])
+        expect(result["stats"]).to eq({})
         expect(server.running?).to be(true)
       end
     end

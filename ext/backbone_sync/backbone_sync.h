@@ -49,12 +49,17 @@ void bs_server_forget(bs_server_t *s);
 /* Stops if needed, then frees. */
 void bs_server_free(bs_server_t *s);
 /* Any thread. Copies `json` (the encoded `data`) into one frame addressed to
- * `channel`; never blocks on clients. Returns BS_OK or a BS_E* code
- * (BS_EINVAL: bs_channel_publishable says no). */
+ * `channel`; never blocks on clients. event_id (NULL: none) travels in ext,
+ * and the message is dropped when the channel's history holds it already.
+ * Returns BS_OK or a BS_E* code (BS_EINVAL: bs_channel_publishable says no,
+ * or the event id is empty, longer than BS_EVENT_ID_MAX or holds a NUL). */
 int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen,
-                      const char *json, size_t len);
+                      const char *json, size_t len, const char *event_id, size_t idlen);
 /* Any thread: a snapshot of the counters. */
 void bs_server_stats(bs_server_t *s, bs_stats_t *out);
+/* Any thread: what the host app's outbox holds, for the counters (the
+ * relay in the server's process sets it). */
+void bs_server_set_outbox(bs_server_t *s, uint64_t waiting, uint64_t oldest_ms);
 /* Any thread: about how many bytes the server holds (its structs, the
  * histories, the sessions): an estimate for Ruby's ObjectSpace.memsize_of. */
 size_t bs_server_memsize(bs_server_t *s);

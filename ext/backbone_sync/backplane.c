@@ -252,11 +252,11 @@ static int flush_out(bs_backplane_t *b)
         snprintf(ttl, sizeof(ttl), "%d", b->history_ttl);
         for (i = 0; i < n; i++) {
             const char *argv[] = { "EVALSHA", b->sha, "0", b->prefix, batch[i]->channel, batch[i]->data,
-                                   size, ttl, batch[i]->epoch };
+                                   size, ttl, batch[i]->epoch, batch[i]->extra ? batch[i]->extra : "" };
             size_t lens[] = { 7, 40, 1, strlen(b->prefix), batch[i]->chlen, batch[i]->len,
-                              strlen(size), strlen(ttl), BS_EPOCH_LEN };
+                              strlen(size), strlen(ttl), BS_EPOCH_LEN, batch[i]->xlen };
 
-            redisAppendCommandArgv(b->cmd, 9, argv, lens);
+            redisAppendCommandArgv(b->cmd, 10, argv, lens);
         }
         for (i = 0; i < n; i++) {
             void *reply;
@@ -433,10 +433,12 @@ void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st)
     st->backplane_refused = __atomic_load_n(&b->refused, __ATOMIC_RELAXED);
 }
 
-int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen)
+int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen,
+                         const char *event_id, size_t idlen)
 {
-    /* data: the delivery head; epoch: proposed, for a channel Redis does not know. */
-    bs_item_t *o = bs_item_new(0, channel, chlen, head, hlen);
+    /* data: the delivery head; epoch: proposed, for a channel Redis does not
+     * know; extra: the event id publish.lua drops a second copy by. */
+    bs_item_t *o = bs_item_new_extra(0, channel, chlen, head, hlen, event_id, idlen);
     int was_empty;
 
     if (!o)

@@ -39,7 +39,8 @@ void bs_backplane_free(bs_backplane_t *b);
 int bs_backplane_up(bs_backplane_t *b);
 void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st);
 /* Any thread: queues a publish for Redis. Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
-int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen);
+int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen,
+                         const char *event_id, size_t idlen);
 /* Any thread (the service thread): asks for what Redis holds of a
  * channel's history, proposing `epoch` for a channel it does not know yet.
  * Never waits: the answer comes through sink.loaded from the backplane

@@ -714,7 +714,8 @@ static int public_channel(const bs_engine_t *e, const char *ch, size_t len)
 }
 
 int bs_delivery_head(bs_buf_t *b, const char *channel, size_t chlen, const char *data, size_t dlen,
-                     const char *id, size_t idlen, const char *ext, size_t extlen)
+                     const char *id, size_t idlen, const char *ext, size_t extlen,
+                     const char *event_id, size_t event_id_len)
 {
     bs_buf_append(b, "[{\"channel\":", 12);
     bs_json_str(b, channel, chlen);
@@ -730,11 +731,17 @@ int bs_delivery_head(bs_buf_t *b, const char *channel, size_t chlen, const char 
         bs_buf_append(b, ext, extlen - 1);
         return bs_buf_append(b, ",", 1);
     }
+    if (event_id) {
+        bs_buf_append(b, "{\"event_id\":", 12);
+        bs_json_str(b, event_id, event_id_len);
+        return bs_buf_append(b, ",", 1);
+    }
     return bs_buf_append(b, "{", 1);
 }
 
 int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const char *data,
-                      size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen)
+                      size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen,
+                      const char *event_id, size_t event_id_len)
 {
     bs_history_t *h = NULL;
     bs_buf_t *b = &e->build;
@@ -745,14 +752,18 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
     if (bs_channel_kind(channel, chlen) == BS_CHANNEL_SERVICE)
         return BS_OK;
     bs_buf_reset(b);
-    if (bs_delivery_head(b, channel, chlen, data, dlen, id, idlen, ext, extlen))
+    if (bs_delivery_head(b, channel, chlen, data, dlen, id, idlen, ext, extlen, event_id, event_id_len))
         return BS_ENOMEM;
     /* With a backplane, Redis numbers the message and every node, this one
      * included, fans it out when it comes back (bs_engine_remote). */
     if (e->ops->route)
-        return e->ops->route(e->ops_ctx, channel, chlen, b->ptr, b->len);
+        return e->ops->route(e->ops_ctx, channel, chlen, b->ptr, b->len, event_id, event_id_len);
     if (e->histories.size > 0 && !(h = bs_history_get(&e->histories, channel, chlen)))
         return BS_ENOMEM;
+    if (h && event_id && bs_history_seen(h, event_id, event_id_len)) {
+        BS_STAT_ADD(&e->stats, duplicates_dropped, 1);
+        return BS_EDUPLICATE;
+    }
     if (h) {
         snprintf(tail, sizeof(tail), "\"offset\":%llu,\"epoch\":\"%s\"}}]",
                  (unsigned long long)(h->offset + 1), h->epoch);
@@ -768,7 +779,7 @@ int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const c
     memcpy(BS_FRAME_DATA(f), b->ptr, b->len);
     if (h) {
         h->offset++;
-        if (bs_history_append(&e->histories, h, f)) {
+        if (bs_history_append(&e->histories, h, f, event_id, event_id_len)) {
             h->offset--;
             bs_frame_unref(f);
             return BS_ENOMEM;
@@ -849,8 +860,10 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
         bs_log(e->log, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
     switch (bs_engine_publish(e, m->channel, m->channel_len, json + m->raw_data.off, m->raw_data.len,
                               m->has_id ? json + m->raw_id.off : NULL, m->raw_id.len,
-                              m->has_ext ? b->ext.ptr + m->raw_ext.off : NULL, m->raw_ext.len)) {
+                              m->has_ext ? b->ext.ptr + m->raw_ext.off : NULL, m->raw_ext.len,
+                              m->event_id, m->event_id_len)) {
     case BS_OK:
+    case BS_EDUPLICATE:                     /* published before: the publisher may stop retrying */
         break;
     case BS_EFULL:
     case BS_ESTOPPED:

@@ -73,7 +73,8 @@ typedef struct bs_engine_ops {
     /* With a backplane (else NULL): hands it a composed delivery head;
      * every node fans the message out when it comes back (bs_engine_remote).
      * Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
-    int (*route)(void *ctx, const char *channel, size_t chlen, const char *head, size_t hlen);
+    int (*route)(void *ctx, const char *channel, size_t chlen, const char *head, size_t hlen,
+                 const char *event_id, size_t idlen);
     /* With a backplane (else NULL): asks for what it holds of a channel's
      * history, proposing `epoch` for a channel it does not know; never
      * waits. The answer comes back as bs_engine_loaded. 0 when asked, -1
@@ -112,13 +113,19 @@ int bs_engine_receive(bs_engine_t *e, bs_link_t *link, const char *json, size_t 
  * bs_channel_publishable: composes the delivery once, with its offset and
  * epoch in ext, keeps it in the channel's history and queues it for every
  * subscriber (or routes it to the backplane). id and ext (an object without
- * the secret) may be NULL. Returns BS_OK, or a BS_E* code. */
+ * the secret) may be NULL. event_id (NULL: none) is ext's event_id: a
+ * message whose event id the channel's history still holds is not published
+ * again. Returns BS_OK, BS_EDUPLICATE, or a BS_E* code. */
 int bs_engine_publish(bs_engine_t *e, const char *channel, size_t chlen, const char *data,
-                      size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen);
+                      size_t dlen, const char *id, size_t idlen, const char *ext, size_t extlen,
+                      const char *event_id, size_t event_id_len);
 /* Any thread: appends the delivery up to its ext object, as publish.lua
- * expects it: [{"channel":..,"data":..[,"id":..],"ext":{[members,] */
+ * expects it: [{"channel":..,"data":..[,"id":..],"ext":{[members,]
+ * Without ext, event_id (NULL: none) becomes ext's one member; a Bayeux
+ * publish's ext already holds it. */
 int bs_delivery_head(bs_buf_t *b, const char *channel, size_t chlen, const char *data, size_t dlen,
-                     const char *id, size_t idlen, const char *ext, size_t extlen);
+                     const char *id, size_t idlen, const char *ext, size_t extlen,
+                     const char *event_id, size_t event_id_len);
 /* A message that came through the backplane, with its offset and epoch. */
 void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_t offset,
                       const char *epoch, size_t elen, const char *frame, size_t flen);

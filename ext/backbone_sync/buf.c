@@ -221,7 +221,13 @@ void bs_dlist_remove(bs_dlist_t *l, bs_dnode_t *n)
 
 bs_item_t *bs_item_new(int kind, const char *channel, size_t chlen, const char *data, size_t len)
 {
-    bs_item_t *p = malloc(sizeof(*p) + chlen + 1 + len);
+    return bs_item_new_extra(kind, channel, chlen, data, len, NULL, 0);
+}
+
+bs_item_t *bs_item_new_extra(int kind, const char *channel, size_t chlen, const char *data, size_t len,
+                             const char *extra, size_t xlen)
+{
+    bs_item_t *p = malloc(sizeof(*p) + chlen + 1 + len + (extra ? xlen + 1 : 0));
 
     if (!p)
         return NULL;
@@ -234,5 +240,11 @@ bs_item_t *bs_item_new(int kind, const char *channel, size_t chlen, const char *
     p->channel[chlen] = '\0';
     p->data = p->channel + chlen + 1;
     memcpy(p->data, data, len);
+    if (extra) {
+        p->extra = p->data + len;
+        memcpy(p->extra, extra, xlen);
+        p->extra[xlen] = '\0';
+        p->xlen = xlen;
+    }
     return p;
 }

@@ -76,10 +76,15 @@ typedef struct bs_item {
     char epoch[17];                        /* BS_EPOCH_LEN + 1 */
     char *channel;                         /* NUL-terminated, stored after the struct */
     char *data;                            /* after the channel */
+    char *extra;                           /* a second string after the data (an event id), or NULL */
+    size_t xlen;
     void *ptr;                             /* anything else it carries (owned by the item's taker) */
 } bs_item_t;
 
 /* A zeroed item holding copies of channel and data; NULL on OOM. Free with free(). */
 bs_item_t *bs_item_new(int kind, const char *channel, size_t chlen, const char *data, size_t len);
+/* The same, with a copy of extra (NULL: none) stored after the data. */
+bs_item_t *bs_item_new_extra(int kind, const char *channel, size_t chlen, const char *data, size_t len,
+                             const char *extra, size_t xlen);
 
 #endif

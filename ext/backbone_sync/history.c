@@ -94,12 +94,19 @@ bs_history_t *bs_history_get(bs_histories_t *hs, const char *name, size_t len)
     return h;
 }
 
+/* An entry's frame, and its event id with what malloc adds to it. */
+static size_t entry_cost(const bs_entry_t *x)
+{
+    return bs_frame_cost(x->frame) + (x->event_id ? strlen(x->event_id) + 1 + 2 * sizeof(void *) : 0);
+}
+
 static void drop_oldest(bs_histories_t *hs, bs_history_t *h)
 {
     bs_entry_t *x = entry_at(h, 0);
 
-    count(hs, h, 0, bs_frame_cost(x->frame));
+    count(hs, h, 0, entry_cost(x));
     bs_frame_unref(x->frame);
+    free(x->event_id);
     h->head = (h->head + 1) % h->cap;
     h->len--;
 }
@@ -175,14 +182,27 @@ static void enforce_bound(bs_histories_t *hs, bs_history_t *keep)
     }
 }
 
-int bs_history_append(bs_histories_t *hs, bs_history_t *h, bs_frame_t *f)
+int bs_history_append(bs_histories_t *hs, bs_history_t *h, bs_frame_t *f, const char *event_id,
+                      size_t idlen)
 {
-    if (ring_room(hs, h))
+    char *id = NULL;
+    bs_entry_t *x;
+
+    if (event_id && !(id = malloc(idlen + 1)))
         return -1;
-    *entry_at(h, h->len) = (bs_entry_t){ .offset = h->offset, .at = bs_now_ms(), .frame = f };
+    if (ring_room(hs, h)) {
+        free(id);
+        return -1;
+    }
+    if (id) {
+        memcpy(id, event_id, idlen);
+        id[idlen] = '\0';
+    }
+    x = entry_at(h, h->len);
+    *x = (bs_entry_t){ .offset = h->offset, .at = bs_now_ms(), .frame = f, .event_id = id };
     h->len++;
     bs_frame_ref(f);
-    count(hs, h, bs_frame_cost(f), 0);
+    count(hs, h, entry_cost(x), 0);
     h->last_used = bs_now_ms();
     bs_dlist_push_front(&hs->lru, &h->lru);
     enforce_bound(hs, h);
@@ -215,7 +235,7 @@ void bs_history_put(bs_histories_t *hs, bs_history_t *h, uint64_t offset, bs_fra
             drop_oldest(hs, h);
     }
     h->offset = offset;
-    bs_history_append(hs, h, f);
+    bs_history_append(hs, h, f, NULL, 0);
     if (keep > h->offset)
         h->offset = keep;
 }
@@ -231,6 +251,20 @@ int bs_history_replay(const bs_history_t *h, uint64_t since, bs_replay_fn visit,
 
         if (x->offset > since)
             visit(ctx, x->frame);
+    }
+    return 0;
+}
+
+uint64_t bs_history_seen(const bs_history_t *h, const char *event_id, size_t idlen)
+{
+    uint32_t i;
+
+    /* At most history_size entries, newest first: a retry comes soon after. */
+    for (i = h->len; i-- > 0;) {
+        const bs_entry_t *x = entry_at(h, i);
+
+        if (x->event_id && strncmp(x->event_id, event_id, idlen) == 0 && x->event_id[idlen] == '\0')
+            return x->offset;
     }
     return 0;
 }
@@ -355,7 +389,8 @@ void bs_history_load(bs_histories_t *hs, bs_history_t *h, const bs_loaded_t *l)
 
             if (x->offset > l->offset) {
                 bs_frame_ref(x->frame);
-                newer[n++] = *x;
+                newer[n] = *x;
+                newer[n++].event_id = NULL;     /* freed with x by the reset */
             }
         }
     }

@@ -17,6 +17,7 @@ typedef struct bs_entry {
     uint64_t offset;
     int64_t at;                            /* ms */
     bs_frame_t *frame;
+    char *event_id;                        /* the publisher's ext.event_id (NUL-terminated), or NULL */
 } bs_entry_t;
 
 typedef struct bs_history bs_history_t;
@@ -60,8 +61,13 @@ void bs_histories_free(bs_histories_t *hs);
 bs_history_t *bs_history_find(const bs_histories_t *hs, const char *name, size_t len);
 /* Finds or creates (with a fresh epoch) the history of a channel; NULL on OOM. */
 bs_history_t *bs_history_get(bs_histories_t *hs, const char *name, size_t len);
-/* Keeps f as the entry for h->offset. Returns 0, or -1 when memory ran out. */
-int bs_history_append(bs_histories_t *hs, bs_history_t *h, bs_frame_t *f);
+/* Keeps f as the entry for h->offset, with the event id it was published
+ * with (NULL: none). Returns 0, or -1 when memory ran out. */
+int bs_history_append(bs_histories_t *hs, bs_history_t *h, bs_frame_t *f, const char *event_id,
+                      size_t idlen);
+/* The offset of the kept message published with this event id, or 0: a
+ * message published twice is delivered once while its first copy is kept. */
+uint64_t bs_history_seen(const bs_history_t *h, const char *event_id, size_t idlen);
 /* Forgets h's entries and takes a new epoch ("": unknown) and offset. */
 void bs_history_reset(bs_histories_t *hs, bs_history_t *h, const char *epoch, uint64_t offset);
 /* Keeps f as the entry for `offset`, if it comes after the last kept one. */

@@ -28,7 +28,7 @@ enum field {
     F_NONE, F_CHANNEL, F_CLIENT_ID, F_CONNECTION_TYPE, F_VERSION, F_ID, F_DATA,
     F_SUBSCRIPTION, F_TYPES, F_EXT, F_ADVICE, F_OTHER
 };
-enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT, X_SINCE, X_OFFSET, X_EPOCH };
+enum ext_key { X_OTHER, X_SECRET, X_TOKEN, X_TIMEOUT, X_SINCE, X_OFFSET, X_EPOCH, X_EVENT_ID };
 enum since_key { S_OTHER, S_OFFSET, S_EPOCH };
 
 typedef struct parse {
@@ -150,6 +150,12 @@ static int ext_member_done(parse_t *p)
 }
 
 #define WRONG_TYPE "a field has the wrong type"
+#define EVENT_ID_TYPE "ext.event_id must be a string of 1 to 128 bytes with no NUL"
+
+int bs_event_id_valid(const char *s, size_t len)
+{
+    return len > 0 && len <= BS_EVENT_ID_MAX && !memchr(s, '\0', len);
+}
 
 /* 1 when the string just read is one the server acts on. */
 static int interpreted_string(const parse_t *p)
@@ -159,7 +165,7 @@ static int interpreted_string(const parse_t *p)
                p->field == F_VERSION || p->field == F_SUBSCRIPTION;
     if (p->depth == p->msg_depth + 1)
         return p->field == F_SUBSCRIPTION || p->field == F_TYPES ||
-               (p->field == F_EXT && (p->xkey == X_SECRET || p->xkey == X_TOKEN));
+               (p->field == F_EXT && (p->xkey == X_SECRET || p->xkey == X_TOKEN || p->xkey == X_EVENT_ID));
     return p->depth == p->msg_depth + 2 && p->field == F_EXT && p->xkey == X_SINCE;
 }
 
@@ -248,11 +254,14 @@ static int scalar(parse_t *p, const unsigned char *str, size_t len, int is_strin
             return 1;
         }
         if (p->field == F_EXT) {
-            if (is_string && (p->xkey == X_SECRET || p->xkey == X_TOKEN)) {
+            if (p->xkey == X_EVENT_ID && (!is_string || !bs_event_id_valid((const char *)str, len)))
+                m->bad = EVENT_ID_TYPE;
+            if (is_string && (p->xkey == X_SECRET || p->xkey == X_TOKEN || p->xkey == X_EVENT_ID)) {
                 if ((off = arena_put(p, str, len)) < 0)
                     return 0;
                 if (p->xkey == X_SECRET) { m->secret = (const char *)(uintptr_t)(off + 1); m->secret_len = len; }
-                else { m->token = (const char *)(uintptr_t)(off + 1); m->token_len = len; }
+                else if (p->xkey == X_TOKEN) { m->token = (const char *)(uintptr_t)(off + 1); m->token_len = len; }
+                else { m->event_id = (const char *)(uintptr_t)(off + 1); m->event_id_len = len; }
             }
             return ext_member_done(p);
         }
@@ -384,6 +393,8 @@ static int open_container(parse_t *p, int is_map)
         }
     } else if (p->depth == p->msg_depth + 2 && (p->field == F_SUBSCRIPTION || p->field == F_TYPES)) {
         cur(p)->bad = WRONG_TYPE;                         /* only strings belong in these arrays */
+    } else if (p->depth == p->msg_depth + 2 && p->field == F_EXT && p->xkey == X_EVENT_ID) {
+        cur(p)->bad = EVENT_ID_TYPE;
     }
     return 1;
 }
@@ -455,7 +466,7 @@ static int cb_map_key(void *ctx, const unsigned char *k, size_t len)
     } else if (p->msg_depth && p->depth == p->msg_depth + 1) {
         if (p->field == F_EXT) {
             p->xkey = KEY("secret") ? X_SECRET : KEY("token") ? X_TOKEN : KEY("since") ? X_SINCE :
-                      KEY("offset") ? X_OFFSET : KEY("epoch") ? X_EPOCH : X_OTHER;
+                      KEY("offset") ? X_OFFSET : KEY("epoch") ? X_EPOCH : KEY("event_id") ? X_EVENT_ID : X_OTHER;
             if (p->xkey != X_OTHER)
                 once(p, &p->ext_seen, 1u << p->xkey, "a member appears twice in ext");
         } else if (p->field == F_ADVICE) {
@@ -483,7 +494,7 @@ static void fix_pointers(bs_batch_t *b)
         bs_msg_t *m = &b->msgs[i];
 
         FIX(channel); FIX(client_id); FIX(connection_type); FIX(version);
-        FIX(secret); FIX(token); FIX(subs); FIX(since_epoch);
+        FIX(secret); FIX(token); FIX(subs); FIX(since_epoch); FIX(event_id);
     }
 #undef FIX
 }

@@ -11,6 +11,10 @@
 
 #include "buf.h"
 
+/* The longest ext.event_id a publish may carry: the key by which a channel's
+ * history drops a message published twice. */
+#define BS_EVENT_ID_MAX 128
+
 typedef struct bs_span {
     uint32_t off;
     uint32_t len;
@@ -29,6 +33,7 @@ typedef struct bs_msg {
     const char *token;
     const char *subs;                      /* nsubs NUL-separated names */
     const char *since_epoch;               /* ext.since of a subscribe, or NULL */
+    const char *event_id;                  /* ext.event_id of a publish, or NULL; it stays in ext */
     uint64_t since_offset;
     int has_since;
     uint32_t nsubs;
@@ -37,7 +42,7 @@ typedef struct bs_msg {
     int has_id, has_data, has_ext, has_subscription;
     const char *bad;                       /* why the message is refused (a wrong type, a repeated member), or NULL */
     int64_t advice_timeout;                /* ms, or -1 */
-    size_t channel_len, client_id_len, secret_len, token_len;
+    size_t channel_len, client_id_len, secret_len, token_len, event_id_len;
 } bs_msg_t;
 
 enum { BS_CT_LONG_POLLING = 1, BS_CT_CROSS_ORIGIN = 2, BS_CT_CALLBACK = 4, BS_CT_WEBSOCKET = 8,
@@ -63,6 +68,8 @@ int bs_utf8_valid(const char *s, size_t len);
  * alone): valid JSON, not valid Unicode; strict parsers (Ruby's) reject
  * the whole message. The text must be valid JSON. */
 int bs_json_lone_surrogate(const char *s, size_t len);
+/* 1 when s[0..len) may be an ext.event_id: 1 to BS_EVENT_ID_MAX bytes, no NUL. */
+int bs_event_id_valid(const char *s, size_t len);
 /* Appends s as a JSON string (quoted and escaped). */
 int bs_json_str(bs_buf_t *b, const char *s, size_t len);
 

@@ -30,6 +30,10 @@ VALUE bs_ruby_error_class(const char *name);
  * freed, so the caller has nothing to clean up. */
 void bs_ruby_json_encode(VALUE obj, bs_buf_t *out);
 
+/* Raises ArgumentError unless event_id is nil or a String that
+ * bs_event_id_valid accepts. */
+void bs_ruby_check_event_id(VALUE event_id);
+
 void Init_BackboneSync_JSON(VALUE mBackboneSync);
 void Init_BackboneSync_Server(VALUE mBackboneSync);
 void Init_BackboneSync_Publish(VALUE mBackboneSync);

@@ -9,13 +9,25 @@
 #include "ruby_bindings.h"
 
 #include "bayeux.h"
+#include "json.h"
 #include "util.h"
 
 static VALUE eChannelError = Qnil, eError = Qnil;
 
+void bs_ruby_check_event_id(VALUE event_id)
+{
+    if (NIL_P(event_id))
+        return;
+    if (!RB_TYPE_P(event_id, T_STRING) ||
+        !bs_event_id_valid(RSTRING_PTR(event_id), (size_t)RSTRING_LEN(event_id)))
+        rb_raise(rb_eArgError, "event_id must be nil or a String of 1 to %d bytes with no NUL "
+                               "(e.g. SecureRandom.uuid), got %" PRIsVALUE,
+                 BS_EVENT_ID_MAX, rb_inspect(event_id));
+}
+
 /*
  * call-seq:
- *   BackboneSync.delivery_head(channel, encoded_data) -> String
+ *   BackboneSync.delivery_head(channel, encoded_data, event_id = nil) -> String
  *
  * The delivery of +encoded_data+ (JSON text, as BackboneSync.encode_json
  * gives it) to +channel+, up to its ext object, exactly as the C server
@@ -24,16 +36,19 @@ static VALUE eChannelError = Qnil, eError = Qnil;
  *   BackboneSync.delivery_head("/sync/users", '{"id":1}')
  *   # => '[{"channel":"/sync/users","data":{"id":1},"ext":{'
  *
- * The script (or the server) appends the offset and the epoch. Raises
+ * With +event_id+, ext starts with it ({"event_id":...,). The script (or
+ * the server) appends the offset and the epoch. Raises
  * BackboneSync::ChannelError when +channel+ is not one a message may be
  * published to (BackboneSync.channel?). +encoded_data+ is taken as given.
  */
-static VALUE BackboneSync_delivery_head(VALUE self, VALUE channel, VALUE data)
+static VALUE BackboneSync_delivery_head(int argc, VALUE *argv, VALUE self)
 {
+    VALUE channel, data, event_id;
     bs_buf_t buf;
     VALUE head;
 
     (void)self;
+    rb_scan_args(argc, argv, "21", &channel, &data, &event_id);
     StringValue(channel);
     StringValue(data);
     if (!bs_channel_publishable(RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel)))
@@ -41,10 +56,13 @@ static VALUE BackboneSync_delivery_head(VALUE self, VALUE channel, VALUE data)
                  "invalid channel %" PRIsVALUE ": use /segment/segment with letters, "
                  "digits and -_!~()$@ (no wildcards, not under /meta or /service)",
                  rb_inspect(channel));
+    bs_ruby_check_event_id(event_id);
 
     bs_buf_init(&buf);
     if (bs_delivery_head(&buf, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel), RSTRING_PTR(data),
-                         (size_t)RSTRING_LEN(data), NULL, 0, NULL, 0)) {
+                         (size_t)RSTRING_LEN(data), NULL, 0, NULL, 0,
+                         NIL_P(event_id) ? NULL : RSTRING_PTR(event_id),
+                         NIL_P(event_id) ? 0 : (size_t)RSTRING_LEN(event_id))) {
         bs_buf_free(&buf);
         rb_memerror();
     }
@@ -52,6 +70,7 @@ static VALUE BackboneSync_delivery_head(VALUE self, VALUE channel, VALUE data)
     bs_buf_free(&buf);
     RB_GC_GUARD(channel);
     RB_GC_GUARD(data);
+    RB_GC_GUARD(event_id);
     return head;
 }
 
@@ -73,11 +92,26 @@ static VALUE BackboneSync_new_epoch(VALUE self)
     return rb_utf8_str_new(epoch, BS_EPOCH_LEN);
 }
 
+/*
+ * call-seq:
+ *   BackboneSync.event_id?(value) -> true or false
+ *
+ * True when +value+ may be a message's event id: a String of 1 to 128
+ * bytes with no NUL (the rule the server applies to ext.event_id).
+ */
+static VALUE BackboneSync_event_id_p(VALUE self, VALUE value)
+{
+    (void)self;
+    return RB_TYPE_P(value, T_STRING) && bs_event_id_valid(RSTRING_PTR(value), (size_t)RSTRING_LEN(value))
+           ? Qtrue : Qfalse;
+}
+
 void Init_BackboneSync_Publish(VALUE mBackboneSync)
 {
     eChannelError = bs_ruby_error_class("ChannelError");
     eError = bs_ruby_error_class("Error");
 
-    rb_define_module_function(mBackboneSync, "delivery_head", BackboneSync_delivery_head, 2);
+    rb_define_module_function(mBackboneSync, "delivery_head", BackboneSync_delivery_head, -1);
     rb_define_module_function(mBackboneSync, "new_epoch", BackboneSync_new_epoch, 0);
+    rb_define_module_function(mBackboneSync, "event_id?", BackboneSync_event_id_p, 1);
 }

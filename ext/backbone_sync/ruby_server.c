@@ -303,29 +303,32 @@ static VALUE Server_forget(VALUE self)
 
 /*
  * call-seq:
- *   _publish(channel, data) -> nil
+ *   _publish(channel, data, event_id) -> nil
  *
  * Encodes +data+ as JSON in this thread and queues it for +channel+'s
- * subscribers. Raises EncodeError, ChannelError, NotRunning, Overloaded,
+ * subscribers, with +event_id+ (nil: none) in ext. Raises EncodeError, ChannelError, NotRunning, Overloaded,
  * MessageTooLarge. (In a forked child the core answers NotRunning; server.rb
  * says so first, with the parent's pid.)
  */
-static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
+static VALUE Server_publish(VALUE self, VALUE channel, VALUE data, VALUE event_id)
 {
     server_wrapper_t *w = unwrap(self);
     bs_buf_t buf;
     int rc;
 
     StringValue(channel);
+    bs_ruby_check_event_id(event_id);
     if (!w->srv)
         rb_raise(eNotRunning, "the server was never started: call start before publish");
 
     bs_buf_init(&buf);
     bs_ruby_json_encode(data, &buf); /* frees buf itself if it raises */
     rc = bs_server_publish(w->srv, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
-                           buf.ptr, buf.len);
+                           buf.ptr, buf.len, NIL_P(event_id) ? NULL : RSTRING_PTR(event_id),
+                           NIL_P(event_id) ? 0 : (size_t)RSTRING_LEN(event_id));
     bs_buf_free(&buf);
     RB_GC_GUARD(channel);
+    RB_GC_GUARD(event_id);
 
     switch (rc) {
     case BS_OK:
@@ -361,8 +364,8 @@ static VALUE Server_publish(VALUE self, VALUE channel, VALUE data)
  * call-seq:
  *   _stats -> Hash
  *
- * A snapshot of the server's counters, with symbol keys and Integer values;
- * zeros in a forked child.
+ * A snapshot of the server's counters, with symbol keys and Integer values
+ * (outbox_oldest_age: Float seconds); zeros in a forked child.
  */
 static VALUE Server_stats(VALUE self)
 {
@@ -389,8 +392,27 @@ static VALUE Server_stats(VALUE self)
     STAT(history_bytes);
     STAT(clients_refused);
     STAT(clients_evicted);
+    STAT(duplicates_dropped);
+    STAT(outbox_waiting);
+    rb_hash_aset(h, ID2SYM(rb_intern("outbox_oldest_age")), DBL2NUM((double)st.outbox_oldest_ms / 1000.0));
 #undef STAT
     return h;
+}
+
+/*
+ * call-seq:
+ *   _set_outbox(waiting, oldest_ms) -> nil
+ *
+ * What the app's outbox holds, shown in stats and GET /stats.
+ */
+static VALUE Server_set_outbox(VALUE self, VALUE waiting, VALUE oldest_ms)
+{
+    server_wrapper_t *w = unwrap(self);
+    uint64_t n = NUM2ULL(waiting), ms = NUM2ULL(oldest_ms);
+
+    if (w->srv && !w->forgotten)
+        bs_server_set_outbox(w->srv, n, ms);
+    return Qnil;
 }
 
 static VALUE Server_running_p(VALUE self)
@@ -458,8 +480,9 @@ void Init_BackboneSync_Server(VALUE mBackboneSync)
     rb_define_private_method(cServer, "_start", Server_start, 0);
     rb_define_private_method(cServer, "_stop", Server_stop, 0);
     rb_define_private_method(cServer, "_forget", Server_forget, 0);
-    rb_define_private_method(cServer, "_publish", Server_publish, 2);
+    rb_define_private_method(cServer, "_publish", Server_publish, 3);
     rb_define_private_method(cServer, "_stats", Server_stats, 0);
+    rb_define_private_method(cServer, "_set_outbox", Server_set_outbox, 2);
     rb_define_private_method(cServer, "_running?", Server_running_p, 0);
     rb_define_private_method(cServer, "_port", Server_port, 0);
 

@@ -66,7 +66,7 @@ struct bs_server {
     int destroying;                         /* service thread: the context is being destroyed */
     int made;                               /* the inbox and the engine exist (for free) */
     size_t freed;                           /* service thread: bytes freed since the last heap trim */
-    bs_stats_t conn_stats;                  /* connections, bytes_out: atomics */
+    bs_stats_t conn_stats;                  /* connections, bytes_out, the outbox figures: atomics */
 
     bs_inbox_t inbox;                       /* its own lock */
     bs_engine_ops_t ops;
@@ -113,11 +113,12 @@ static void op_lost_client(void *ctx, bs_link_t *l, int close)
     bs_transport_lost_client(l, close);
 }
 
-static int op_route(void *ctx, const char *channel, size_t chlen, const char *head, size_t hlen)
+static int op_route(void *ctx, const char *channel, size_t chlen, const char *head, size_t hlen,
+                    const char *event_id, size_t idlen)
 {
     bs_server_t *s = ctx;
 
-    return bs_backplane_publish(s->backplane, channel, chlen, head, hlen);
+    return bs_backplane_publish(s->backplane, channel, chlen, head, hlen, event_id, idlen);
 }
 
 static int op_load(void *ctx, const char *channel, size_t chlen, const char *epoch)
@@ -201,7 +202,10 @@ static void drain_inbox(bs_server_t *s, int engine_alive)
             if (bs_log_verbose(&s->log))
                 bs_log(&s->log, 'I', "publish: %s (%zu bytes, in-process)", p->channel, p->len);
             BS_STAT_ADD(&s->engine.stats, messages_in, 1);
-            if (bs_engine_publish(&s->engine, p->channel, p->chlen, p->data, p->len, NULL, 0, NULL, 0)) {
+            int rc = bs_engine_publish(&s->engine, p->channel, p->chlen, p->data, p->len, NULL, 0, NULL, 0,
+                                       p->extra, p->xlen);
+
+            if (rc != BS_OK && rc != BS_EDUPLICATE) {
                 BS_STAT_ADD(&s->engine.stats, errors, 1);
                 bs_log(&s->log, 'E', "publish to %s lost: out of memory", p->channel);
             }
@@ -239,7 +243,8 @@ static int stats_json(void *ctx, bs_buf_t *out)
              "\"messages_in\":%llu,\"messages_out\":%llu,\"bytes_out\":%llu,"
              "\"slow_clients_dropped\":%llu,\"errors\":%llu,\"backplane_up\":%llu,"
              "\"backplane_queued\":%llu,\"backplane_refused\":%llu,\"history_channels\":%llu,"
-             "\"history_bytes\":%llu,\"clients_refused\":%llu,\"clients_evicted\":%llu}",
+             "\"history_bytes\":%llu,\"clients_refused\":%llu,\"clients_evicted\":%llu,"
+             "\"duplicates_dropped\":%llu,\"outbox_waiting\":%llu,\"outbox_oldest_age\":%.3f}",
              (unsigned long long)st.connections, (unsigned long long)st.clients,
              (unsigned long long)st.channels, (unsigned long long)st.subscriptions,
              (unsigned long long)st.messages_in, (unsigned long long)st.messages_out,
@@ -247,7 +252,9 @@ static int stats_json(void *ctx, bs_buf_t *out)
              (unsigned long long)st.errors, (unsigned long long)st.backplane_up,
              (unsigned long long)st.backplane_queued, (unsigned long long)st.backplane_refused,
              (unsigned long long)st.history_channels, (unsigned long long)st.history_bytes,
-             (unsigned long long)st.clients_refused, (unsigned long long)st.clients_evicted);
+             (unsigned long long)st.clients_refused, (unsigned long long)st.clients_evicted,
+             (unsigned long long)st.duplicates_dropped, (unsigned long long)st.outbox_waiting,
+             (double)st.outbox_oldest_ms / 1000.0);
     return bs_buf_append_str(out, tmp);
 }
 
@@ -653,13 +660,16 @@ void bs_server_free(bs_server_t *s)
     free(s);
 }
 
-int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const char *json, size_t len)
+int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const char *json, size_t len,
+                      const char *event_id, size_t idlen)
 {
     bs_item_t *p;
 
     if (!s->started || s->forgotten || s->pid != getpid())
         return BS_ESTOPPED;
     if (!bs_channel_publishable(channel, chlen))
+        return BS_EINVAL;
+    if (event_id && !bs_event_id_valid(event_id, idlen))
         return BS_EINVAL;
     if (len > s->cfg.max_message_size)
         return BS_ETOOBIG;
@@ -670,18 +680,25 @@ int bs_server_publish(bs_server_t *s, const char *channel, size_t chlen, const c
         int rc;
 
         bs_buf_init(&head);
-        if (bs_delivery_head(&head, channel, chlen, json, len, NULL, 0, NULL, 0)) {
+        if (bs_delivery_head(&head, channel, chlen, json, len, NULL, 0, NULL, 0, event_id, idlen)) {
             bs_buf_free(&head);
             return BS_ENOMEM;
         }
-        rc = s->ops.route(s, channel, chlen, head.ptr, head.len); /* the engine's route, from this thread */
+        /* the engine's route, from this thread */
+        rc = s->ops.route(s, channel, chlen, head.ptr, head.len, event_id, idlen);
         bs_buf_free(&head);
         return rc;
     }
     /* The service thread turns this into one frame that every subscriber shares. */
-    if (!(p = bs_item_new(BS_INBOX_PUBLISH, channel, chlen, json, len)))
+    if (!(p = bs_item_new_extra(BS_INBOX_PUBLISH, channel, chlen, json, len, event_id, idlen)))
         return BS_ENOMEM;
     return bs_inbox_put(&s->inbox, p);
+}
+
+void bs_server_set_outbox(bs_server_t *s, uint64_t waiting, uint64_t oldest_ms)
+{
+    BS_STAT_SET(&s->conn_stats, outbox_waiting, waiting);
+    BS_STAT_SET(&s->conn_stats, outbox_oldest_ms, oldest_ms);
 }
 
 size_t bs_server_memsize(bs_server_t *s)
@@ -710,6 +727,9 @@ void bs_server_stats(bs_server_t *s, bs_stats_t *out)
     out->history_bytes = BS_STAT_GET(e, history_bytes);
     out->clients_refused = BS_STAT_GET(e, clients_refused);
     out->clients_evicted = BS_STAT_GET(e, clients_evicted);
+    out->duplicates_dropped = BS_STAT_GET(e, duplicates_dropped);
+    out->outbox_waiting = BS_STAT_GET(&s->conn_stats, outbox_waiting);
+    out->outbox_oldest_ms = BS_STAT_GET(&s->conn_stats, outbox_oldest_ms);
     out->backplane_up = out->backplane_queued = out->backplane_refused = 0;
     if (s->backplane)
         bs_backplane_stats(s->backplane, out);

@@ -63,6 +63,9 @@ typedef struct bs_stats {
     uint64_t history_bytes;              /* what those histories hold, counted against history_memory */
     uint64_t clients_refused;            /* handshakes refused at max_clients */
     uint64_t clients_evicted;            /* never-connected sessions dropped to make room */
+    uint64_t duplicates_dropped;         /* publishes whose ext.event_id the channel's history held */
+    uint64_t outbox_waiting;             /* the host app's outbox rows not yet published (set from Ruby) */
+    uint64_t outbox_oldest_ms;           /* the age of the oldest of them, ms */
 } bs_stats_t;
 
 #define BS_STAT_ADD(st, field, n) __atomic_fetch_add(&(st)->field, (uint64_t)(n), __ATOMIC_RELAXED)
@@ -77,7 +80,8 @@ enum {
     BS_EFULL = -2,                       /* the publish queue is at its bound */
     BS_EINVAL = -3,                      /* not a channel one may publish to */
     BS_ETOOBIG = -4,                     /* over max_message_size */
-    BS_ENOMEM = -5
+    BS_ENOMEM = -5,
+    BS_EDUPLICATE = -6                   /* not an error: its ext.event_id was published already */
 };
 
 #endif

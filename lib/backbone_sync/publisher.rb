@@ -48,10 +48,13 @@ module BackboneSync
     # Sends one message. Returns true once the server accepted it; raises
     # BackboneSync::PublishError when the server refused it or could not be
     # reached after the retries, EncodeError when +data+ is not encodable.
-    def publish(channel, data)
+    def publish(channel, data, event_id: nil)
       channel = BackboneSync.channel!(channel)
       message = { "channel" => channel, "data" => data }
-      message["ext"] = { "secret" => @secret } if @secret
+      ext = {}
+      ext["secret"] = @secret if @secret
+      ext["event_id"] = BackboneSync.event_id!(event_id) if event_id
+      message["ext"] = ext unless ext.empty?
       body = BackboneSync.encode_json([message])
       @lock.synchronize { check_reply(channel, post(body)) }
       true

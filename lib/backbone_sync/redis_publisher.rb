@@ -43,12 +43,12 @@ module BackboneSync
     # Publishes +data+ to +channel+ on every node. Returns the message's
     # offset in its channel. Raises ChannelError, EncodeError, or
     # PublishError when Redis cannot be reached.
-    def publish(channel, data)
+    def publish(channel, data, event_id: nil)
       channel = BackboneSync.channel!(channel)
       # The delivery up to its ext, built by the C core as the server builds
       # it; the script adds the offset and the epoch (made by the core too).
-      head = BackboneSync.delivery_head(channel, BackboneSync.encode_json(data))
-      args = [@prefix, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch]
+      head = BackboneSync.delivery_head(channel, BackboneSync.encode_json(data), event_id)
+      args = [@prefix, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch, event_id.to_s]
       @lock.synchronize { run(args) }
     rescue RedisClient::Error => e
       raise e.is_a?(RedisClient::ConnectionError) ? Unreachable : PublishError, "could not publish to #{channel} through Redis at #{@url}: #{e.message} " \

@@ -171,7 +171,11 @@ module BackboneSync
 
     # Sends +data+ (encoded like BackboneSync.encode_json) to the channel's
     # subscribers. Returns nil; the delivery happens in the server's thread.
-    def publish(channel, data)
+    # +event_id+ (a String of 1 to 128 bytes) travels in the message's
+    # ext.event_id, and while the channel's history keeps a message published
+    # with it, a second publish with it is dropped (stats[:duplicates_dropped]):
+    # a broadcast sent twice, by a retry or by the outbox relay, arrives once.
+    def publish(channel, data, event_id: nil)
       channel = channel.to_s if channel.is_a?(Symbol)
       unless channel.is_a?(String)
         raise ChannelError, "channel must be a String such as \"/sync/users\", got #{channel.inspect}"
@@ -182,11 +186,20 @@ module BackboneSync
                           "BackboneSync::Publisher.new(#{url.inspect}, secret: ...)"
       end
 
-      _publish(channel, data)
+      _publish(channel, data, event_id)
     end
 
     def stats
       _stats
+    end
+
+    # What the app's outbox holds ({waiting: Integer, oldest_age: seconds}),
+    # shown in stats and GET /stats as outbox_waiting and outbox_oldest_age.
+    # The outbox relay sets it when it runs in this process.
+    def outbox_stats=(stats)
+      waiting = Integer(stats.fetch(:waiting))
+      oldest_ms = (Float(stats.fetch(:oldest_age) || 0) * 1000).round
+      _set_outbox([waiting, 0].max, [oldest_ms, 0].max)
     end
 
     def inspect

@@ -97,6 +97,50 @@ RSpec.describe "the Redis backplane" do
     end
   end
 
+  it "drops a second publish of an event id, from Ruby, a node or HTTP, while Redis keeps the first" do
+    with_nodes(2) do |nodes, prefix|
+      ws, = ws_session(nodes[1].url, ["/bp/once"])
+      redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+      http = BackboneSync::Publisher.new(nodes[0].url, secret: shared_secret)
+      begin
+        first = redis.publish("/bp/once", "a", event_id: "row-1")
+        expect(redis.publish("/bp/once", "a again", event_id: "row-1")).to eq(first) # the first one's offset
+        nodes[0].publish("/bp/once", "a from a node", event_id: "row-1")
+        http.publish("/bp/once", "a over HTTP", event_id: "row-1")
+        http.publish("/bp/once", "b", event_id: "row-2")
+        nodes[1].publish("/bp/once", "b again", event_id: "row-2")
+        got = deliveries_before_control(nodes[0], ws, "/bp/once")
+        expect(got.map { |m| [m["data"], m.dig("ext", "event_id"), m.dig("ext", "offset")] })
+          .to eq([["a", "row-1", 1], ["b", "row-2", 2]])
+        raw = RedisClient.new(url: @redis.url)
+        expect(raw.call("ZRANGE", "#{prefix}events:/bp/once", 0, -1)).to eq(%w[row-1 row-2])
+        raw.close
+      ensure
+        redis.close
+        http.close
+        ws.close
+      end
+    end
+  end
+
+  it "forgets an event id when its message leaves the history in Redis" do
+    with_nodes(1, history_size: 2) do |nodes, prefix|
+      redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+      begin
+        expect(redis.publish("/bp/trim", 1, event_id: "x")).to eq(1)
+        expect(redis.publish("/bp/trim", 2)).to eq(2)
+        expect(redis.publish("/bp/trim", 3, event_id: "x")).to eq(1) # still kept
+        expect(redis.publish("/bp/trim", 4)).to eq(3)                # "x" leaves
+        raw = RedisClient.new(url: @redis.url)
+        expect(raw.call("ZCARD", "#{prefix}events:/bp/trim")).to eq(0)
+        raw.close
+        expect(redis.publish("/bp/trim", 5, event_id: "x")).to eq(4)
+      ensure
+        redis.close
+      end
+    end
+  end
+
   it "delivers every publish, from any node, Ruby or HTTP, once to every subscriber on every node" do
     with_nodes(3) do |nodes, prefix|
       ws, = ws_session(nodes[0].url, ["/bp/all"])

@@ -934,7 +934,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     deadline = now_ms() + SEND_MS;
     for (i = 0, off = 0; alive && off < len; i++) {
         if ((flags & F_INPROC) && i == (k ? 1 : 0) &&
-            bs_server_publish(server, "/chat/inproc", 12, "{\"from\":\"harness\"}", 18) != BS_OK)
+            bs_server_publish(server, "/chat/inproc", 12, "{\"from\":\"harness\"}", 18, NULL, 0) != BS_OK)
             die("bs_server_publish refused a publish", NULL);
         size_t chunk = i < k ? (size_t)data[2 + i] + 1 : len - off;
 

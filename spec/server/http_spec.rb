@@ -119,9 +119,11 @@ RSpec.describe BackboneSync::Server, "HTTP endpoints" do
         expect(stats.keys).to match_array(%w[connections clients channels subscriptions messages_in messages_out
                                              bytes_out slow_clients_dropped errors backplane_up
                                              backplane_queued backplane_refused history_channels
-                                             history_bytes clients_refused clients_evicted])
+                                             history_bytes clients_refused clients_evicted
+                                             duplicates_dropped outbox_waiting outbox_oldest_age])
         expect(stats["backplane_up"]).to eq(0) # no Redis configured
-        expect(stats.values).to all(be_an(Integer))
+        expect(stats.except("outbox_oldest_age").values).to all(be_an(Integer))
+        expect(stats["outbox_oldest_age"]).to eq(0) # no outbox relay in this process
         expect(stats["clients"]).to eq(1)
       end
     end

@@ -6,7 +6,7 @@ RSpec.describe BackboneSync::Server, "lifecycle" do
   let(:stats_keys) do
     %i[connections clients channels subscriptions messages_in messages_out bytes_out slow_clients_dropped errors
        backplane_up backplane_queued backplane_refused history_channels history_bytes clients_refused
-       clients_evicted]
+       clients_evicted duplicates_dropped outbox_waiting outbox_oldest_age]
   end
 
   it "start returns self once listening, with the bound port and url" do
@@ -84,11 +84,23 @@ RSpec.describe BackboneSync::Server, "lifecycle" do
     end
   end
 
+  it "shows what the outbox relay reports in stats and GET /stats" do
+    with_server(secret: shared_secret) do |server|
+      server.outbox_stats = { waiting: 7, oldest_age: 12.5 }
+      expect(server.stats.values_at(:outbox_waiting, :outbox_oldest_age)).to eq([7, 12.5])
+      res = request(:get, "#{origin(server)}/stats", headers: { "Authorization" => "Bearer #{shared_secret}" })
+      expect(res.json.values_at("outbox_waiting", "outbox_oldest_age")).to eq([7, 12.5])
+      server.outbox_stats = { waiting: 0, oldest_age: nil }
+      expect(server.stats.values_at(:outbox_waiting, :outbox_oldest_age)).to eq([0, 0.0])
+    end
+  end
+
   it "stats has the documented Integer counters and they move" do
     with_server(timeout: 5) do |server|
       before = server.stats
       expect(before.keys).to match_array(stats_keys)
-      expect(before.values).to all(be_an(Integer))
+      expect(before.except(:outbox_oldest_age).values).to all(be_an(Integer))
+      expect(before[:outbox_oldest_age]).to eq(0.0)
       expect(before.values_at(:clients, :channels, :subscriptions, :slow_clients_dropped)).to eq([0, 0, 0, 0])
 
       ws, = ws_session(server.url, ["/stats/a"])
