@@ -146,17 +146,21 @@ RSpec.describe "the outbox (backbone_sync_events)", :rails do
 
   it "runs a relay thread that stops cleanly, and gives the table's stats to a server in this process" do
     BackboneSync::Outbox.poll_interval = 0.05
-    stats = Queue.new
-    # What the relay needs of a server (Server#outbox_stats= lands in the C core separately).
-    with_stats = Class.new do
-      define_method(:outbox_stats=) { |value| stats << value }
+    c = ActiveRecord::Base.connection
+    2.times do |i| # within their grace: the relay leaves them
+      c.execute("INSERT INTO backbone_sync_events (channel, payload, event_id, available_at, created_at) VALUES " \
+                "('/sync/members', '{}', 'waiting-#{i}', #{BackboneSync::Outbox.now_ms + 600_000}, #{c.quote(Time.now.utc - 3)})")
     end
-    allow(BackboneSync::Broadcaster).to receive(:server).and_return(with_stats.new)
+    allow(BackboneSync::Broadcaster).to receive(:server).and_return(server)
     relay = BackboneSync::Outbox::Relay.new.start
     expect(relay).to be_running
     expect(BackboneSync::Outbox::Relay.start_unless_off).to equal(relay) # one per process
-    expect(Timeout.timeout(15) { stats.pop }).to eq(waiting: 0, oldest_age: 0.0)
+    deadline = monotonic + 15
+    sleep 0.05 until server.stats[:outbox_waiting] == 2 || monotonic > deadline
+    expect(server.stats).to include(outbox_waiting: 2)
+    expect(server.stats[:outbox_oldest_age]).to be_between(2.0, 60.0)
     expect(relay.stop(timeout: 10)).to be(true)
     expect(relay).not_to be_running
+    expect(rows.size).to eq(2)
   end
 end
