@@ -2,7 +2,6 @@
 
 require_relative "rails_helper"
 require_relative "../support/postgres_process"
-require "timeout"
 
 # Nothing lost between the database and the page, with real processes that
 # die: spec/dummy booted by `bin/rails runner`, `bin/rails faye:start` and
@@ -38,9 +37,9 @@ RSpec.describe "the outbox across processes", :rails do
     spawn_child(app_env(port), RbConfig.ruby, rails_bin, "runner", script)
   end
 
-  # Waits (bounded) for a child to exit; returns its Process::Status.
+  # Waits (bounded) for a child to exit and its output to be read; returns its Process::Status.
   def exit_status(process, timeout: 120)
-    Timeout.timeout(timeout, Timeout::Error, "#{process.report}") { Process.wait2(process.pid)[1] }
+    process.wait_exit(timeout: timeout)
   end
 
   # A push server of its own (no app): bin/backbone_sync on +port+.
