@@ -2,6 +2,7 @@
 
 require_relative "rails_helper"
 require_relative "../support/postgres_process"
+require "net/http"
 
 # Nothing lost between the database and the page, with real processes that
 # die: spec/dummy booted by `bin/rails runner`, `bin/rails faye:start` and
@@ -201,6 +202,34 @@ RSpec.describe "the outbox across processes", :rails do
 
   context "on SQLite" do
     let(:database_url) { nil }
+
+    it "runs the relay next to the embedded server of `rails server`, which reports the outbox in GET /stats" do
+      port = free_port
+      host = spawn_child(app_env(port).merge("BACKBONE_SYNC_EMBEDDED" => "1"), RbConfig.ruby, rails_bin, "server",
+                         "-b", "127.0.0.1", "-p", free_port.to_s, "-P", File.join(RAILS_SPEC_TMP, "outbox-#{port}.pid"))
+      url = host.wait_for(timeout: 90, what: "the embedded server's line") do |l|
+        l["raw"].to_s.include?("backbone_sync: embedded server listening on ")
+      end["raw"][%r{http://\S+}]
+      client = subscriber(url, ["/sync/members", BackboneSyncRailsSpec::SENTINEL], count: 500)
+
+      name = "embedded-#{SecureRandom.hex(3)}"
+      child = runner(port, <<~RUBY)
+        BackboneSync::Broadcaster.singleton_class.prepend(Module.new { def publish(*) = Process.kill(:KILL, Process.pid) })
+        Member.create!(name: #{name.inspect})
+      RUBY
+      expect(exit_status(child).termsig).to eq(9), child.report
+      wait_for_names(client, [name], timeout: 30)
+      expect(names_received(client, port)).to eq([name])
+
+      stats = eventually("the relay's figures in /stats") do
+        response = Net::HTTP.start("127.0.0.1", port) do |http|
+          http.get("/stats", "Authorization" => "Bearer #{BackboneSync.secret}")
+        end
+        body = JSON.parse(response.body)
+        body if body["outbox_waiting"]&.zero?
+      end
+      expect(stats).to include("outbox_waiting" => 0, "outbox_oldest_age" => 0.0)
+    end
 
     def query(sql)
       ActiveRecord::Base.connection.select_all(sql).to_a
