@@ -203,6 +203,14 @@ RSpec.describe "the outbox across processes", :rails do
   context "on SQLite" do
     let(:database_url) { nil }
 
+    it "says what to run when `rake backbone_sync:relay` finds no table" do
+      env = app_env(free_port).merge("BACKBONE_SYNC_DUMMY_DB" => File.join(RAILS_SPEC_TMP, "empty-#{SecureRandom.hex(3)}.sqlite3"))
+      out = IO.popen([env, RbConfig.ruby, "-C", dummy, rails_bin, "backbone_sync:relay"], err: %i[child out], &:read)
+      expect($?.exitstatus).not_to eq(0)
+      expect(out).to include("rake backbone_sync:relay: the backbone_sync_events table does not exist")
+        .and include("bin/rails generate backbone_sync:install").and include("bin/rails db:migrate")
+    end
+
     it "runs the relay next to the embedded server of `rails server`, which reports the outbox in GET /stats" do
       port = free_port
       host = spawn_child(app_env(port).merge("BACKBONE_SYNC_EMBEDDED" => "1"), RbConfig.ruby, rails_bin, "server",
