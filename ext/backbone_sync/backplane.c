@@ -4,9 +4,14 @@
  * Every publish goes through lib/backbone_sync/publish.lua, run in Redis: it
  * gives the message its channel's next offset and the channel's epoch, keeps
  * it in the channel's history (a sorted set by offset), and PUBLISHes it on
- * <prefix>fanout. Every node, the publishing one included, subscribes there
- * and fans each message out to its own subscribers: once per node, in offset
- * order. Ruby processes publish with the same script, straight into Redis.
+ * <prefix>ch:<channel>. A node receives the messages of a channel only while
+ * it has a subscriber to it: the engine says which channels and patterns it
+ * wants (bs_backplane_interest), and this thread SUBSCRIBEs (PSUBSCRIBE for
+ * a pattern) and UNSUBSCRIBEs to match, before it runs any history load
+ * asked for after that, so what a load reads too early arrives as a
+ * message. Each node fans a message out to its own subscribers: once per
+ * node, in offset order. Ruby processes publish with the same script,
+ * straight into Redis.
  *
  * Layer: backplane (see backplane.h). Threads: the backplane thread owns two
  * connections, `sub` (SUBSCRIBE) and `cmd` (EVALSHA, and the history loads
@@ -34,11 +39,26 @@
 #include <hiredis/hiredis.h>
 
 #include "backplane.h"
+#include "channel.h"
 
 #define MAX_OUT 10000                       /* publishes waiting for Redis */
 #define MAX_OUT_BYTES (16u << 20)
 #define PIPELINE 256                        /* EVALSHAs sent before reading replies */
 #define MAX_LOADS 10000                     /* history loads waiting for the backplane thread */
+#define SUB_TIMEOUT_MS 2000                 /* for Redis to confirm a SUBSCRIBE */
+
+enum { LOAD_HISTORY, LOAD_BARRIER };        /* the kinds of a load item */
+
+/* A channel or pattern this node wants the messages of, or did. */
+typedef struct interest {
+    bs_hnode_t node;                        /* first: in b->interests */
+    int wanted;                             /* lock: what the engine asked for last */
+    int dirty;                              /* lock: Redis may not match `wanted` yet */
+    int want_now;                           /* backplane thread: `wanted` when it was taken */
+    int active;                             /* backplane thread: subscribed on `sub` */
+    size_t len;
+    char name[];                            /* NUL-terminated */
+} interest_t;
 
 
 struct bs_backplane {
@@ -59,9 +79,18 @@ struct bs_backplane {
     redisContext *sub, *cmd;                /* backplane thread */
     bs_item_t *loads, *loads_tail;          /* lock: history loads asked for, channel and proposed epoch */
     size_t nloads;                          /* lock */
+    bs_table_t interests;                   /* lock: interest_t by name; freed only by the backplane thread */
+    size_t ndirty;                          /* lock: interests with dirty set */
+
+    /* backplane thread: the last message handed up, so that the copy a
+     * pattern subscription brings of the same publish is dropped */
+    char last_channel[BS_CHANNEL_MAX];
+    size_t last_chlen;
+    uint64_t last_offset;
 
     int up;                                 /* atomic */
     uint64_t refused;                       /* atomic */
+    uint64_t received;                      /* atomic: messages Redis sent this node */
 };
 
 static char *dup_or_null(const char *s)
@@ -146,7 +175,28 @@ static void disconnect(bs_backplane_t *b)
     __atomic_store_n(&b->up, 0, __ATOMIC_RELEASE);
 }
 
-/* Both connections, the script loaded, the fan-out channel subscribed. */
+/* A new `sub` holds no subscription: everything wanted is to be asked
+ * for again (sync_interest does it). */
+static void resubscribe_all(bs_backplane_t *b)
+{
+    uint32_t i;
+
+    pthread_mutex_lock(&b->lock);
+    for (i = 0; i < b->interests.size; i++)
+        for (bs_hnode_t *n = b->interests.buckets[i]; n; n = n->next) {
+            interest_t *x = (interest_t *)n;
+
+            x->active = 0;
+            if (!x->dirty) {
+                x->dirty = 1;
+                b->ndirty++;
+            }
+        }
+    pthread_mutex_unlock(&b->lock);
+    b->last_chlen = 0;
+}
+
+/* Both connections and the script loaded; subscriptions follow (sync_interest). */
 static int connect_both(bs_backplane_t *b, char *why, size_t whylen)
 {
     struct timeval none = { 0, 0 };
@@ -176,16 +226,9 @@ static int connect_both(bs_backplane_t *b, char *why, size_t whylen)
         goto fail;
     }
     freeReplyObject(r);
-    r = redisCommand(b->sub, "SUBSCRIBE %sfanout", b->prefix);
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        snprintf(why, whylen, "SUBSCRIBE failed: %s", b->sub->errstr);
-        if (r)
-            freeReplyObject(r);
-        goto fail;
-    }
-    freeReplyObject(r);
     /* From here `sub` is read only when poll() says so. */
     redisSetTimeout(b->sub, none);
+    resubscribe_all(b);
     return 0;
 fail:
     disconnect(b);
@@ -207,10 +250,38 @@ static void handle_message(bs_backplane_t *b, const char *p, size_t len)
         !(nl3 = memchr(nl2 + 1, '\n', (size_t)(end - nl2 - 1))))
         return;
     offset = strtoull(nl1 + 1, &stop, 10);
-    if (stop != nl2 || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2)
+    if (stop != nl2 || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2 || (size_t)(nl1 - ch) > BS_CHANNEL_MAX)
         return;
+    /* One publish reaches a node once per subscription that matches it, one
+     * right after another: keep the first. */
+    if (b->last_chlen == (size_t)(nl1 - ch) && b->last_offset == offset &&
+        memcmp(b->last_channel, ch, b->last_chlen) == 0)
+        return;
+    b->last_chlen = (size_t)(nl1 - ch);
+    memcpy(b->last_channel, ch, b->last_chlen);
+    b->last_offset = offset;
+    __atomic_fetch_add(&b->received, 1, __ATOMIC_RELAXED);
     b->sink.message(b->sink.ctx, ch, (size_t)(nl1 - ch), offset, nl2 + 1, (size_t)(nl3 - nl2 - 1),
                     nl3 + 1, (size_t)(end - nl3 - 1));
+}
+
+/* A reply read on `sub`: a message is handed up; 1 when it confirms a
+ * (p)subscribe or (p)unsubscribe, else 0. */
+static int sub_reply(bs_backplane_t *b, redisReply *r)
+{
+    const char *kind;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        return 0;
+    kind = r->element[0]->str;
+    if (strcmp(kind, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING)
+        handle_message(b, r->element[2]->str, r->element[2]->len);
+    else if (strcmp(kind, "pmessage") == 0 && r->elements == 4 && r->element[3]->type == REDIS_REPLY_STRING)
+        handle_message(b, r->element[3]->str, r->element[3]->len);
+    else
+        return strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0 ||
+               strcmp(kind, "psubscribe") == 0 || strcmp(kind, "punsubscribe") == 0;
+    return 0;
 }
 
 static int read_sub(bs_backplane_t *b)
@@ -226,9 +297,7 @@ static int read_sub(bs_backplane_t *b)
             return -1;
         if (!(r = reply))
             return 0;
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_STRING &&
-            strcmp(r->element[0]->str, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING)
-            handle_message(b, r->element[2]->str, r->element[2]->len);
+        sub_reply(b, r);
         freeReplyObject(r);
     }
 }
@@ -294,6 +363,161 @@ static int stopping(bs_backplane_t *b)
     return stop;
 }
 
+/* ---- interest: what `sub` is subscribed to ---------------------------------- */
+
+static int is_pattern(const char *name, size_t len)
+{
+    return (len >= 2 && memcmp(name + len - 2, "/*", 2) == 0) ||
+           (len >= 3 && memcmp(name + len - 3, "/**", 3) == 0);
+}
+
+/* The Redis channel of a Bayeux channel, "<prefix>ch:<name>"; for a
+ * pattern, the glob PSUBSCRIBE takes, with the prefix's glob characters
+ * escaped (a channel name has none, and Redis's * matches more segments
+ * than Bayeux's: the engine's registry keeps only what matches). */
+static int redis_channel(bs_buf_t *out, const char *prefix, const char *name, size_t len, int pattern)
+{
+    const char *p;
+
+    bs_buf_reset(out);
+    for (p = prefix; *p; p++) {
+        if (pattern && strchr("*?[]\\", *p) && bs_buf_append(out, "\\", 1))
+            return -1;
+        if (bs_buf_append(out, p, 1))
+            return -1;
+    }
+    return bs_buf_append(out, "ch:", 3) || bs_buf_append(out, name, len);
+}
+
+/* Subscribes and unsubscribes `sub` to match what the engine wants, and
+ * waits (at most SUB_TIMEOUT_MS) until Redis confirmed it, handing up the
+ * messages that arrive meanwhile. Returns -1 when the connection failed. */
+static int sync_interest(bs_backplane_t *b)
+{
+    struct timeval wait = { SUB_TIMEOUT_MS / 1000, (SUB_TIMEOUT_MS % 1000) * 1000 }, none = { 0, 0 };
+    interest_t **batch;
+    size_t n = 0, i, sent = 0, confirmed = 0;
+    bs_buf_t name;
+    uint32_t k;
+    int rc = 0;
+
+    pthread_mutex_lock(&b->lock);
+    if (!b->ndirty || !(batch = malloc(sizeof(*batch) * b->ndirty))) {
+        pthread_mutex_unlock(&b->lock);
+        return 0;
+    }
+    for (k = 0; k < b->interests.size; k++)
+        for (bs_hnode_t *h = b->interests.buckets[k]; h; h = h->next) {
+            interest_t *x = (interest_t *)h;
+
+            if (x->dirty && n < b->ndirty) {
+                x->dirty = 0;
+                x->want_now = x->wanted;
+                batch[n++] = x;
+            }
+        }
+    b->ndirty = 0;
+    pthread_mutex_unlock(&b->lock);
+
+    bs_buf_init(&name);
+    for (i = 0; i < n; i++) {
+        interest_t *x = batch[i];
+        int pattern = is_pattern(x->name, x->len);
+        const char *verb = x->want_now ? (pattern ? "PSUBSCRIBE" : "SUBSCRIBE")
+                                       : (pattern ? "PUNSUBSCRIBE" : "UNSUBSCRIBE");
+
+        if (x->want_now == x->active)
+            continue;
+        if (redis_channel(&name, b->prefix, x->name, x->len, pattern) ||
+            redisAppendCommand(b->sub, "%s %b", verb, name.ptr, name.len) != REDIS_OK) {
+            rc = -1;
+            break;
+        }
+        sent++;
+    }
+    bs_buf_free(&name);
+    redisSetTimeout(b->sub, wait);
+    while (rc == 0 && confirmed < sent) {
+        void *reply;
+
+        if (redisGetReply(b->sub, &reply) != REDIS_OK) {
+            rc = -1;
+            break;
+        }
+        if (((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+            /* An answer all the same (an ACL that forbids the channel, say). */
+            bs_log(b->log, 'E', "Redis refused a subscription: %s", ((redisReply *)reply)->str);
+            confirmed++;
+        } else {
+            confirmed += (size_t)sub_reply(b, reply);
+        }
+        freeReplyObject(reply);
+    }
+    redisSetTimeout(b->sub, none);
+
+    pthread_mutex_lock(&b->lock);
+    for (i = 0; i < n; i++) {
+        interest_t *x = batch[i];
+
+        if (rc == 0)
+            x->active = x->want_now;
+        else if (!x->dirty) {
+            x->dirty = 1;                  /* asked again on the next connection */
+            b->ndirty++;
+        }
+        if (!x->wanted && !x->active && !x->dirty) {
+            bs_table_remove(&b->interests, &x->node);
+            free(x);
+        }
+    }
+    pthread_mutex_unlock(&b->lock);
+    free(batch);
+    return rc;
+}
+
+int bs_backplane_interest(bs_backplane_t *b, const char *name, size_t len, int on)
+{
+    uint32_t hv = bs_hash(name, len);
+    interest_t *x = NULL;
+    int was_idle;
+
+    pthread_mutex_lock(&b->lock);
+    for (bs_hnode_t *h = bs_table_chain(&b->interests, hv); h; h = h->next)
+        if (h->hash == hv && ((interest_t *)h)->len == len && memcmp(((interest_t *)h)->name, name, len) == 0) {
+            x = (interest_t *)h;
+            break;
+        }
+    if (!x && !on) {
+        pthread_mutex_unlock(&b->lock);
+        return 0;
+    }
+    if (!x) {
+        if (!(x = calloc(1, sizeof(*x) + len + 1))) {
+            pthread_mutex_unlock(&b->lock);
+            return -1;
+        }
+        x->node.hash = hv;
+        x->len = len;
+        memcpy(x->name, name, len);
+        if (bs_table_insert(&b->interests, &x->node)) {
+            pthread_mutex_unlock(&b->lock);
+            free(x);
+            return -1;
+        }
+    }
+    x->wanted = on;
+    was_idle = b->ndirty == 0;
+    if (!x->dirty) {
+        x->dirty = 1;
+        b->ndirty++;
+    }
+    pthread_mutex_unlock(&b->lock);
+    if (was_idle && write(b->wake[1], "x", 1) < 0) {
+        /* full pipe: a wakeup is pending already */
+    }
+    return 0;
+}
+
 static void drain_wake(bs_backplane_t *b)
 {
     char buf[64];
@@ -332,6 +556,11 @@ static void *backplane_main(void *arg)
         }
         if (flush_out(b)) {
             bs_log(b->log, 'W', "Redis connection lost while publishing; publishes are held until it is back");
+            disconnect(b);
+            continue;
+        }
+        if (sync_interest(b)) {
+            bs_log(b->log, 'W', "Redis did not confirm a subscription; reconnecting");
             disconnect(b);
             continue;
         }
@@ -407,6 +636,12 @@ void bs_backplane_free(bs_backplane_t *b)
         next = o->next;
         free(o);
     }
+    for (uint32_t i = 0; i < b->interests.size; i++)
+        for (bs_hnode_t *h = b->interests.buckets[i], *hn; h; h = hn) {
+            hn = h->next;
+            free(h);
+        }
+    bs_table_free(&b->interests);
     if (b->wake[0] >= 0)
         close(b->wake[0]);
     if (b->wake[1] >= 0)
@@ -431,6 +666,7 @@ void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st)
     pthread_mutex_unlock(&b->lock);
     st->backplane_up = (uint64_t)bs_backplane_up(b);
     st->backplane_refused = __atomic_load_n(&b->refused, __ATOMIC_RELAXED);
+    st->backplane_received = __atomic_load_n(&b->received, __ATOMIC_RELAXED);
 }
 
 int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen,
@@ -475,12 +711,17 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
 
 int bs_backplane_request_load(bs_backplane_t *b, const char *channel, size_t chlen, const char *epoch)
 {
-    bs_item_t *o = bs_item_new(0, channel, chlen, "", 0);
+    bs_item_t *o = bs_item_new(epoch ? LOAD_HISTORY : LOAD_BARRIER, channel, chlen, "", 0);
     int was_empty;
 
     if (!o)
         return -1;
-    memcpy(o->epoch, epoch, strnlen(epoch, BS_EPOCH_LEN));
+    if (epoch)
+        memcpy(o->epoch, epoch, strnlen(epoch, BS_EPOCH_LEN));
+    /* A node that no longer knows the epoch ("") still proposes a real one:
+     * Redis keeps the first proposal for a channel it does not know. */
+    if (epoch && !o->epoch[0] && bs_random_id(o->epoch, BS_EPOCH_LEN))
+        memset(o->epoch, '0', BS_EPOCH_LEN);
     pthread_mutex_lock(&b->lock);
     if (b->stop || b->nloads >= MAX_LOADS) {
         pthread_mutex_unlock(&b->lock);
@@ -559,11 +800,14 @@ static int run_loads(bs_backplane_t *b)
     b->loads = b->loads_tail = NULL;
     b->nloads = 0;
     pthread_mutex_unlock(&b->lock);
+    /* Every interest asked for before these loads is in force first. */
+    if (o && b->sub && sync_interest(b))
+        rc = -1;
     for (; o; o = next) {
         bs_loaded_t *l = calloc(1, sizeof(*l));
 
         next = o->next;
-        if (l && (rc || !b->cmd || load(b, o->channel, o->chlen, o->epoch, l))) {
+        if (l && (rc || !b->cmd || o->kind == LOAD_BARRIER || load(b, o->channel, o->chlen, o->epoch, l))) {
             if (b->cmd && b->cmd->err)
                 rc = -1;
             bs_loaded_free(l);

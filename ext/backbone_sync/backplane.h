@@ -41,10 +41,15 @@ void bs_backplane_stats(bs_backplane_t *b, bs_stats_t *st);
 /* Any thread: queues a publish for Redis. Returns BS_OK, BS_EFULL, BS_ESTOPPED or BS_ENOMEM. */
 int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, const char *head, size_t hlen,
                          const char *event_id, size_t idlen);
+/* Any thread (the service thread): this node wants the messages of a
+ * channel or pattern (on), or no longer does. Never waits; a history load
+ * asked for after this runs once Redis confirmed it. 0, or -1 on OOM. */
+int bs_backplane_interest(bs_backplane_t *b, const char *name, size_t len, int on);
 /* Any thread (the service thread): asks for what Redis holds of a
- * channel's history, proposing `epoch` for a channel it does not know yet.
- * Never waits: the answer comes through sink.loaded from the backplane
- * thread. 0 when asked, -1 when it cannot be (stopping, or MAX_LOADS
+ * channel's history, proposing `epoch` for a channel it does not know yet
+ * (NULL: a barrier, answered with NULL once the interests asked for before
+ * are in force). Never waits: the answer comes through sink.loaded from the
+ * backplane thread. 0 when asked, -1 when it cannot be (stopping, or MAX_LOADS
  * waiting). */
 int bs_backplane_request_load(bs_backplane_t *b, const char *channel, size_t chlen, const char *epoch);
 

@@ -477,6 +477,7 @@ static int needs_token(const bs_engine_t *e, const char *s, size_t len)
 static void finish_subscribe(bs_engine_t *e, bs_buf_t *out, bs_client_t *c, const sub_req_t *r,
                              bs_history_t *h);
 static int wait_for_load(bs_engine_t *e, bs_link_t *l, const sub_req_t *r);
+static void lose_interest(bs_engine_t *e, const char *name, size_t len);
 
 static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_t *m, const char *json, int on)
 {
@@ -532,7 +533,14 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
 
         memcpy(r.client_id, c->id, sizeof(r.client_id));
         /* With Redis, the truth is there: ask for what this node does not
-         * know, and answer once it comes (the service thread never waits). */
+         * know, and answer once it comes (the service thread never waits).
+         * A channel new to this node is wanted from Redis first: whatever
+         * the load reads too early then arrives as a message. */
+        if (e->ops->interest && !bs_registry_find(&e->registry, h->name, h->name_len)) {
+            e->ops->interest(e->ops_ctx, h->name, h->name_len, 1);
+            if (!h->loading && !made)
+                bs_history_reset(&e->histories, h, "", h->offset);
+        }
         if (e->ops->load && !h->loading &&
             (made || !h->epoch[0] || (m->has_since && !bs_history_covers(h, m->since_epoch, m->since_offset)))) {
             if (e->ops->load(e->ops_ctx, h->name, h->name_len, h->epoch) == 0)
@@ -543,6 +551,22 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
         if (h->loading && l && e->nloads < MAX_LOADS && wait_for_load(e, l, &r) == 0)
             return;
         return finish_subscribe(e, out, c, &r, h->loading ? NULL : h);
+    }
+    /* A pattern (or, with history off, a channel) new to this node: no
+     * history to load, but the reply still waits until Redis sends its
+     * messages here, so that none published after it is missed. */
+    if (on && m->nsubs == 1 && e->ops->interest && l && e->nloads < MAX_LOADS &&
+        !bs_registry_find(&e->registry, m->subs, strlen(m->subs))) {
+        sub_req_t r = {
+            .id = m->has_id ? json + m->raw_id.off : NULL, .idlen = m->raw_id.len,
+            .subscription = json + m->raw_subscription.off, .sublen = m->raw_subscription.len,
+            .channel = m->subs, .chlen = strlen(m->subs),
+        };
+
+        memcpy(r.client_id, c->id, sizeof(r.client_id));
+        e->ops->interest(e->ops_ctx, r.channel, r.chlen, 1);
+        if (e->ops->load(e->ops_ctx, r.channel, r.chlen, NULL) == 0 && wait_for_load(e, l, &r) == 0)
+            return;
     }
     for (i = 0, s = m->subs; i < m->nsubs; i++, s += strlen(s) + 1) {
         if (!on) {
@@ -632,7 +656,8 @@ static int wait_for_load(bs_engine_t *e, bs_link_t *l, const sub_req_t *r)
 
 void bs_engine_loaded(bs_engine_t *e, const char *channel, size_t chlen, const bs_loaded_t *l)
 {
-    bs_history_t *h = bs_channel_valid_name(channel, chlen) ? bs_history_get(&e->histories, channel, chlen) : NULL;
+    bs_history_t *h = e->histories.size > 0 && bs_channel_valid_name(channel, chlen)
+                      ? bs_history_get(&e->histories, channel, chlen) : NULL;
     bs_dnode_t *n, *next;
 
     if (h) {
@@ -665,6 +690,9 @@ void bs_engine_loaded(bs_engine_t *e, const char *channel, size_t chlen, const b
         }
         free(w);
     }
+    /* Everyone who waited left before the answer: the interest goes too. */
+    if (e->ops->interest && !bs_registry_find(&e->registry, channel, chlen))
+        lose_interest(e, channel, chlen);
 }
 
 static void disconnect(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char *json)
@@ -844,17 +872,23 @@ static void publish(bs_engine_t *e, bs_buf_t *out, const bs_msg_t *m, const char
 {
     const char *client_id = m->client_id && client_find(e, m->client_id, m->client_id_len)
                             ? m->client_id : NULL;
+    int trusted;
 
     if (!bs_channel_valid_name(m->channel, m->channel_len))
         return fail(e, out, m, json, client_id, 405, m->channel, m->channel_len, "Invalid channel");
     if (!m->has_data)
         return fail(e, out, m, json, client_id, 402, "data", 4, "Missing required parameter");
-    if (!secret_matches(e->cfg->secret, m->secret, m->secret_len) &&
-        !public_channel(e, m->channel, m->channel_len)) {
+    trusted = secret_matches(e->cfg->secret, m->secret, m->secret_len);
+    if (!trusted && !public_channel(e, m->channel, m->channel_len)) {
         if (bs_log_verbose(e->log))
             bs_log(e->log, 'W', "publish refused on %s: no valid secret", m->channel);
         return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len, "Forbidden channel");
     }
+    /* An event id can silence a later publish that reuses it: only the
+     * app's own publishers may set one, not a browser on a public channel. */
+    if (!trusted && m->event_id)
+        return fail(e, out, m, json, client_id, 403, m->channel, m->channel_len,
+                    "Forbidden: ext.event_id needs the publishers' secret");
     /* The delivery is the message as published, less clientId and the secret. */
     if (bs_log_verbose(e->log))
         bs_log(e->log, 'I', "publish: %s (%u bytes)", m->channel, m->raw_data.len);
@@ -996,12 +1030,30 @@ void bs_engine_sweep(bs_engine_t *e, int64_t now)
     }
 }
 
-/* The registry and the history tell each other through the engine. */
+/* This node stops receiving a channel's messages: what its history holds
+ * goes stale, so the next subscriber loads it again. */
+static void lose_interest(bs_engine_t *e, const char *name, size_t len)
+{
+    bs_history_t *h;
+
+    e->ops->interest(e->ops_ctx, name, len, 0);
+    if ((h = bs_history_find(&e->histories, name, len)) && !h->loading)
+        bs_history_reset(&e->histories, h, "", h->offset);
+}
+
+/* The registry and the history tell each other through the engine; with a
+ * backplane, the node's interest follows its subscribers. */
 static void channel_presence(void *ctx, const char *name, size_t len, int present)
 {
     bs_engine_t *e = ctx;
 
     bs_history_pin(&e->histories, name, len, present);
+    if (!e->ops->interest)
+        return;
+    if (present)
+        e->ops->interest(e->ops_ctx, name, len, 1);
+    else
+        lose_interest(e, name, len);
 }
 
 static int channel_subscribed(void *ctx, const char *name, size_t len)

@@ -77,9 +77,15 @@ typedef struct bs_engine_ops {
                  const char *event_id, size_t idlen);
     /* With a backplane (else NULL): asks for what it holds of a channel's
      * history, proposing `epoch` for a channel it does not know; never
-     * waits. The answer comes back as bs_engine_loaded. 0 when asked, -1
-     * when it cannot be. */
+     * waits. The answer comes back as bs_engine_loaded. epoch NULL asks for
+     * nothing but that answer (NULL), once every interest asked for before
+     * is in force: a barrier. 0 when asked, -1 when it cannot be. */
     int (*load)(void *ctx, const char *channel, size_t chlen, const char *epoch);
+    /* With a backplane (else NULL): this node wants the messages of a
+     * channel or pattern (on), or no longer does (off). Called before the
+     * load of a channel's first subscriber, so that what the load misses
+     * arrives; never waits. */
+    void (*interest)(void *ctx, const char *name, size_t len, int on);
 } bs_engine_ops_t;
 
 typedef struct bs_engine {

@@ -388,6 +388,7 @@ static VALUE Server_stats(VALUE self)
     STAT(backplane_up);
     STAT(backplane_queued);
     STAT(backplane_refused);
+    STAT(backplane_received);
     STAT(history_channels);
     STAT(history_bytes);
     STAT(clients_refused);

@@ -121,11 +121,19 @@ static int op_route(void *ctx, const char *channel, size_t chlen, const char *he
     return bs_backplane_publish(s->backplane, channel, chlen, head, hlen, event_id, idlen);
 }
 
-static int op_load(void *ctx, const char *channel, size_t chlen, const char *epoch)
+static int op_load(void *ctx, const char *channel, size_t chlen, const char *epoch /* NULL: a barrier */)
 {
     bs_server_t *s = ctx;
 
     return bs_backplane_request_load(s->backplane, channel, chlen, epoch);
+}
+
+static void op_interest(void *ctx, const char *name, size_t len, int on)
+{
+    bs_server_t *s = ctx;
+
+    if (bs_backplane_interest(s->backplane, name, len, on))
+        bs_log(&s->log, 'E', "out of memory: this node may miss the messages of %.*s", (int)len, name);
 }
 
 /* ---- the backplane's sink: its thread hands over to the service thread -------- */
@@ -242,7 +250,8 @@ static int stats_json(void *ctx, bs_buf_t *out)
              "{\"connections\":%llu,\"clients\":%llu,\"channels\":%llu,\"subscriptions\":%llu,"
              "\"messages_in\":%llu,\"messages_out\":%llu,\"bytes_out\":%llu,"
              "\"slow_clients_dropped\":%llu,\"errors\":%llu,\"backplane_up\":%llu,"
-             "\"backplane_queued\":%llu,\"backplane_refused\":%llu,\"history_channels\":%llu,"
+             "\"backplane_queued\":%llu,\"backplane_refused\":%llu,\"backplane_received\":%llu,"
+             "\"history_channels\":%llu,"
              "\"history_bytes\":%llu,\"clients_refused\":%llu,\"clients_evicted\":%llu,"
              "\"duplicates_dropped\":%llu,\"outbox_waiting\":%llu,\"outbox_oldest_age\":%.3f}",
              (unsigned long long)st.connections, (unsigned long long)st.clients,
@@ -251,6 +260,7 @@ static int stats_json(void *ctx, bs_buf_t *out)
              (unsigned long long)st.bytes_out, (unsigned long long)st.slow_clients_dropped,
              (unsigned long long)st.errors, (unsigned long long)st.backplane_up,
              (unsigned long long)st.backplane_queued, (unsigned long long)st.backplane_refused,
+             (unsigned long long)st.backplane_received,
              (unsigned long long)st.history_channels, (unsigned long long)st.history_bytes,
              (unsigned long long)st.clients_refused, (unsigned long long)st.clients_evicted,
              (unsigned long long)st.duplicates_dropped, (unsigned long long)st.outbox_waiting,
@@ -474,6 +484,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         }
         s->ops.route = op_route;
         s->ops.load = op_load;
+        s->ops.interest = op_interest;
     }
     bs_engine_init(&s->engine, &s->cfg, &s->log, &s->ops, s);
     bs_transport_init(&s->transport, &s->cfg, &s->log, &s->engine, &s->conn_stats);
@@ -730,7 +741,7 @@ void bs_server_stats(bs_server_t *s, bs_stats_t *out)
     out->duplicates_dropped = BS_STAT_GET(e, duplicates_dropped);
     out->outbox_waiting = BS_STAT_GET(&s->conn_stats, outbox_waiting);
     out->outbox_oldest_ms = BS_STAT_GET(&s->conn_stats, outbox_oldest_ms);
-    out->backplane_up = out->backplane_queued = out->backplane_refused = 0;
+    out->backplane_up = out->backplane_queued = out->backplane_refused = out->backplane_received = 0;
     if (s->backplane)
         bs_backplane_stats(s->backplane, out);
 }

@@ -59,6 +59,7 @@ typedef struct bs_stats {
     uint64_t backplane_up;               /* 1 while connected to Redis (0 without a backplane) */
     uint64_t backplane_queued;           /* publishes waiting for Redis */
     uint64_t backplane_refused;          /* publishes refused because that queue was full */
+    uint64_t backplane_received;         /* messages Redis sent this node (only channels it wants) */
     uint64_t history_channels;           /* channels with a history kept for recovery */
     uint64_t history_bytes;              /* what those histories hold, counted against history_memory */
     uint64_t clients_refused;            /* handshakes refused at max_clients */

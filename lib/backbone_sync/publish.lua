@@ -2,7 +2,8 @@
 -- by the C server (ext/backbone_sync/backplane.c) and by Ruby publishers
 -- (BackboneSync::RedisPublisher). It gives the message the next offset of its
 -- channel and the channel's epoch, keeps it in the channel's bounded history,
--- and fans it out to every node.
+-- and publishes it on <prefix>ch:<channel>, where the nodes with a subscriber
+-- to the channel (or to a pattern matching it) listen.
 --
 -- ARGV: prefix, channel, head, history_size, history_ttl, fresh_epoch[, event_id]
 --   head is the delivery up to its ext object, ending in `"ext":{` or, when
@@ -46,5 +47,5 @@ if size > 0 then
 end
 redis.call('EXPIRE', ekey, keep)
 redis.call('EXPIRE', okey, keep)
-redis.call('PUBLISH', prefix .. 'fanout', channel .. '\n' .. offset .. '\n' .. epoch .. '\n' .. frame)
+redis.call('PUBLISH', prefix .. 'ch:' .. channel, channel .. '\n' .. offset .. '\n' .. epoch .. '\n' .. frame)
 return offset

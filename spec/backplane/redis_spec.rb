@@ -108,7 +108,7 @@ RSpec.describe "the Redis backplane" do
         nodes[0].publish("/bp/once", "a from a node", event_id: "row-1")
         http.publish("/bp/once", "a over HTTP", event_id: "row-1")
         http.publish("/bp/once", "b", event_id: "row-2")
-        nodes[1].publish("/bp/once", "b again", event_id: "row-2")
+        nodes[0].publish("/bp/once", "b again", event_id: "row-2") # the same queue into Redis: after "b"
         got = deliveries_before_control(nodes[0], ws, "/bp/once")
         expect(got.map { |m| [m["data"], m.dig("ext", "event_id"), m.dig("ext", "offset")] })
           .to eq([["a", "row-1", 1], ["b", "row-2", 2]])
@@ -154,6 +154,8 @@ RSpec.describe "the Redis backplane" do
         redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
         redis.publish("/bp/all", "ruby via redis")
         redis.close
+        # Each node has its own queue into Redis: the marker goes last once all are in.
+        eventually(what: "every node's publishes in Redis") { nodes.all? { |n| n.stats[:backplane_queued].zero? } }
         nodes[0].publish("/bp/all", { "control" => "end" })
         expected = ["node 0", "node 1", "node 2", "http", "ruby via redis"]
 
@@ -174,6 +176,106 @@ RSpec.describe "the Redis backplane" do
         ws.close
         wild.close
       end
+    end
+  end
+
+  # Interest: a node receives a channel's messages only while it has a
+  # subscriber to it (or to a pattern matching it).
+  it "sends each node only the messages of the channels its clients subscribe to" do
+    with_nodes(3) do |nodes, prefix|
+      sessions = nodes.each_with_index.map do |node, i|
+        http = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url)
+        http.handshake!
+        100.times { |k| http.subscribe!("/int/c#{(k * 3) + i}") } # 300 channels, each on one node
+        http
+      end
+      redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+      300.times { |k| redis.publish("/int/c#{k}", k) }
+      redis.close
+      got = sessions.map { |http| http.receive(100, within: 20) }
+      expect(got.map(&:size)).to eq([100, 100, 100])
+      got.each_with_index { |msgs, i| expect(msgs.map { |m| m["data"] % 3 }.uniq).to eq([i]) }
+      # A third of the engine's messages each (before: all 300 on every node).
+      expect(nodes.map { |n| n.stats[:backplane_received] }).to eq([100, 100, 100])
+      sessions.each(&:disconnect)
+    end
+  end
+
+  it "stops sending a node a channel once its last subscriber leaves, and resumes on the next" do
+    with_nodes(2) do |nodes, _prefix|
+      node, other = nodes
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url)
+      http.handshake!
+      http.subscribe!("/int/leave")
+      other.publish("/int/leave", 1)
+      expect(http.receive(1).map { |m| m["data"] }).to eq([1])
+      http.unsubscribe("/int/leave")
+      received = node.stats[:backplane_received]
+      5.times { |i| other.publish("/int/leave", 10 + i) }
+      eventually(what: "the publishes in Redis") { other.stats[:backplane_queued].zero? }
+      control, = ws_session(node.url, ["/int/control"])
+      other.publish("/int/control", "end") # reaches the node after the five, if they were sent to it
+      control.wait_for { |m| m["channel"] == "/int/control" && m.key?("data") }
+      control.close
+      expect(node.stats[:backplane_received] - received).to eq(1) # the control message only
+      http.subscribe!("/int/leave")
+      other.publish("/int/leave", 2)
+      expect(http.receive(1).map { |m| m["data"] }).to eq([2])
+    end
+  end
+
+  it "misses nothing published right after a subscribe to a channel or pattern new to the node" do
+    with_nodes(1, history_size: 0) do |nodes, prefix|
+      redis = BackboneSync::RedisPublisher.new(@redis.url, prefix: prefix)
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(nodes[0].url)
+      http.handshake!
+      # Each subscribe waits behind a burst of the node's own publishes to
+      # Redis; the publish leaves straight for Redis once it is answered.
+      10.times do |k|
+        2000.times { nodes[0].publish("/gap/busy", k) }
+        name = k.even? ? "/gap/c#{k}" : "/gap/p#{k}/*"
+        http.subscribe!(name)
+        redis.publish(k.even? ? name : "/gap/p#{k}/x", k)
+      end
+      expect(http.receive(10, within: 30).map { |m| m["data"] }.sort).to eq((0...10).to_a)
+      redis.close
+    end
+  end
+
+  it "delivers a message once to each subscriber when a node's channel and patterns all match it" do
+    with_nodes(2) do |nodes, _prefix|
+      exact, = ws_session(nodes[0].url, ["/ov/x"])
+      star, = ws_session(nodes[0].url, ["/ov/*"])
+      glob, = ws_session(nodes[0].url, ["/ov/**"])
+      begin
+        nodes[1].publish("/ov/x", "once")
+        deliveries_before_control(nodes[1], [exact, star, glob], "/ov/x", timeout: 10).each do |got|
+          expect(got.map { |m| m["data"] }).to eq(["once"])
+        end
+        expect(nodes[0].stats[:backplane_received]).to eq(2) # "once" and the control message
+      ensure
+        [exact, star, glob].each(&:close)
+      end
+    end
+  end
+
+  it "recovers a client on a node that stopped receiving its channel meanwhile" do
+    with_nodes(2) do |nodes, _prefix|
+      node, other = nodes
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url)
+      http.handshake!
+      http.subscribe!("/int/back")
+      other.publish("/int/back", "seen")
+      seen = http.receive(1).last
+      http.disconnect # the node has no subscriber to /int/back now
+      3.times { |i| other.publish("/int/back", "missed #{i}") }
+      eventually(what: "the publishes in Redis") { other.stats[:backplane_queued].zero? }
+      back = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url)
+      back.handshake!
+      reply = back.subscribe!("/int/back", ext: { since: { offset: seen.dig("ext", "offset"),
+                                                           epoch: seen.dig("ext", "epoch") } })
+      expect(reply["ext"]).to include("recovered" => true, "offset" => 4)
+      expect(back.receive(3).map { |m| m["data"] }).to eq(["missed 0", "missed 1", "missed 2"])
     end
   end
 

@@ -96,6 +96,24 @@ RSpec.describe BackboneSync::Server, "event ids" do
     end
   end
 
+  it "lets only a publisher with the secret set an event id, even on a public channel" do
+    with_server(secret: shared_secret, public_channels: ["/ev/open/**"]) do |server|
+      ws, = ws_session(server.url, ["/ev/open/x"])
+      begin
+        squat = post_json(server.url, [{ "channel" => "/ev/open/x", "data" => "squat", "ext" => { "event_id" => "app-1" } }])
+        expect(squat.json.first).to include("successful" => false)
+        expect(squat.json.first["error"]).to eq("403:/ev/open/x:Forbidden: ext.event_id needs the publishers' secret")
+        plain = post_json(server.url, [{ "channel" => "/ev/open/x", "data" => "browser" }])
+        expect(plain.json.first).to include("successful" => true)
+        server.publish("/ev/open/x", "app", event_id: "app-1") # not silenced by the refused one
+        got = deliveries_before_control(server, ws, "/ev/open/x")
+        expect(got.map { |m| m["data"] }).to eq(%w[browser app])
+      ensure
+        ws.close
+      end
+    end
+  end
+
   it "counts kept event ids against history_memory" do
     with_server do |server|
       grew = lambda do |channel, **opts|

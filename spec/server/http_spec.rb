@@ -120,7 +120,7 @@ RSpec.describe BackboneSync::Server, "HTTP endpoints" do
                                              bytes_out slow_clients_dropped errors backplane_up
                                              backplane_queued backplane_refused history_channels
                                              history_bytes clients_refused clients_evicted
-                                             duplicates_dropped outbox_waiting outbox_oldest_age])
+                                             duplicates_dropped outbox_waiting outbox_oldest_age backplane_received])
         expect(stats["backplane_up"]).to eq(0) # no Redis configured
         expect(stats.except("outbox_oldest_age").values).to all(be_an(Integer))
         expect(stats["outbox_oldest_age"]).to eq(0) # no outbox relay in this process

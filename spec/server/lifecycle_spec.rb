@@ -6,7 +6,7 @@ RSpec.describe BackboneSync::Server, "lifecycle" do
   let(:stats_keys) do
     %i[connections clients channels subscriptions messages_in messages_out bytes_out slow_clients_dropped errors
        backplane_up backplane_queued backplane_refused history_channels history_bytes clients_refused
-       clients_evicted duplicates_dropped outbox_waiting outbox_oldest_age]
+       clients_evicted duplicates_dropped outbox_waiting outbox_oldest_age backplane_received]
   end
 
   it "start returns self once listening, with the bound port and url" do
