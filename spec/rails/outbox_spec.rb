@@ -59,6 +59,24 @@ RSpec.describe "the outbox (backbone_sync_events)", :rails do
     expect(rows).to eq([])
   end
 
+  it "with async: true, hands the rows' event ids to the BroadcastJob, which deletes the rows it sent" do
+    previous = ActiveJob::Base.queue_adapter
+    ActiveJob::Base.queue_adapter = ActiveJob::QueueAdapters::TestAdapter.new
+    define_model("Task", "tasks") { push({ create: :collections }, async: true) }
+    client = subscriber(server.url)
+    Task.create!(title: "queued")
+    job = ActiveJob::Base.queue_adapter.enqueued_jobs.first
+    expect(rows.map { |r| r["channel"] }).to eq(["/sync/tasks"]) # the safety net until the job runs
+    event_id = rows.first["event_id"]
+    expect(job[:args].last).to include("/sync/tasks" => event_id)
+
+    ActiveJob::Base.execute(job)
+    expect(rows).to eq([])
+    expect(received(client).map { |m| m["data"]["object"]["title"] }).to eq(["queued"])
+  ensure
+    ActiveJob::Base.queue_adapter = previous
+  end
+
   it "writes nothing for a rolled-back transaction" do
     Member.transaction do
       Member.create!(name: "Ghost")
