@@ -1,7 +1,8 @@
 # frozen_string_literal: true
 
 module BackboneSync
-  # Where a save's broadcasts wait for the network, so that a save never
+  # Where a save's broadcasts wait for the network (Rails-free layer; its
+  # own thread sends), so that a save never
   # waits on the push server. Bounded; drained in order by one thread per
   # process, made on the first push (a forked child makes its own), and
   # flushed at exit and by BackboneSync.flush.
@@ -15,8 +16,8 @@ module BackboneSync
   class BroadcastQueue
     DEFAULT_SIZE = 1000
 
-    # +sender+ is called as sender.call(channel, data) from the queue's
-    # thread and raises on failure; +on_failure+ gets (error, context).
+    # +sender+ is called as sender.call(channel, data, event_id) from the
+    # queue's thread and raises on failure; +on_failure+ gets (error, context).
     def initialize(sender:, on_failure:, size: DEFAULT_SIZE, cooldown: 1.0, max_cooldown: 30.0)
       unless size.is_a?(Integer) && size.positive?
         raise ArgumentError, "the broadcast queue size must be a positive Integer, got #{size.inspect}"
@@ -35,8 +36,10 @@ module BackboneSync
 
     # Queues +data+ for each channel of +channels+ (in order). Never blocks
     # and never raises: a broadcast that finds the queue full is dropped and
-    # reported. Returns the number of channels queued.
-    def push(channels, data, context = {})
+    # reported. Returns the number of channels queued. +event_ids+ (channel
+    # => id) go to the sender; +on_sent+ is called with (channel, event_id)
+    # in the queue's thread after each successful send.
+    def push(channels, data, context = {}, event_ids: nil, on_sent: nil)
       channels = Array(channels)
       dropped = nil
       @lock.synchronize do
@@ -45,7 +48,7 @@ module BackboneSync
           @dropped += channels.size
           dropped = @items.size
         else
-          channels.each { |channel| @items << [channel, data, context] }
+          channels.each { |channel| @items << [channel, data, context, event_ids&.[](channel), on_sent] }
           start_thread
           @wake.signal
         end
@@ -124,28 +127,43 @@ module BackboneSync
 
     def run
       loop do
-        channel, data, context = @lock.synchronize do
+        item = @lock.synchronize do
           @busy = false
           @idle.broadcast if @items.empty?
           @wake.wait(@lock) while @items.empty?
           @busy = true
           @items.shift
         end
-        deliver(channel, data, context)
+        deliver(*item)
       end
     end
 
-    def deliver(channel, data, context)
+    def deliver(channel, data, context, event_id, on_sent)
+      return unless send_one(channel, data, context, event_id)
+
+      # Not the server's failure: it must not open the circuit.
+      begin
+        on_sent&.call(channel, event_id)
+      rescue StandardError => e
+        report(e, context.merge(after: :sent), channel)
+      end
+    end
+
+    # True once sent; a failure is reported.
+    def send_one(channel, data, context, event_id)
       if (error = circuit_error)
-        return report(error, context, channel)
+        report(error, context, channel)
+        return false
       end
 
-      @sender.call(channel, data)
+      @sender.call(channel, data, event_id)
       @cooldown = @base_cooldown
       @open_until = nil
+      true
     rescue StandardError => e
       open_circuit(e) if unreachable?(e)
       report(e, context, channel)
+      false
     end
 
     # The error a broadcast gets without trying while the circuit is open.

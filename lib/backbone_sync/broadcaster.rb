@@ -132,19 +132,25 @@ module BackboneSync
       # (BackboneSync.broadcast_failures) and handed to
       # BackboneSync.on_error. Returns the number of channels delivered or
       # queued.
-      def publish(channels, data, context = {})
+      #
+      # +event_ids+ (a Hash channel => event id, for the outbox) travel with
+      # the messages: the server drops a second publish of one id. +on_sent+
+      # is called with (channel, event_id) once a channel's message is
+      # handed to the server (from the queue's thread on routes 2 and 3).
+      def publish(channels, data, context = {}, event_ids: nil, on_sent: nil)
         context = context.merge(route: route)
         valid = Array(channels).filter_map do |channel|
-          BackboneSync.sync_channel(channel)
+          [BackboneSync.sync_channel(channel), event_ids&.[](channel)]
         rescue StandardError => e
           BackboneSync.report_broadcast_error(e, context.merge(channel: channel))
           nil
         end
         local = server
-        return queue.push(valid, data, context) unless local
+        return queue.push(valid.map(&:first), data, context, event_ids: valid.to_h, on_sent: on_sent) unless local
 
-        valid.count do |channel|
-          local.publish(channel, data)
+        valid.count do |channel, event_id|
+          send_to(local, channel, data, event_id)
+          sent(on_sent, channel, event_id, context)
           true
         rescue StandardError => e
           BackboneSync.report_broadcast_error(e, context.merge(channel: channel))
@@ -158,14 +164,25 @@ module BackboneSync
       # a BackboneSync::BroadcastJob on +queue+ (the payload is built now:
       # the record may be gone when the job runs). Never raises: a failure is
       # reported as publish's are.
-      def broadcast_change(record, event, channels, origin:, format: :canonical, async: false, queue: nil)
+      #
+      # +staged+ (a BackboneSync::Outbox::Staged) is what the outbox wrote
+      # before the commit: its payload and event ids are published and its
+      # rows deleted once sent. With async:, the job carries the event ids
+      # and deletes the rows; when it is lost or late, the relay publishes
+      # them, and the server drops whichever copy comes second.
+      def broadcast_change(record, event, channels, origin:, format: :canonical, async: false, queue: nil, staged: nil)
         context = { model: record.class.name, id: (record.id if record.respond_to?(:id)), event: event.to_s }
-        payload = BackboneSync::Payload.build(record, event, origin: origin, format: format)
+        return publish_staged(staged, context) if staged && !async
+        return nil if staged&.channels&.empty?
+
+        payload = staged ? staged.payload : BackboneSync::Payload.build(record, event, origin: origin, format: format)
         if async
           require "backbone_sync/broadcast_job"
           job = BackboneSync::BroadcastJob
           job = job.set(queue: queue) if queue
-          job.perform_later(Array(channels), payload)
+          args = [Array(channels), payload]
+          args << staged.event_ids if staged
+          job.perform_later(*args)
         else
           publish(channels, payload, context)
         end
@@ -201,9 +218,22 @@ module BackboneSync
         queue.stats
       end
 
-      # Like publish for one channel, but raises BackboneSync::Error on failure.
-      def publish!(channel, data)
-        publish_one(channel, data)
+      # Like publish for one channel, but synchronous (also on routes 2 and
+      # 3) and raises BackboneSync::Error on failure.
+      def publish!(channel, data, event_id: nil)
+        publish_one(channel, data, event_id)
+      end
+
+      # Whether +target+'s publish takes event_id: (the server's dedupe).
+      # A publisher without it gets the message without its id.
+      def takes_event_id?(target)
+        @takes_event_id ||= {}
+        klass = target.class
+        return @takes_event_id[klass] if @takes_event_id.key?(klass)
+
+        @takes_event_id[klass] = target.method(:publish).parameters.any? do |type, name|
+          type == :keyrest || (%i[key keyreq].include?(type) && name == :event_id)
+        end
       end
 
       # Drops the kept-alive publisher (after a config change or a fork).
@@ -221,18 +251,41 @@ module BackboneSync
       def queue_locked
         @queue ||= BackboneSync::BroadcastQueue.new(
           size: @queue_size,
-          sender: ->(channel, data) { publisher.publish(channel, data) },
+          sender: ->(channel, data, event_id) { send_to(publisher, channel, data, event_id) },
           on_failure: ->(error, context) { BackboneSync.report_broadcast_error(error, context) }
         )
       end
 
-      def publish_one(channel, data)
+      def publish_one(channel, data, event_id = nil)
         channel = BackboneSync.sync_channel(channel)
-        if (local = server)
-          local.publish(channel, data)
+        send_to(server || publisher, channel, data, event_id)
+      end
+
+      def send_to(target, channel, data, event_id)
+        if event_id && takes_event_id?(target)
+          target.publish(channel, data, event_id: event_id)
         else
-          publisher.publish(channel, data)
+          target.publish(channel, data)
         end
+      end
+
+      def sent(on_sent, channel, event_id, context)
+        on_sent&.call(channel, event_id)
+      rescue StandardError => e
+        BackboneSync.report_broadcast_error(e, context.merge(channel: channel, after: :sent))
+      end
+
+      # What the outbox staged: published with its event ids; the rows go
+      # once the server has them (what is not sent stays for the relay).
+      def publish_staged(staged, context)
+        return nil if staged.channels.empty?
+
+        pool = staged.pool
+        publish(staged.channels, staged.payload, context.merge(outbox: true), event_ids: staged.event_ids,
+                                                                           on_sent: lambda { |_channel, event_id|
+                                                                             BackboneSync::Outbox.delete([event_id], pool: pool)
+                                                                           })
+        nil
       end
 
       # One publisher per process: a forked child opens its own connection.

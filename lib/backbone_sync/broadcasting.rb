@@ -89,6 +89,12 @@ module BackboneSync
       BackboneSync::Broadcaster.flush(timeout: timeout)
     end
 
+    # The outbox table's {waiting: rows not yet published, oldest_age:
+    # seconds since the oldest was written}, read from the database.
+    def outbox_stats
+      BackboneSync::Outbox.stats
+    end
+
     # A channel name made from +name+: "/sync/" is prepended unless it starts
     # with "/". Raises ChannelError when the result is not a publishable
     # Bayeux channel.

@@ -36,6 +36,15 @@ module BackboneSync
   # in time (rather than refusing the message).
   class Unreachable < PublishError; end
 
+  # The outbox is required (config.backbone_sync.outbox = true) but its
+  # table, backbone_sync_events, is not in the database; the message says
+  # which generator and migration add it.
+  class OutboxMissing < Error; end
+
+  # An outbox row older than the retention, dropped unpublished by the
+  # relay (handed to BackboneSync.on_error).
+  class OutboxExpired < Error; end
+
   # The C extension is not built for this Ruby (raised by require
   # "backbone_sync"); the message says what to run.
   class ExtensionMissing < Error

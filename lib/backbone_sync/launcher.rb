@@ -11,7 +11,8 @@ module BackboneSync
     # Prints "backbone_sync listening on URL" (and "secret: S" when it had to
     # generate one), then blocks until a signal arrives; stops the server.
     # options are Server.new's; redis: "redis://host:port/db" joins a backplane.
-    def run(out: $stdout, **options)
+    # on_start is called with the server once it listens.
+    def run(out: $stdout, on_start: nil, **options)
       # A program's output: --verbose lines must show as they happen, also
       # when stdout is a pipe (systemd, docker logs), not when a buffer fills.
       out.sync = true if out.respond_to?(:sync=)
@@ -33,6 +34,7 @@ module BackboneSync
         out.puts "backbone_sync listening on #{server.url}"
         out.puts "secret: #{generated}" if generated
         out.flush
+        on_start&.call(server)
         warn_if_backplane_down(server)
         wake_r.read(1)
       ensure

@@ -1,8 +1,10 @@
 # frozen_string_literal: true
 
 module BackboneSync
-  # The `push` macro: broadcasts a model's creates, updates and destroys,
-  # after the transaction commits, to Backbone collections and models.
+  # The `push` macro (Rails layer, app threads): broadcasts a model's
+  # creates, updates and destroys, after the transaction commits, to
+  # Backbone collections and models; with the outbox (outbox.rb) each
+  # broadcast is also written in the transaction, before the commit.
   #
   #   class Member < ActiveRecord::Base
   #     push :create  => :collections,
@@ -140,16 +142,18 @@ module BackboneSync
         targets.flat_map { |target| Pushable.resolve(self, target) }.uniq
       end
 
-      # Broadcasts +event+ now (after_commit calls this). Never raises.
-      def push_broadcast(event, origin: BackboneSync.origin)
+      # Broadcasts +event+ now (after_commit calls this, with what the
+      # outbox staged before the commit, if anything). Never raises.
+      def push_broadcast(event, origin: BackboneSync.origin, staged: nil)
         config = self.class.backbone_sync_config
         return if config.nil? || BackboneSync.suppressed?
 
-        channels = push_channels(event)
+        channels = staged ? staged.channels : push_channels(event)
         return if channels.empty?
 
         BackboneSync::Broadcaster.broadcast_change(self, event, channels, origin: origin, format: config.payload,
-                                                                          async: config.async, queue: config.queue)
+                                                                          async: config.async, queue: config.queue,
+                                                                          staged: staged)
       rescue StandardError => e
         BackboneSync.report_broadcast_error(e, model: self.class.name, id: (id if respond_to?(:id)),
                                                event: event.to_s)
@@ -163,8 +167,20 @@ module BackboneSync
         BackboneSync::ChangeTracker.mark(self, event, :push)
       end
 
+      # before_commit: the outbox rows, in the transaction (when the outbox is on).
+      def backbone_sync_stage
+        config = self.class.backbone_sync_config
+        return if config.nil?
+
+        BackboneSync::ChangeTracker.stage(self, :push) do |event, origin|
+          BackboneSync::Outbox.stage_change(self, event, origin: origin, format: config.payload) { push_channels(event) }
+        end
+      end
+
       def backbone_sync_commit
-        BackboneSync::ChangeTracker.commit(self, :push) { |event, origin| push_broadcast(event, origin: origin) }
+        BackboneSync::ChangeTracker.commit(self, :push) do |event, origin, staged|
+          push_broadcast(event, origin: origin, staged: staged)
+        end
       end
 
       def backbone_sync_rollback
@@ -271,6 +287,8 @@ module BackboneSync
           klass.after_update { backbone_sync_mark(:update) }
           klass.after_destroy { backbone_sync_mark(:destroy) }
           klass.after_touch { backbone_sync_mark(:update) } if klass.respond_to?(:after_touch)
+          # Inside the transaction, before COMMIT (ActiveRecord 6.1 and newer).
+          klass.before_commit { backbone_sync_stage } if klass.respond_to?(:before_commit)
           klass.after_commit { backbone_sync_commit }
           klass.after_rollback { backbone_sync_rollback }
         else

@@ -147,7 +147,20 @@ RSpec.describe "bin/rails generate backbone_sync:install" do
     expect(second).not_to match(/^\s+(create|insert|append|force|conflict)\s/)
     expect(app.read("config/initializers/backbone_sync.rb")).to include("root_address")
     expect(app.read("app/views/layouts/application.html.erb").scan("backbone_sync_tags").size).to eq(1)
+    # The outbox's migration, once, with a timestamp; the second run leaves it.
+    migrations = Dir.glob("db/migrate/*_create_backbone_sync_events.rb", base: app.dir)
+    expect(migrations.size).to eq(1), migrations.inspect
+    expect(File.basename(migrations.first)).to match(/\A\d{14}_create_backbone_sync_events\.rb\z/)
+    expect(first).to match(%r{create\s+db/migrate/\d{14}_create_backbone_sync_events\.rb})
+    expect(second).to match(%r{exist\s+db/migrate/\d{14}_create_backbone_sync_events\.rb})
     first
+  end
+
+  # After add_members' db:migrate: the table is there and the outbox is on.
+  def expect_outbox_migrated(app)
+    said = app.rails!("runner", "p [ActiveRecord::Base.connection.data_source_exists?('backbone_sync_events'), " \
+                                "BackboneSync::Outbox.active_for?(Member), BackboneSync.outbox_stats]")
+    expect(said).to include("[true, true, {:waiting=>0, :oldest_age=>0.0}]")
   end
 
   it "wires a Rails 7.2 default app (importmap, Sprockets) to a live page" do
@@ -162,6 +175,7 @@ RSpec.describe "bin/rails generate backbone_sync:install" do
 
     add_importmap_libraries(app)
     app.add_members
+    expect_outbox_migrated(app)
     two_pages_in_step(app)
   end
 

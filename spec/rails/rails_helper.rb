@@ -102,6 +102,8 @@ RSpec.configure do |config|
     [Member, Family, Note].each(&:delete_all)
     ActiveRecord::Base.connection.execute("DELETE FROM tasks")
     ActiveRecord::Base.connection.execute("DELETE FROM projects")
+    ActiveRecord::Base.connection.execute("DELETE FROM backbone_sync_events")
+    BackboneSync::Outbox.restore_defaults
   end
 
   config.after do

@@ -114,6 +114,21 @@ module BackboneSyncSpec
       ""
     end
 
+    # Waits (bounded) for the child to exit and for its output to be read;
+    # returns its Process::Status. Its lines are then complete.
+    def wait_exit(timeout: 120)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+      status = nil
+      until (status = Process.wait2(@pid, Process::WNOHANG)&.last)
+        raise Failed, "#{@argv[1]}: did not exit within #{timeout}s. #{report}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+      @pid = nil
+      @reader.join([deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC), 1].max)
+      status
+    end
+
     def report
       "stdout lines: #{@lock.owned? ? @lines.inspect : @lock.synchronize { @lines.inspect }}; stderr: #{stderr_text[-2000..] || stderr_text}"
     end

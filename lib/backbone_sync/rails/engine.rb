@@ -13,8 +13,12 @@ module BackboneSync
     # - vendor/assets/javascripts on the Sprockets path (the engine's own
     #   vendor/assets); `rake faye:start`;
     # - config.backbone_sync.* (root_address, secret, redis, client_url,
-    #   subscriptions_path, token_ttl, embedded, queue_size), read before
-    #   config/initializers run, so an initializer may still override them.
+    #   subscriptions_path, token_ttl, embedded, queue_size, outbox and
+    #   outbox_*), read before config/initializers run, so an initializer
+    #   may still override them;
+    # - the outbox relay (BackboneSync::Outbox::Relay) wherever the server
+    #   runs with the app loaded: next to the embedded server, in `rake
+    #   faye:start`, and alone in `rake backbone_sync:relay`.
     #
     # config.backbone_sync.embedded = true (or a Hash of Server options)
     # starts a BackboneSync::Server inside the web server process (`rails
@@ -41,6 +45,7 @@ module BackboneSync
         BackboneSync::Rails.subscriptions_path = options.subscriptions_path if options.key?(:subscriptions_path)
         BackboneSync::Rails.token_ttl = options.token_ttl if options.token_ttl
         BackboneSync::Broadcaster.queue_size = options.queue_size if options.queue_size
+        BackboneSync::Rails::Engine.configure_outbox(options)
       end
 
       initializer "backbone_sync.controller" do
@@ -80,12 +85,48 @@ module BackboneSync
             uri = URI.parse(BackboneSync::Broadcaster.server_url)
             ENV["port"] ||= uri.port.to_s unless ENV["PORT"]
             ENV["mount"] ||= uri.path unless ENV["MOUNT"]
+            # faye:start runs the outbox relay next to its server.
+            BackboneSync::Rails::Engine.relay_with_server = true
+          end
+
+          desc "Publish what the outbox holds (backbone_sync_events) until INT/TERM, to the server " \
+               "at root_address (or the Redis backplane); any number may run"
+          task relay: :environment do
+            require "backbone_sync/outbox/runner"
+            BackboneSync::Outbox::Runner.run
+          rescue BackboneSync::Error => e
+            abort "rake backbone_sync:relay: #{e.message}"
           end
         end
         task "faye:start" => "backbone_sync:defaults"
       end
 
       class << self
+        # Set by `rake faye:start` in an app: start the relay with the server.
+        attr_accessor :relay_with_server
+
+        OUTBOX_OPTIONS = %i[retention grace poll_interval batch_size claim_ttl].freeze
+
+        # config.backbone_sync.outbox (nil: on when the table exists) and
+        # outbox_retention, outbox_grace, outbox_poll_interval,
+        # outbox_batch_size, outbox_claim_ttl.
+        def configure_outbox(options)
+          BackboneSync::Outbox.enabled = options.outbox if options.key?(:outbox)
+          OUTBOX_OPTIONS.each do |name|
+            value = options[:"outbox_#{name}"]
+            BackboneSync::Outbox.public_send(:"#{name}=", value) unless value.nil?
+          end
+        end
+
+        # The relay next to a server this process runs. Never fails the
+        # server: a database that is not there yet is retried by the relay.
+        def start_relay
+          BackboneSync::Outbox::Relay.start_unless_off
+        rescue StandardError => e
+          announce(:warn, "backbone_sync: the outbox relay did not start (#{e.class}: #{e.message})")
+          nil
+        end
+
         # After the app booted: starts the embedded server when this process
         # should run it. +embedded+ is config.backbone_sync.embedded.
         def boot_server(embedded)
@@ -107,6 +148,7 @@ module BackboneSync
           options = embedded.is_a?(Hash) ? embedded.transform_keys(&:to_sym) : {}
           server = BackboneSync::Broadcaster.start_embedded_server(**options)
           announce(:info, "backbone_sync: embedded server listening on #{server.url}")
+          start_relay
           server
         rescue BackboneSync::PortInUse => e
           announce(:warn, "backbone_sync: not starting the embedded server (#{e.message}); this process " \

@@ -2,7 +2,8 @@
 
 module BackboneSync
   module Rails
-    # The observer style of backbone_sync-rails (2011), with the rails-observers gem:
+    # The observer style of backbone_sync-rails (2011), with the rails-observers
+    # gem (Rails layer, app threads):
     #
     #   class UserObserver < ActiveRecord::Observer
     #     include BackboneSync::Rails::Observer   # or its old name, BackboneSync::Rails::Faye::Observer
@@ -51,13 +52,33 @@ module BackboneSync
         BackboneSync::ChangeTracker.mark(record, :destroy, self)
       end
 
+      # rails-observers wires ActiveRecord's CALLBACKS, which have no
+      # before_commit: the outbox's is added here, for each observed class.
+      def define_callbacks(klass)
+        super if defined?(super)
+        return unless klass.respond_to?(:before_commit)
+
+        observer = self
+        name = :"_backbone_sync_#{self.class.name.to_s.underscore.tr('/', '_')}_before_commit"
+        return if klass.method_defined?(name)
+
+        klass.send(:define_method, name) { observer.backbone_sync_stage(self) }
+        klass.before_commit(name)
+      end
+
+      # before_commit: the outbox rows, in the transaction (when the outbox is on).
+      def backbone_sync_stage(record)
+        BackboneSync::ChangeTracker.stage(record, self) do |event, origin|
+          BackboneSync::Outbox.stage_change(record, event, origin: origin, format: payload_format) { [channel_for(record)] }
+        end
+      end
+
       def after_commit(record)
-        BackboneSync::ChangeTracker.commit(record, self) do |event, origin|
+        BackboneSync::ChangeTracker.commit(record, self) do |event, origin, staged|
           options = backbone_sync_options
-          BackboneSync::Broadcaster.broadcast_change(record, event, channel_for(record), origin: origin,
-                                                                                         format: payload_format,
-                                                                                         async: options[:async],
-                                                                                         queue: options[:queue])
+          BackboneSync::Broadcaster.broadcast_change(record, event, staged ? staged.channels : channel_for(record),
+                                                     origin: origin, format: payload_format,
+                                                     async: options[:async], queue: options[:queue], staged: staged)
         rescue StandardError => e
           BackboneSync.report_broadcast_error(e, model: record.class.name, event: event.to_s)
         end

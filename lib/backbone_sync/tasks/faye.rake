@@ -24,8 +24,15 @@ namespace :faye do
       verbose: %w[1 true yes].include?(arg.("verbose").to_s.downcase)
     }.reject { |_, v| v.nil? }
 
+    # In an app (backbone_sync:defaults loaded it), the outbox relay runs
+    # next to the server and publishes to it in-process.
+    on_start = lambda do |_server|
+      BackboneSync::Rails::Engine.start_relay if defined?(BackboneSync::Rails::Engine) &&
+                                                 BackboneSync::Rails::Engine.relay_with_server
+    end
+
     begin
-      BackboneSync::Launcher.run(**options)
+      BackboneSync::Launcher.run(on_start: on_start, **options)
     rescue ArgumentError, BackboneSync::Error => e
       abort "rake faye:start: #{e.message}"
     end

@@ -75,5 +75,13 @@ module Dummy
         config.backbone_sync[key] = value.is_a?(Hash) ? value.transform_keys(&:to_sym) : value
       end
     end
+
+    # The outbox: BACKBONE_SYNC_OUTBOX=0 turns it off; the outbox specs
+    # shorten the relay's timings (seconds).
+    config.backbone_sync.outbox = false if ENV["BACKBONE_SYNC_OUTBOX"] == "0"
+    config.backbone_sync.outbox_grace = Float(ENV["BACKBONE_SYNC_OUTBOX_GRACE"]) if ENV["BACKBONE_SYNC_OUTBOX_GRACE"]
+    config.backbone_sync.outbox_claim_ttl = Float(ENV["BACKBONE_SYNC_OUTBOX_CLAIM_TTL"]) if ENV["BACKBONE_SYNC_OUTBOX_CLAIM_TTL"]
+    config.backbone_sync.outbox_poll_interval = Float(ENV["BACKBONE_SYNC_OUTBOX_POLL"]) if ENV["BACKBONE_SYNC_OUTBOX_POLL"]
+    config.backbone_sync.outbox_batch_size = Integer(ENV["BACKBONE_SYNC_OUTBOX_BATCH"]) if ENV["BACKBONE_SYNC_OUTBOX_BATCH"]
   end
 end

@@ -34,4 +34,17 @@ ActiveRecord::Schema.define do
   create_table :projects, force: true do |t|
     t.string :name
   end
+
+  # The outbox (BackboneSync::Outbox), as the install generator's migration makes it.
+  create_table :backbone_sync_events, force: true do |t|
+    t.string :channel, null: false
+    t.text :payload, null: false, limit: 16_777_215
+    t.string :event_id, null: false, limit: 128
+    t.bigint :available_at, null: false
+    t.string :claimed_by
+    t.datetime :created_at, null: false
+    t.index :event_id, unique: true
+    t.index :available_at
+    t.index %i[channel id]
+  end
 end

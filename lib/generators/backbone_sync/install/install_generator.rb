@@ -8,12 +8,16 @@ module BackboneSync
   module Generators
     # bin/rails generate backbone_sync:install
     #
-    # Writes config/initializers/backbone_sync.rb, puts backbone_sync_tags in
+    # Writes config/initializers/backbone_sync.rb, the outbox's migration
+    # (db/migrate/<timestamp>_create_backbone_sync_events.rb, unless one is
+    # there already), puts backbone_sync_tags in
     # the application layout and loads backbone_sync's JavaScript the way the
     # app loads its own: importmap, jsbundling (esbuild and friends),
     # Sprockets or Propshaft. Running it again changes nothing. Backbone,
     # Underscore and jQuery stay the app's own: it says how to add them.
     class InstallGenerator < ::Rails::Generators::Base
+      include ::Rails::Generators::Migration
+
       source_root File.expand_path("templates", __dir__)
 
       desc "Set up backbone_sync: initializer, layout tags, JavaScript for this app's asset setup"
@@ -24,6 +28,7 @@ module BackboneSync
       MODULE_ENTRY = "app/javascript/application.js"
       SPROCKETS_ENTRY = "app/assets/javascripts/application.js"
       SPROCKETS_MANIFEST = "app/assets/config/manifest.js"
+      OUTBOX_MIGRATION = "create_backbone_sync_events"
       # The ES module (importmap); backbone_sync.js is the classic script.
       ES_MODULE = "backbone_sync.esm.js"
 
@@ -74,6 +79,23 @@ module BackboneSync
         template "backbone_sync.rb", INITIALIZER
       end
 
+      # The outbox table (see BackboneSync::Outbox), with ActiveRecord's timestamps.
+      def self.next_migration_number(dirname)
+        require "rails/generators/active_record"
+        ::ActiveRecord::Generators::Base.next_migration_number(dirname)
+      end
+
+      def create_outbox_migration
+        existing = Dir.glob(File.join(destination_root, "db", "migrate", "*_#{OUTBOX_MIGRATION}.rb")).first
+        return say_status(:exist, existing.delete_prefix("#{destination_root}/"), :blue) if existing
+        unless defined?(::ActiveRecord::Migration)
+          return say_status(:skip, "db/migrate/#{OUTBOX_MIGRATION}.rb: this app does not use ActiveRecord, " \
+                                   "so it has no outbox", :yellow)
+        end
+
+        migration_template "#{OUTBOX_MIGRATION}.rb.tt", "db/migrate/#{OUTBOX_MIGRATION}.rb"
+      end
+
       def add_layout_tags
         return say_layout_missing("<%= backbone_sync_tags %>") unless exist?(LAYOUT)
         return if read(LAYOUT).include?("backbone_sync_tags")
@@ -94,6 +116,7 @@ module BackboneSync
         say "backbone_sync is installed for #{SETUP_NAMES.fetch(javascript_setup)}.", :green
         say NEXT_STEPS.fetch(javascript_setup).gsub("VERSION", BackboneSync::VERSION)
         say <<~TEXT
+          Run `bin/rails db:migrate` for the outbox table (backbone_sync_events).
           Backbone 0.9.2 to 1.6.1 works; Backbone.sync needs jQuery (Backbone.$) or
           your own Backbone.ajax. Then declare `push` in a model and follow its
           collection in the page:

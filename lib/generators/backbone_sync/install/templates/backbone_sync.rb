@@ -38,6 +38,16 @@
 #   request.session[:user_id].present?
 # end
 
+# The outbox: each broadcast is written to backbone_sync_events in the
+# transaction of its change (the generator added the migration) and a relay
+# publishes what a dead process or an unreachable server left behind. On
+# when the table exists; false turns it off, true makes the table required.
+# The relay runs next to the server (embedded, faye:start) and as
+# `bin/rails backbone_sync:relay`.
+# BackboneSync::Outbox.enabled = false
+# BackboneSync::Outbox.retention = 3600  # seconds; older rows are dropped and reported
+# BackboneSync::Outbox.grace = 5         # seconds before a relay publishes a row
+
 # Broadcasts never raise into a save; failures are logged and handed here.
 # BackboneSync.on_error do |error, context|
 #   Rails.logger.warn("backbone_sync: #{error.message} #{context.inspect}")
