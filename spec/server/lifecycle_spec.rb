@@ -134,7 +134,9 @@ RSpec.describe BackboneSync::Server, "lifecycle" do
     published = 0
     outcome = nil
     publisher = Thread.new do
-      deadline = monotonic + 10
+      # Only a bound for a stop that never comes: stop itself may take up to
+      # stop_bounded's 15 s under valgrind, and the publisher must outlast it.
+      deadline = monotonic + 60
       loop do
         break outcome = :deadline if monotonic > deadline
 
