@@ -59,6 +59,7 @@ typedef struct interest {
     bs_hnode_t node;                        /* first: in b->interests */
     int wanted;                             /* lock: what the engine asked for last */
     int dirty;                              /* lock: Redis may not match `wanted` yet */
+    struct interest *next_dirty;            /* lock: in b->dirty while dirty */
     int want_now;                           /* backplane thread: `wanted` when it was taken */
     int active;                             /* backplane thread: subscribed on `sub` */
     size_t len;
@@ -85,7 +86,8 @@ struct bs_backplane {
     bs_item_t *loads, *loads_tail;          /* lock: history loads asked for, channel and proposed epoch */
     size_t nloads;                          /* lock */
     bs_table_t interests;                   /* lock: interest_t by name; freed only by the backplane thread */
-    size_t ndirty;                          /* lock: interests with dirty set */
+    struct interest *dirty;                 /* lock: the interests with dirty set */
+    size_t ndirty;                          /* lock: how many */
 
     /* backplane thread: the last message handed up, so that the copy a
      * pattern subscription brings of the same publish is dropped */
@@ -180,6 +182,17 @@ static void disconnect(bs_backplane_t *b)
     __atomic_store_n(&b->up, 0, __ATOMIC_RELEASE);
 }
 
+/* Caller holds the lock: x is to be brought in line with Redis. */
+static void mark_dirty(bs_backplane_t *b, interest_t *x)
+{
+    if (x->dirty)
+        return;
+    x->dirty = 1;
+    x->next_dirty = b->dirty;
+    b->dirty = x;
+    b->ndirty++;
+}
+
 /* A new `sub` holds no subscription: everything wanted is to be asked
  * for again (sync_interest does it). */
 static void resubscribe_all(bs_backplane_t *b)
@@ -192,10 +205,7 @@ static void resubscribe_all(bs_backplane_t *b)
             interest_t *x = (interest_t *)n;
 
             x->active = 0;
-            if (!x->dirty) {
-                x->dirty = 1;
-                b->ndirty++;
-            }
+            mark_dirty(b, x);
         }
     pthread_mutex_unlock(&b->lock);
     b->last_chlen = 0;
@@ -391,7 +401,6 @@ static int sync_interest(bs_backplane_t *b)
     interest_t **batch;
     size_t n = 0, i, sent = 0, confirmed = 0;
     bs_buf_t name;
-    uint32_t k;
     int rc = 0;
 
     pthread_mutex_lock(&b->lock);
@@ -399,16 +408,14 @@ static int sync_interest(bs_backplane_t *b)
         pthread_mutex_unlock(&b->lock);
         return 0;
     }
-    for (k = 0; k < b->interests.size; k++)
-        for (bs_hnode_t *h = b->interests.buckets[k]; h; h = h->next) {
-            interest_t *x = (interest_t *)h;
-
-            if (x->dirty && n < b->ndirty) {
-                x->dirty = 0;
-                x->want_now = x->wanted;
-                batch[n++] = x;
-            }
-        }
+    /* Only what changed: a flood of new channels costs each its own, not a
+     * walk over every interest. */
+    for (interest_t *x = b->dirty; x; x = x->next_dirty) {
+        x->dirty = 0;
+        x->want_now = x->wanted;
+        batch[n++] = x;
+    }
+    b->dirty = NULL;
     b->ndirty = 0;
     pthread_mutex_unlock(&b->lock);
 
@@ -452,10 +459,8 @@ static int sync_interest(bs_backplane_t *b)
 
         if (rc == 0)
             x->active = x->want_now;
-        else if (!x->dirty) {
-            x->dirty = 1;                  /* asked again on the next connection */
-            b->ndirty++;
-        }
+        else
+            mark_dirty(b, x);              /* asked again on the next connection */
         if (!x->wanted && !x->active && !x->dirty) {
             bs_table_remove(&b->interests, &x->node);
             free(x);
@@ -498,10 +503,7 @@ int bs_backplane_interest(bs_backplane_t *b, const char *name, size_t len, int o
     }
     x->wanted = on;
     was_idle = b->ndirty == 0;
-    if (!x->dirty) {
-        x->dirty = 1;
-        b->ndirty++;
-    }
+    mark_dirty(b, x);
     pthread_mutex_unlock(&b->lock);
     if (was_idle && write(b->wake[1], "x", 1) < 0) {
         /* full pipe: a wakeup is pending already */

@@ -485,7 +485,7 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
     const char *s;
     uint32_t i, fresh = 0, fresh_channels = 0;
     bs_history_t *h;
-    int made;                               /* this subscribe made the history: nothing known of it here */
+    int exact, made;                        /* one exact channel with a history; made by this subscribe */
 
     if (!c)
         return;
@@ -520,10 +520,9 @@ static void subscribe(bs_engine_t *e, bs_link_t *l, bs_buf_t *out, const bs_msg_
         return fail(e, out, m, json, c->id, 403, m->subs, strlen(m->subs),
                     "Too many subscriptions for one client (max_subscriptions)");
     /* One exact channel: report its epoch and offset, and replay from since. */
-    made = on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs)) &&
-           !bs_history_find(&e->histories, m->subs, strlen(m->subs));
-    if (on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs)) &&
-        (h = bs_history_get(&e->histories, m->subs, strlen(m->subs)))) {
+    exact = on && m->nsubs == 1 && e->histories.size > 0 && bs_channel_valid_name(m->subs, strlen(m->subs));
+    made = exact && !bs_history_find(&e->histories, m->subs, strlen(m->subs)); /* nothing known of it here */
+    if (exact && (h = bs_history_get(&e->histories, m->subs, strlen(m->subs)))) {
         sub_req_t r = {
             .id = m->has_id ? json + m->raw_id.off : NULL, .idlen = m->raw_id.len,
             .subscription = json + m->raw_subscription.off, .sublen = m->raw_subscription.len,

@@ -224,18 +224,6 @@ module BackboneSync
         publish_one(channel, data, event_id)
       end
 
-      # Whether +target+'s publish takes event_id: (the server's dedupe).
-      # A publisher without it gets the message without its id.
-      def takes_event_id?(target)
-        @takes_event_id ||= {}
-        klass = target.class
-        return @takes_event_id[klass] if @takes_event_id.key?(klass)
-
-        @takes_event_id[klass] = target.method(:publish).parameters.any? do |type, name|
-          type == :keyrest || (%i[key keyreq].include?(type) && name == :event_id)
-        end
-      end
-
       # Drops the kept-alive publisher (after a config change or a fork).
       def reset
         @lock.synchronize { reset_publisher }
@@ -261,12 +249,9 @@ module BackboneSync
         send_to(server || publisher, channel, data, event_id)
       end
 
+      # Server, Publisher and RedisPublisher all take event_id: (nil: none).
       def send_to(target, channel, data, event_id)
-        if event_id && takes_event_id?(target)
-          target.publish(channel, data, event_id: event_id)
-        else
-          target.publish(channel, data)
-        end
+        target.publish(channel, data, event_id: event_id)
       end
 
       def sent(on_sent, channel, event_id, context)

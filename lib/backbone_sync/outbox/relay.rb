@@ -141,7 +141,7 @@ module BackboneSync
 
         stats = Outbox.stats(pool: @pool)
         server = Broadcaster.server
-        server.outbox_stats = stats if server.respond_to?(:outbox_stats=)
+        server.outbox_stats = stats if server
         stats
       end
 
