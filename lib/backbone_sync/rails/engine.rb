@@ -48,10 +48,11 @@ module BackboneSync
         BackboneSync::Rails::Engine.configure_outbox(options)
       end
 
+      # The token route's controller is found when the route first needs it,
+      # even when no other controller has loaded ActionController::Base yet
+      # (a worker whose first request is a token POST got a 404).
       initializer "backbone_sync.controller" do
-        ActiveSupport.on_load(:action_controller_base) do
-          require "backbone_sync/rails/subscriptions_controller"
-        end
+        BackboneSync::Rails.autoload(:SubscriptionsController, "backbone_sync/rails/subscriptions_controller")
       end
 
       initializer "backbone_sync.helpers" do
