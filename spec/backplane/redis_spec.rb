@@ -202,14 +202,20 @@ RSpec.describe "the Redis backplane" do
   end
 
   it "stops sending a node a channel once its last subscriber leaves, and resumes on the next" do
-    with_nodes(2) do |nodes, _prefix|
+    with_nodes(2) do |nodes, prefix|
       node, other = nodes
+      raw = RedisClient.new(url: @redis.url)
+      listeners = -> { raw.call("PUBSUB", "NUMSUB", "#{prefix}ch:/int/leave")[1] }
       http = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url)
       http.handshake!
       http.subscribe!("/int/leave")
       other.publish("/int/leave", 1)
       expect(http.receive(1).map { |m| m["data"] }).to eq([1])
+      expect(listeners.call).to eq(1)
       http.unsubscribe("/int/leave")
+      # The node drops its Redis subscription after it answers the
+      # unsubscribe; the five below test routing, not that race.
+      eventually(what: "the node's UNSUBSCRIBE in Redis") { listeners.call.zero? }
       received = node.stats[:backplane_received]
       5.times { |i| other.publish("/int/leave", 10 + i) }
       eventually(what: "the publishes in Redis") { other.stats[:backplane_queued].zero? }
@@ -221,6 +227,9 @@ RSpec.describe "the Redis backplane" do
       http.subscribe!("/int/leave")
       other.publish("/int/leave", 2)
       expect(http.receive(1).map { |m| m["data"] }).to eq([2])
+      expect(listeners.call).to eq(1)
+    ensure
+      raw&.close
     end
   end
 
