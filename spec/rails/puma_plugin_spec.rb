@@ -14,8 +14,9 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
   # Puma with 2 workers of one thread each, serving the dummy app plus
   # GET /save, which saves a Member named after the worker's pid and holds
   # the worker's only thread a moment, so that a concurrent request goes to
-  # the other worker.
-  def start_puma(preload:, workers: 2, embedded: "1")
+  # the other worker, and GET /commit_and_die, whose worker is SIGKILLed
+  # after the commit, before its broadcast. +env+ adds to the app's ENV.
+  def start_puma(preload:, workers: 2, embedded: "1", env: {})
     dir = Dir.mktmpdir("puma", RAILS_SPEC_TMP)
     File.write(File.join(dir, "config.ru"), <<~RUBY)
       require #{File.join(dummy, 'config', 'environment').inspect}
@@ -24,6 +25,13 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
           Member.create!(name: "worker \#{Process.pid} \#{env['QUERY_STRING']}")
           sleep 0.3
           [200, { "content-type" => "text/plain" }, [Process.pid.to_s]]
+        end)
+      end
+      map "/commit_and_die" do
+        run(lambda do |env|
+          BackboneSync::Broadcaster.singleton_class.prepend(Module.new { def publish(*) = Process.kill(:KILL, Process.pid) })
+          Member.create!(name: "died \#{env['QUERY_STRING']}")
+          [500, {}, ["not killed"]]
         end)
       end
       run Rails.application
@@ -42,7 +50,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     @push_port = free_port
     # embedded on, as in development: the workers must leave it to the plugin.
     env = { "RAILS_ENV" => "test", "BACKBONE_SYNC_EMBEDDED" => embedded, "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:#{@push_port}",
-            "BACKBONE_SYNC_DUMMY_DB" => ENV.fetch("BACKBONE_SYNC_DUMMY_DB") }
+            "BACKBONE_SYNC_DUMMY_DB" => ENV.fetch("BACKBONE_SYNC_DUMMY_DB"), **env }
     puma = BackboneSyncSpec::ClientProcess.new([env, RbConfig.ruby, Gem.bin_path("puma", "puma"),
                                                 "-C", File.join(dir, "puma.rb")], stdin: false)
     @processes << puma
@@ -144,6 +152,28 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     puma.wait_for(timeout: 60, what: "the server listening again") { raw_lines(puma, /listening on/).size == 2 }
     again = subscriber(url, ["/sync/members"])
     expect_saves_from(again, saves_from_both_workers("restarted"))
+  end
+
+  it "relays, from its server process, the change of a worker killed between commit and broadcast" do
+    puma = start_puma(preload: false, env: { "BACKBONE_SYNC_OUTBOX_GRACE" => "1", "BACKBONE_SYNC_OUTBOX_POLL" => "0.2" })
+    url = server_url(puma)
+    client = subscriber(url, ["/sync/members"])
+    wait_booted(puma, 2)
+
+    tag = "relay-#{SecureRandom.hex(3)}"
+    http = Net::HTTP.new("127.0.0.1", @http_port)
+    http.read_timeout = 30
+    http.max_retries = 0 # Net::HTTP would send the GET again, to another worker
+    expect { http.get("/commit_and_die?#{tag}") }.to raise_error(EOFError) # the worker died mid-response
+    client.wait_for(timeout: 30, what: "the dead worker's change") do |l|
+      l.dig("message", "data", "object", "name") == "died #{tag}"
+    end
+    # Once only, though the relay polls on; and Puma replaced the worker.
+    wait_booted(puma, 3)
+    expect_saves_from(client, saves_from_both_workers("after"))
+    names = client.lines.map { |l| l.dig("message", "data", "object", "name") }
+    expect(names.count("died #{tag}")).to eq(1)
+    expect(raw_lines(puma, /listening on/).size).to eq(1)
   end
 
   it "stops its server process on a hot restart, and the new master starts another" do
