@@ -40,13 +40,17 @@ const isTokenRequest = (request) => request.method() === 'POST' && new URL(reque
 // What the endpoint answered the page for `channel`: the next response to
 // a token request for it, at most `ms` from now (call before the subscribe).
 function tokenAnswer(page, channel, ms) {
-  return page.waitForResponse((response) => isTokenRequest(response.request()) &&
+  const answer = page.waitForResponse((response) => isTokenRequest(response.request()) &&
     response.request().postDataJSON()?.channel === channel, { timeout: ms })
     .then(async (response) => ({
       status: response.status(),
       csrf: (await response.request().allHeaders())['x-csrf-token'],
       body: await response.json().catch(() => null),
-    }));
+    }), (error) => {
+      throw new Error(`the page asked ${TOKENS_PATH} for no token for ${channel} within ${ms} ms (${error.message})`);
+    });
+  answer.catch(() => {}); // awaited later, maybe after another wait failed first
+  return answer;
 }
 
 // Poll `fn` (in this process) until it returns something truthy, at most `ms`.
