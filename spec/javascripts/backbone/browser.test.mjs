@@ -4,6 +4,7 @@
 // it serves the page with the meta tags `backbone_sync_tags` writes, hands
 // out subscription tokens at POST /backbone_sync/subscriptions (checking
 // the CSRF header) and answers GET/POST /users.
+// The real Rails endpoint and a signed server are covered by spec/javascripts/demo/signed.test.mjs.
 //
 //   node --test spec/javascripts/backbone/browser.test.mjs
 //   FAYE_JS_TARGETS=faye node --test spec/javascripts/backbone/browser.test.mjs

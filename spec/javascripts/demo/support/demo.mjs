@@ -44,12 +44,13 @@ export async function freePort() {
 
 // spec/dummy/bin/demo as a child process; resolves once it prints its line.
 // `output()` is everything it printed (its errors go to the terminal).
-export async function startDemo({ port, serverPort, db, log }) {
+// `env` adds to (or overrides) its environment, e.g. BACKBONE_SYNC_DUMMY_CONFIG.
+export async function startDemo({ port, serverPort, db, log, env = {} }) {
   const child = track(spawn('ruby', ['spec/dummy/bin/demo'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, PORT: String(port), SERVER_PORT: String(serverPort),
-           BACKBONE_SYNC_DUMMY_DB: db, BACKBONE_SYNC_DUMMY_LOG: log, RAILS_ENV: 'development' },
+           BACKBONE_SYNC_DUMMY_DB: db, BACKBONE_SYNC_DUMMY_LOG: log, RAILS_ENV: 'development', ...env },
   }));
   let output = '';
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
