@@ -2,6 +2,15 @@
 
 require_relative "rails_helper"
 
+# A job that holds its queue's thread until the spec opens its gate.
+class BackboneSyncRailsSpec::HoldTheQueue < ActiveJob::Base
+  GATES = Concurrent::Map.new
+
+  def perform(gate)
+    GATES.fetch(gate).pop
+  end
+end
+
 # The push macro against a real BackboneSync::Server in this process and a
 # real npm faye client subscribed to /sync/**.
 RSpec.describe "push (the ActiveRecord macro)", :rails do
@@ -268,6 +277,81 @@ RSpec.describe "push (the ActiveRecord macro)", :rails do
       expect(messages.map { |m| m["channel"] }).to eq(["/sync/tasks"])
       expect(messages.first["data"]).to include("event" => "create")
       expect(messages.first["data"]["object"]).to include("id" => task.id, "title" => "queued")
+    end
+  end
+
+  # The app's own adapter (spec/dummy: :async, ActiveJob's real thread
+  # pool), with one thread: a job of the spec's holds it, so the broadcast
+  # job runs exactly when the spec lets it, after what the spec did meanwhile.
+  describe "async: true on a real queue adapter" do
+    around do |example|
+      previous = ActiveJob::Base.queue_adapter
+      logger = ActiveJob::Base.logger
+      ActiveJob::Base.queue_adapter = ActiveJob::QueueAdapters::AsyncAdapter.new(min_threads: 1, max_threads: 1)
+      example.run
+    ensure
+      ActiveJob::Base.queue_adapter.shutdown(wait: true) if ActiveJob::Base.queue_adapter.respond_to?(:shutdown)
+      ActiveJob::Base.queue_adapter = previous
+      ActiveJob::Base.logger = logger
+    end
+
+    # Runs the block while the adapter's only thread is held, then lets it go.
+    def with_queue_held
+      gate = SecureRandom.hex(4)
+      BackboneSyncRailsSpec::HoldTheQueue::GATES[gate] = Queue.new
+      BackboneSyncRailsSpec::HoldTheQueue.perform_later(gate)
+      yield
+    ensure
+      BackboneSyncRailsSpec::HoldTheQueue::GATES.delete(gate) << :go
+    end
+
+    # The BroadcastJob performs that ended: [job_id, exception or nil].
+    def broadcast_jobs_ended
+      ended = Queue.new
+      subscription = ActiveSupport::Notifications.subscribe("perform.active_job") do |*, payload|
+        job = payload[:job]
+        ended << [job.job_id, payload[:exception_object]] if job.is_a?(BackboneSync::BroadcastJob)
+      end
+      yield ended
+    ensure
+      ActiveSupport::Notifications.unsubscribe(subscription)
+    end
+
+    it "publishes the record as it was committed, though it changed before the job ran" do
+      define_model("Task", "tasks") { push({ create: :collections }, async: true) }
+      client = subscriber(server.url)
+      task = nil
+      broadcast_jobs_ended do |ended|
+        with_queue_held do
+          task = Task.create!(title: "as committed")
+          Task.where(id: task.id).update_all(title: "changed later") # silent: no callbacks
+        end
+        job_id, error = Timeout.timeout(15) { ended.pop }
+        expect(job_id).to be_a(String)
+        expect(error).to be_nil
+      end
+      messages = received(client)
+      expect(messages.map { |m| m["channel"] }).to eq(["/sync/tasks"])
+      expect(messages.first["data"]["object"]).to include("id" => task.id, "title" => "as committed")
+    end
+
+    it "raises in the job when the publish fails, so the backend sees it, and reports it with the job's id" do
+      define_model("Task", "tasks") { push({ create: :collections }, async: true) }
+      reports = Queue.new
+      BackboneSync.on_error = ->(error, context) { reports << [error, context] }
+      ActiveJob::Base.logger = ActiveSupport::Logger.new(IO::NULL) # the failure is expected; no backtrace on the terminal
+      broadcast_jobs_ended do |ended|
+        with_queue_held do
+          Task.create!(title: "not sent")
+          stop_bounded(server) # no server left in this process: the job publishes over HTTP
+          BackboneSync::Rails::Faye.root_address = "http://127.0.0.1:#{free_port}" # nobody listens
+        end
+        job_id, error = Timeout.timeout(60) { ended.pop }
+        expect(error).to be_a(BackboneSync::Unreachable)
+        reported, context = Timeout.timeout(5) { reports.pop }
+        expect(reported).to equal(error)
+        expect(context).to include(channel: "/sync/tasks", job: job_id)
+      end
     end
   end
 end
