@@ -5,16 +5,7 @@ require_relative "rails_helper"
 # The Rails glue, seen from outside: the dummy app booted in child
 # processes, with `rake faye:start` and with the embedded server.
 RSpec.describe "Rails glue", :rails do
-  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
-
-  before { @processes = [] }
-  after { @processes.each(&:stop) }
-
-  def spawn_child(env, *argv)
-    process = BackboneSyncSpec::ClientProcess.new([env, *argv])
-    @processes << process
-    process
-  end
+  include_context "dummy app processes"
 
   it "loads the engine from `require \"backbone_sync\"` once Rails is loaded" do
     expect(defined?(BackboneSync::Rails::Engine)).to eq("constant")
@@ -26,7 +17,7 @@ RSpec.describe "Rails glue", :rails do
   it "runs `rake faye:start` in the app, on root_address's port and with the app's secret" do
     rake = Gem.bin_path("rake", "rake")
     process = spawn_child({ "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:0" },
-                          RbConfig.ruby, rake, "-f", File.join(dummy, "Rakefile"), "faye:start")
+                          RbConfig.ruby, rake, "-f", File.join(dummy, "Rakefile"), "faye:start", stdin: true)
     line = process.wait_for(timeout: 60, what: "the listening line") do |l|
       l["raw"].to_s.start_with?("backbone_sync listening on ")
     end
@@ -71,7 +62,7 @@ RSpec.describe "Rails glue", :rails do
     RUBY
     env = { "BACKBONE_SYNC_ROOT_ADDRESS" => "http://probe.example:1234",
             "BACKBONE_SYNC_DUMMY_DB" => File.join(RAILS_SPEC_TMP, "probe.sqlite3") }
-    process = spawn_child(env, RbConfig.ruby, "-e", script)
+    process = spawn_child(env, RbConfig.ruby, "-e", script, stdin: true)
     line = process.wait_for(timeout: 60, what: "the probe initializer's line") { |l| l.key?("probe") }
     expect(line["probe"]).to eq("http://probe.example:1234")
   end

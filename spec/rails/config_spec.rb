@@ -7,8 +7,7 @@ require "open3"
 # boot: each example boots spec/dummy in a real `bin/rails runner` (or
 # `bin/rails server`) with its own settings and looks at what the app does.
 RSpec.describe "config.backbone_sync settings", :rails do
-  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
-  let(:rails_bin) { File.join(dummy, "bin", "rails") }
+  include_context "dummy app processes"
 
   # What the runner reports: the settings as the gem holds them, the meta
   # tags a view renders, and a token asked for through the app's own

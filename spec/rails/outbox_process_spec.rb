@@ -10,17 +10,7 @@ require "net/http"
 # and a real npm faye client. On this run's SQLite file and on a PostgreSQL
 # 15 the spec starts itself.
 RSpec.describe "the outbox across processes", :rails do
-  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
-  let(:rails_bin) { File.join(dummy, "bin", "rails") }
-
-  before { @processes = [] }
-  after { @processes.each(&:stop) }
-
-  def spawn_child(env, *argv)
-    process = BackboneSyncSpec::ClientProcess.new([env, *argv], stdin: false)
-    @processes << process
-    process
-  end
+  include_context "dummy app processes"
 
   # The app's environment: its push server at +port+, the outbox's timings
   # shortened (grace 1 s, claims 3 s), on this example's database.

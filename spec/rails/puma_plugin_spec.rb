@@ -6,10 +6,7 @@ require "net/http"
 # `plugin :backbone_sync` in a real Puma cluster serving spec/dummy: one
 # server per Puma, every worker's saves reach a subscriber.
 RSpec.describe "plugin :backbone_sync (Puma)", :rails do
-  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
-
-  before { @processes = [] }
-  after { @processes.each(&:stop) }
+  include_context "dummy app processes"
 
   # Puma with 2 workers of one thread each, serving the dummy app plus
   # GET /save, which saves a Member named after the worker's pid and holds
@@ -51,10 +48,7 @@ RSpec.describe "plugin :backbone_sync (Puma)", :rails do
     # embedded on, as in development: the workers must leave it to the plugin.
     env = { "RAILS_ENV" => "test", "BACKBONE_SYNC_EMBEDDED" => embedded, "BACKBONE_SYNC_ROOT_ADDRESS" => "http://127.0.0.1:#{@push_port}",
             "BACKBONE_SYNC_DUMMY_DB" => ENV.fetch("BACKBONE_SYNC_DUMMY_DB"), **env }
-    puma = BackboneSyncSpec::ClientProcess.new([env, RbConfig.ruby, Gem.bin_path("puma", "puma"),
-                                                "-C", File.join(dir, "puma.rb")], stdin: false)
-    @processes << puma
-    puma
+    spawn_child(env, RbConfig.ruby, Gem.bin_path("puma", "puma"), "-C", File.join(dir, "puma.rb"))
   end
 
   def raw_lines(puma, pattern)

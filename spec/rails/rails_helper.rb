@@ -89,6 +89,24 @@ module BackboneSyncRailsSpec
   end
 end
 
+# spec/dummy booted in child processes (bin/rails, rake, Puma): each child
+# is stopped after the example.
+RSpec.shared_context "dummy app processes" do
+  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
+  let(:rails_bin) { File.join(dummy, "bin", "rails") }
+
+  before { @processes = [] }
+  after { @processes.each(&:stop) }
+
+  # A child process (BackboneSyncSpec::ClientProcess) of +argv+ with +env+;
+  # stdin: true gives it a pipe that stays open until it is stopped.
+  def spawn_child(env, *argv, stdin: false)
+    process = BackboneSyncSpec::ClientProcess.new([env, *argv], stdin: stdin)
+    @processes << process
+    process
+  end
+end
+
 RSpec.configure do |config|
   config.include BackboneSyncRailsSpec::Helpers
 

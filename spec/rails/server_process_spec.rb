@@ -5,17 +5,7 @@ require_relative "rails_helper"
 # Where the embedded server runs, seen from outside: spec/dummy booted by
 # real `bin/rails server`, `bin/rails runner` and Puma processes.
 RSpec.describe "which process runs the server", :rails do
-  let(:dummy) { File.join(BackboneSyncSpec::ROOT, "spec", "dummy") }
-  let(:rails_bin) { File.join(dummy, "bin", "rails") }
-
-  before { @processes = [] }
-  after { @processes.each(&:stop) }
-
-  def spawn_child(env, *argv)
-    process = BackboneSyncSpec::ClientProcess.new([env, *argv], stdin: false)
-    @processes << process
-    process
-  end
+  include_context "dummy app processes"
 
   # The environment of an app whose push server listens on +port+, on this
   # spec run's database.

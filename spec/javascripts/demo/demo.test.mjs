@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ROOT, within, sleep, freePort, startDemo, launchBrowser, apiCreate, apiList, shown, hasRow, waitFor, barrier,
+  ROOT, within, sleep, freePort, startDemo, launchBrowser, apiCreate, apiList, shown, hasRow, waitFor, barrier, tearDown,
 } from './support/demo.mjs';
 
 const SCREENSHOT = path.join(ROOT, 'tmp', 'demo-two-browsers.png');
@@ -90,15 +90,7 @@ describe('the demo in two browsers', { timeout: 300000 }, () => {
     pageB = await openPage(false);
   });
 
-  after(async () => {
-    try {
-      await browser?.close();
-    } finally {
-      await demo?.kill();
-      if (process.env.DEMO_KEEP_LOG) console.log(fs.readFileSync(log, 'utf8'));
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
-  });
+  after(() => tearDown({ browser, demo, log, tmp }));
 
   test('both pages start with the seed members', async () => {
     const seeds = await apiList(demo.url);

@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   ROOT, within, freePort, startDemo, launchBrowser, track, apiCreate, apiRename, apiDestroy, apiList,
-  hasRow, hasNoRow, waitFor, waitShows, barrier,
+  hasRow, hasNoRow, waitFor, waitShows, barrier, tearDown,
 } from './support/demo.mjs';
 
 // The load test's length and bounds: 30 s of writing; each writer at most
@@ -81,14 +81,7 @@ describe('the demo: a gap-free fetch and versions that follow commit order', { t
     browser = await launchBrowser();
   });
 
-  after(async () => {
-    try {
-      await browser?.close();
-    } finally {
-      await demo?.kill();
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
-  });
+  after(() => tearDown({ browser, demo, log, tmp }));
 
   test('an update, a create and a destroy committed while the first fetch is held back all show once it lands', async () => {
     const seeds = await apiList(demo.url);

@@ -26,7 +26,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  within, sleep, freePort, startDemo, launchBrowser, apiCreate, apiList, apiRename, hasRow, waitFor,
+  within, sleep, freePort, startDemo, launchBrowser, apiCreate, apiList, apiRename, hasRow, waitFor, tearDown,
 } from './support/demo.mjs';
 
 // As in demo.test.mjs: a push to a Chromium page on a loaded two-core machine.
@@ -124,15 +124,7 @@ describe('the demo with signed subscriptions', { timeout: 300000 }, () => {
     });
   });
 
-  after(async () => {
-    try {
-      await browser?.close();
-    } finally {
-      await demo?.kill();
-      if (process.env.DEMO_KEEP_LOG) console.log(fs.readFileSync(log, 'utf8'));
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
-  });
+  after(() => tearDown({ browser, demo, log, tmp }));
 
   test('the members collection goes live through the token endpoint and gets a create by push', async () => {
     const granted = tokenAnswer(page, '/sync/members', 60000);

@@ -5,6 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -76,6 +77,18 @@ export async function startDemo({ port, serverPort, db, log, env = {} }) {
       return within(15000, 'the demo exit', exited);
     },
   };
+}
+
+// After a file's tests: the browser closed, the demo killed, its log
+// printed when DEMO_KEEP_LOG is set, and its temporary directory removed.
+export async function tearDown({ browser, demo, log, tmp }) {
+  try {
+    await browser?.close();
+  } finally {
+    await demo?.kill();
+    if (process.env.DEMO_KEEP_LOG && log && fs.existsSync(log)) console.log(fs.readFileSync(log, 'utf8'));
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
 }
 
 export function launchBrowser() {
