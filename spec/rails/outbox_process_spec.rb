@@ -85,6 +85,12 @@ RSpec.describe "the outbox across processes", :rails do
     query("SELECT COUNT(*) AS n FROM backbone_sync_events").first["n"].to_i
   end
 
+  # Rows a relay may not claim yet (available_at still ahead).
+  def rows_in_grace
+    query("SELECT COUNT(*) AS n FROM backbone_sync_events WHERE available_at > #{BackboneSync::Outbox.now_ms}")
+      .first["n"].to_i
+  end
+
   # Rows some relay claimed and never released: nothing clears a claim but a
   # delete or another claim, so this does not race the claim's expiry.
   def claims_by_relay
@@ -140,6 +146,9 @@ RSpec.describe "the outbox across processes", :rails do
       RUBY
       expect(exit_status(maker).exitstatus).to eq(0), maker.report
       expect(maker.lines).to eq([{ "rows" => 60 }])
+      # A relay claims only rows past the grace (1 s after their insert): wait
+      # for all 60, so that the first claim is a whole batch of 25.
+      eventually("the 60 rows past the grace") { rows_in_grace.zero? }
 
       # The first relay publishes 10 of its batch of 25 and dies before deleting the 10th.
       first = runner(port, <<~RUBY)
