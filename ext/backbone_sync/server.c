@@ -44,6 +44,11 @@
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
 #define RX_BUFFER 1024                      /* lws's per-WebSocket receive buffer: small keeps idle sockets cheap */
+/* The most lws hands the kernel in one send(). Left at 0, lws sends at most
+ * rx_buffer_size bytes per call and copies the rest of a frame into its own
+ * buffer for later turns, so a 32 KB frame would take 32 turns. What the
+ * socket does not take is still kept by lws and sent when writable. */
+#define TX_PACKET (1u << 20)
 
 struct bs_server {
     bs_server_config_t cfg;                 /* strings below are our own copies */
@@ -103,8 +108,9 @@ static void lws_emit(int level, const char *line)
 
 static void op_wake(void *ctx, bs_link_t *l)
 {
-    (void)ctx;
-    bs_transport_wake(l);
+    bs_server_t *s = ctx;
+
+    bs_transport_wake(&s->transport, l);
 }
 
 static void op_lost_client(void *ctx, bs_link_t *l, int close)
@@ -347,8 +353,10 @@ static void *service_main(void *arg)
     /* Named, so that its CPU can be told apart (/proc/<pid>/task/<tid>/comm). */
     pthread_setname_np(pthread_self(), "backbone_sync");
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
-    while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
+    while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) {
         n = lws_service(s->ctx, 0);
+        bs_transport_turn_end(&s->transport);
+    }
     bs_inbox_set_open(&s->inbox, 0);
     lws_sul_cancel(&s->tick);
     bs_transport_cancel_timer(&s->transport);
@@ -462,6 +470,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
         .callback = callback,
         .per_session_data_size = sizeof(bs_tlink_t),
         .rx_buffer_size = RX_BUFFER,
+        .tx_packet_size = TX_PACKET,
     };
     /* lws pings a WebSocket when it has not seen a pong for a minute (or a
      * connect's length) and hangs up when none comes. Application traffic is

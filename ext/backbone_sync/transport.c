@@ -5,12 +5,14 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "transport.h"
 
 _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
 #define DUE_SLACK_MS 10                     /* deadlines this close together share a wakeup */
+#define MAX_DEFERRED_TURNS 32               /* turns the writes may wait for a publisher's next messages */
 
 #define TLINK(d) ((bs_tlink_t *)((char *)(d) - offsetof(bs_tlink_t, deadline)))
 
@@ -115,6 +117,74 @@ void bs_transport_body_in(bs_transport_t *t, bs_tlink_t *l)
     }
 }
 
+/*
+ * Write coalescing. lws reads at most rx_buffer_size bytes of a socket per
+ * loop turn, a few publishes; were every subscriber written at the next
+ * turn, each frame would carry those few. So the links a turn wakes wait
+ * in a list, and while a publisher's socket still holds unread bytes the
+ * writes wait a further turn, up to MAX_DEFERRED_TURNS turns and half of
+ * max_queue messages: then one frame per subscriber carries everything a
+ * burst queued for it, up to BS_BATCH_BYTES.
+ */
+void bs_transport_wake(bs_transport_t *t, bs_link_t *core)
+{
+    bs_tlink_t *l = (bs_tlink_t *)core;
+
+    if (l->woken)
+        return;
+    if (!t->woken)
+        t->woken_since = __atomic_load_n(&t->engine->stats.messages_in, __ATOMIC_RELAXED);
+    l->woken = 1;
+    l->wake_prev = NULL;
+    l->wake_next = t->woken;
+    if (t->woken)
+        t->woken->wake_prev = l;
+    t->woken = l;
+}
+
+static void unwake(bs_transport_t *t, bs_tlink_t *l)
+{
+    if (!l->woken)
+        return;
+    if (l->wake_prev)
+        l->wake_prev->wake_next = l->wake_next;
+    else
+        t->woken = l->wake_next;
+    if (l->wake_next)
+        l->wake_next->wake_prev = l->wake_prev;
+    l->woken = 0;
+    l->wake_prev = l->wake_next = NULL;
+}
+
+void bs_transport_note_input(bs_transport_t *t, struct lws *wsi)
+{
+    int unread = 0;
+
+    if (t->woken && !t->input_left && ioctl(lws_get_socket_fd(wsi), FIONREAD, &unread) == 0 && unread > 0)
+        t->input_left = 1;
+}
+
+void bs_transport_turn_end(bs_transport_t *t)
+{
+    int wait = t->input_left && t->deferred_turns < MAX_DEFERRED_TURNS &&
+               __atomic_load_n(&t->engine->stats.messages_in, __ATOMIC_RELAXED) - t->woken_since <
+                   (uint64_t)t->cfg->max_queue / 2;
+    bs_tlink_t *l;
+
+    t->input_left = 0;
+    if (!t->woken)
+        return;
+    if (wait) {
+        t->deferred_turns++;
+        return;
+    }
+    t->deferred_turns = 0;
+    while ((l = t->woken)) {
+        unwake(t, l);
+        lws_callback_on_writable(l->core.wsi);
+    }
+}
+
 void bs_transport_link_open(bs_link_t *l, struct lws *wsi, int via)
 {
     l->wsi = wsi;
@@ -126,14 +196,10 @@ void bs_transport_link_close(bs_transport_t *t, bs_tlink_t *l)
     if (!l)
         return;
     bs_deadlines_remove(&t->deadlines, &l->deadline);
+    unwake(t, l);
     bs_engine_unlink(t->engine, &l->core);
     bs_buf_free(&l->core.rx);
     bs_buf_free(&l->core.out);
-}
-
-void bs_transport_wake(bs_link_t *l)
-{
-    lws_callback_on_writable(l->wsi);
 }
 
 void bs_transport_lost_client(bs_link_t *l, int close)

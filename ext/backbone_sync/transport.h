@@ -25,6 +25,8 @@ typedef struct bs_tlink {
     int busy;                               /* HTTP: a whole request is in, its response not yet out */
     int close;                              /* HTTP: close once this response is out */
     int killing;                            /* WS: closed by lws at its next turn; no timeout may replace that */
+    int woken;                              /* in the transport's woken list */
+    struct bs_tlink *wake_prev, *wake_next;
 } bs_tlink_t;
 
 typedef struct bs_transport {
@@ -36,6 +38,12 @@ typedef struct bs_transport {
     int64_t due_at;                         /* when due_tick fires, ms; 0: not set */
     lws_sorted_usec_list_t due_tick;
     bs_buf_t tx;                            /* outgoing bytes being assembled, BS_PRE headroom first */
+    /* Links with something new to write: lws is asked to call them back
+     * at the end of the loop turn (see bs_transport_turn_end). */
+    bs_tlink_t *woken;
+    int input_left;                         /* this turn: a connection that published has bytes unread */
+    int deferred_turns;                     /* turns the woken list has waited for more input */
+    uint64_t woken_since;                   /* the engine's messages_in when the list began */
     bs_stats_t *conn;                       /* connections, bytes_out (atomics) */
     /* HTTP endpoints */
     unsigned char *js;                      /* the browser client, after BS_PRE bytes of headroom */
@@ -52,8 +60,15 @@ void bs_transport_free(bs_transport_t *t);
 void bs_transport_cancel_timer(bs_transport_t *t);
 
 /* The engine's hooks (server.c wires them). */
-void bs_transport_wake(bs_link_t *l);
+void bs_transport_wake(bs_transport_t *t, bs_link_t *l);
 void bs_transport_lost_client(bs_link_t *l, int close);
+
+/* Once per loop turn, after lws has serviced every ready socket: asks
+ * for the writable callbacks of the links woken during the turn, unless
+ * a publisher's next messages are already waiting in its socket. */
+void bs_transport_turn_end(bs_transport_t *t);
+/* After a publisher's message: notes whether its socket holds more. */
+void bs_transport_note_input(bs_transport_t *t, struct lws *wsi);
 
 void bs_transport_link_open(bs_link_t *l, struct lws *wsi, int via);
 void bs_transport_link_close(bs_transport_t *t, bs_tlink_t *l);

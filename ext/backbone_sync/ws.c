@@ -39,6 +39,7 @@ int bs_ws_receive(bs_transport_t *t, struct lws *wsi, bs_link_t *l, const void *
     if (bs_engine_receive(t->engine, l, l->rx.ptr, l->rx.len, &l->out) != 200)
         l->close_code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
     bs_buf_free(&l->rx);
+    bs_transport_note_input(t, wsi);
     /* A client that sends and never reads cannot grow our replies forever. */
     if (l->out.len > 4 * t->cfg->max_message_size + 65536) {
         static const char why[] = "too many unread replies";

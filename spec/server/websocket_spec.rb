@@ -106,4 +106,38 @@ RSpec.describe BackboneSync::Server, "WebSocket transport" do
       expect(BackboneSyncSpec::BayeuxHTTP::Session.new(server.url).handshake.first["successful"]).to be(true)
     end
   end
+
+  # lws reads about 1 KB of a socket per loop turn. The writes of a turn
+  # wait while the publisher's socket still holds unread messages, so a
+  # burst reaches each subscriber as one frame, not one frame per read.
+  it "delivers a burst that arrived in one read of the publisher's socket in one frame per subscriber" do
+    with_server(secret: "burst-secret") do |server|
+      subs = Array.new(3) { ws_session(server.url, ["/burst"]) }
+      publisher, pub_id = ws_session(server.url)
+      count = 40
+      burst = Array.new(count) do |i|
+        JSON.generate([{ channel: "/burst", clientId: pub_id, id: "p#{i}", ext: { secret: "burst-secret" },
+                               data: { "n" => i, "pad" => "x" * 250 } }])
+      end
+      expect(burst.sum(&:bytesize)).to be > 10 * 1024
+      publisher.send_texts(burst)
+      subs.each do |ws, _|
+        frames = []
+        got = []
+        while got.size < count
+          batch = Array(ws.read_json(timeout: 5)).select { |m| delivery?(m) }
+          next if batch.empty?
+
+          frames << batch.size
+          got.concat(batch)
+        end
+        expect(got.map { |m| m["data"]["n"] }).to eq((0...count).to_a)
+        expect(frames.size).to be <= 2, "the burst came in #{frames.size} frames of #{frames.inspect} deliveries"
+      end
+      expect(publisher.drain(timeout: 0.5).count { |m| m["successful"] && m["id"].to_s.start_with?("p") }).to eq(count)
+    ensure
+      (subs || []).each { |ws, _| ws.close_socket }
+      publisher&.close_socket
+    end
+  end
 end

@@ -91,6 +91,16 @@ module BackboneSyncSpec
 
     # Masks the payload with a random key, as RFC 6455 requires of clients.
     def send_frame(opcode, payload, fin: true, mask: true)
+      write_all(frame_bytes(opcode, payload, fin: fin, mask: mask))
+    end
+
+    # Several text messages, each its own frame, in one write(): what a
+    # busy client's socket holds when the server next reads it.
+    def send_texts(strings)
+      write_all(strings.map { |s| frame_bytes(:text, s) }.join)
+    end
+
+    def frame_bytes(opcode, payload, fin: true, mask: true)
       payload = payload.b
       op = opcode.is_a?(Symbol) ? OPCODES.fetch(opcode) : opcode
       head = [(fin ? 0x80 : 0) | op].pack("C")
@@ -108,7 +118,7 @@ module BackboneSyncSpec
         head << key
         payload = xor_mask(payload, key)
       end
-      write_all(head + payload)
+      head + payload
     end
 
     # --- receiving -------------------------------------------------------
