@@ -47,7 +47,7 @@ typedef struct bs_link {
     int route;                             /* HTTP: which endpoint (http.c) */
     int close_code;                        /* WS: close with this code once replies are out */
     uint32_t waiting;                      /* subscribes whose replies wait for a history load */
-    char origin[256];                      /* HTTP: the Origin header, for CORS */
+    char *origin;                          /* HTTP: the Origin header, for CORS, or NULL */
 } bs_link_t;
 
 struct bs_client {

@@ -126,7 +126,7 @@ int bs_http_request(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, const ch
 {
     bs_link_t *l = &tl->core;
     size_t mlen = strlen(t->cfg->mount);
-    char ctype[96];
+    char ctype[96], origin[256];
     const char *why;
     int post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
     int options = lws_hdr_total_length(wsi, WSI_TOKEN_OPTIONS_URI) > 0;
@@ -137,8 +137,12 @@ int bs_http_request(bs_transport_t *t, struct lws *wsi, bs_tlink_t *tl, const ch
     l->status = 200;
     l->responding = l->too_big = l->form = 0;
     l->route = R_NONE;
-    if (header_copy(wsi, WSI_TOKEN_ORIGIN, l->origin, sizeof(l->origin)) < 0)
-        l->origin[0] = '\0';
+    /* Kept on the heap, and only by HTTP links: a held connect answers after
+     * lws has let go of the headers, and a WebSocket needs none of it. */
+    free(l->origin);
+    l->origin = NULL;
+    if (header_copy(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin)) > 0 && !(l->origin = strdup(origin)))
+        return -1;
 
     if (strcmp(path, t->cfg->mount) == 0 || (strncmp(path, t->cfg->mount, mlen) == 0 && strcmp(path + mlen, "/") == 0)) {
         if (options) {
@@ -298,10 +302,10 @@ static int http_respond(bs_transport_t *t, struct lws *wsi, bs_link_t *l, int st
         return -1;
     if (add_header(wsi, "vary:", "Origin", &p, end))
         return -1;
-    if (l->origin[0] && !t->cfg->allowed_origins &&
+    if (l->origin && !t->cfg->allowed_origins &&
         add_header(wsi, "access-control-allow-origin:", l->origin, &p, end))
         return -1;
-    if (l->origin[0] && origin_listed(t, l->origin) &&
+    if (l->origin && origin_listed(t, l->origin) &&
         (add_header(wsi, "access-control-allow-origin:", l->origin, &p, end) ||
          add_header(wsi, "access-control-allow-credentials:", "true", &p, end)))
         return -1;

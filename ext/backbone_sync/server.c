@@ -39,11 +39,11 @@
 
 #define TICK_US (1000 * LWS_US_PER_MS)     /* the sweep: expiry only; deadlines have the heap */
 #define TRIM_AFTER (256u << 10)             /* bytes freed before the heap is handed back (checked once a second) */
-#define CONNECTION_BYTES 4096               /* what lws frees with a connection: the wsi, its 1 KB rx
+#define CONNECTION_BYTES 4096               /* what lws frees with a connection: the wsi, its rx
                                              * buffer, a header table; lws does not say, so estimated */
 #define MAX_PENDING 100000                  /* publishes waiting for the service thread */
 #define MAX_PENDING_BYTES (64u << 20)
-#define RX_BUFFER 1024                      /* lws's per-WebSocket receive buffer: small keeps idle sockets cheap */
+#define RX_BUFFER 768                       /* lws's per-WebSocket receive buffer: small keeps idle sockets cheap */
 /* The most lws hands the kernel in one send(). Left at 0, lws sends at most
  * rx_buffer_size bytes per call and copies the rest of a frame into its own
  * buffer for later turns, so a 32 KB frame would take 32 turns. What the

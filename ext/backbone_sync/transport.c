@@ -12,7 +12,7 @@
 _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
 #define DUE_SLACK_MS 10                     /* deadlines this close together share a wakeup */
-#define MAX_DEFERRED_TURNS 32               /* turns the writes may wait for a publisher's next messages */
+#define MAX_DEFERRED_TURNS 64               /* turns the writes may wait for a publisher's next messages */
 
 #define TLINK(d) ((bs_tlink_t *)((char *)(d) - offsetof(bs_tlink_t, deadline)))
 
@@ -200,6 +200,8 @@ void bs_transport_link_close(bs_transport_t *t, bs_tlink_t *l)
     bs_engine_unlink(t->engine, &l->core);
     bs_buf_free(&l->core.rx);
     bs_buf_free(&l->core.out);
+    free(l->core.origin);
+    l->core.origin = NULL;
 }
 
 void bs_transport_lost_client(bs_link_t *l, int close)
