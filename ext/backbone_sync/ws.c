@@ -102,8 +102,10 @@ int bs_ws_write(bs_transport_t *t, struct lws *wsi, bs_link_t *l)
             return -1;
         __atomic_fetch_add(&t->conn->bytes_out, len, __ATOMIC_RELAXED);
         /* Asking whether the pipe is choked costs a poll() of its own: only
-         * worth it when there is more to write. */
-        if (!l->out.len && !(c && c->link == l && c->queue.len) && !l->held && !l->close_code)
+         * worth it when there is more to write now. A held connect that is
+         * not yet due is not more to write: nearly every subscriber has one. */
+        if (!l->out.len && !(c && c->link == l && c->queue.len) && !(l->held && bs_engine_due(t->engine, l, now)) &&
+            !l->close_code)
             return 0;
         if (lws_send_pipe_choked(wsi))
             break;
