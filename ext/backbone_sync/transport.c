@@ -12,7 +12,7 @@
 _Static_assert(LWS_PRE <= BS_PRE, "BS_PRE must leave room for the lws header");
 
 #define DUE_SLACK_MS 10                     /* deadlines this close together share a wakeup */
-#define MAX_DEFERRED_TURNS 64               /* turns the writes may wait for a publisher's next messages */
+#define MAX_DRAIN_READS 64                  /* reads of one publisher's socket at the end of a turn */
 
 #define TLINK(d) ((bs_tlink_t *)((char *)(d) - offsetof(bs_tlink_t, deadline)))
 
@@ -120,11 +120,12 @@ void bs_transport_body_in(bs_transport_t *t, bs_tlink_t *l)
 /*
  * Write coalescing. lws reads at most rx_buffer_size bytes of a socket per
  * loop turn, a few publishes; were every subscriber written at the next
- * turn, each frame would carry those few. So the links a turn wakes wait
- * in a list, and while a publisher's socket still holds unread bytes the
- * writes wait a further turn, up to MAX_DEFERRED_TURNS turns and half of
- * max_queue messages: then one frame per subscriber carries everything a
- * burst queued for it, up to BS_BATCH_BYTES.
+ * turn, each frame would carry those few, and each turn costs a poll() over
+ * every socket. So the links a turn wakes wait in a list, and at the turn's
+ * end a publisher whose socket still holds bytes is read again, up to
+ * MAX_DRAIN_READS reads and half of max_queue messages since the list
+ * began, before the writes are asked for: one frame per subscriber then
+ * carries the whole burst, up to BS_BATCH_BYTES.
  */
 void bs_transport_wake(bs_transport_t *t, bs_link_t *core)
 {
@@ -156,29 +157,49 @@ static void unwake(bs_transport_t *t, bs_tlink_t *l)
     l->wake_prev = l->wake_next = NULL;
 }
 
+static int unread(int fd)
+{
+    int n = 0;
+
+    return ioctl(fd, FIONREAD, &n) == 0 ? n : 0;
+}
+
 void bs_transport_note_input(bs_transport_t *t, struct lws *wsi)
 {
-    int unread = 0;
+    int fd = lws_get_socket_fd(wsi), i;
 
-    if (t->woken && !t->input_left && ioctl(lws_get_socket_fd(wsi), FIONREAD, &unread) == 0 && unread > 0)
-        t->input_left = 1;
+    if (!t->woken || t->draining || t->ndrain == BS_MAX_DRAINED)
+        return;
+    for (i = 0; i < t->ndrain; i++)
+        if (t->drain_fd[i] == fd)
+            return;
+    if (unread(fd) > 0)
+        t->drain_fd[t->ndrain++] = fd;
+}
+
+static int drain_allowed(bs_transport_t *t)
+{
+    return __atomic_load_n(&t->engine->stats.messages_in, __ATOMIC_RELAXED) - t->woken_since <
+           (uint64_t)t->cfg->max_queue / 2;
 }
 
 void bs_transport_turn_end(bs_transport_t *t)
 {
-    int wait = t->input_left && t->deferred_turns < MAX_DEFERRED_TURNS &&
-               __atomic_load_n(&t->engine->stats.messages_in, __ATOMIC_RELAXED) - t->woken_since <
-                   (uint64_t)t->cfg->max_queue / 2;
     bs_tlink_t *l;
+    int i, reads;
 
-    t->input_left = 0;
-    if (!t->woken)
-        return;
-    if (wait) {
-        t->deferred_turns++;
-        return;
-    }
-    t->deferred_turns = 0;
+    /* lws_service_fd() is how lws serves one socket for an outside loop;
+     * it returns 1 when the connection died, -1 when the context is going. */
+    t->draining = 1;
+    for (i = 0; i < t->ndrain; i++)
+        for (reads = 0; reads < MAX_DRAIN_READS && drain_allowed(t) && unread(t->drain_fd[i]) > 0; reads++) {
+            struct lws_pollfd p = { .fd = t->drain_fd[i], .events = POLLIN, .revents = POLLIN };
+
+            if (lws_service_fd(t->ctx, &p))
+                break;
+        }
+    t->draining = 0;
+    t->ndrain = 0;
     while ((l = t->woken)) {
         unwake(t, l);
         lws_callback_on_writable(l->core.wsi);

@@ -15,6 +15,7 @@
 #include "deadline.h"
 
 #define BS_BATCH_BYTES (32u << 10)          /* a WS frame of several deliveries stops growing here */
+#define BS_MAX_DRAINED 4                    /* publishers read again at the end of a turn */
 #define BS_LONGPOLL_BYTES (64u << 10)       /* a long-poll answer stops growing here (one message at least) */
 
 /* lws's per-session memory: the engine's view of the link, and ours. */
@@ -41,9 +42,10 @@ typedef struct bs_transport {
     /* Links with something new to write: lws is asked to call them back
      * at the end of the loop turn (see bs_transport_turn_end). */
     bs_tlink_t *woken;
-    int input_left;                         /* this turn: a connection that published has bytes unread */
-    int deferred_turns;                     /* turns the woken list has waited for more input */
     uint64_t woken_since;                   /* the engine's messages_in when the list began */
+    int drain_fd[BS_MAX_DRAINED];           /* this turn: publishers whose sockets hold more */
+    int ndrain;
+    int draining;
     bs_stats_t *conn;                       /* connections, bytes_out (atomics) */
     /* HTTP endpoints */
     unsigned char *js;                      /* the browser client, after BS_PRE bytes of headroom */
@@ -63,11 +65,11 @@ void bs_transport_cancel_timer(bs_transport_t *t);
 void bs_transport_wake(bs_transport_t *t, bs_link_t *l);
 void bs_transport_lost_client(bs_link_t *l, int close);
 
-/* Once per loop turn, after lws has serviced every ready socket: asks
- * for the writable callbacks of the links woken during the turn, unless
- * a publisher's next messages are already waiting in its socket. */
+/* Once per loop turn, after lws has serviced every ready socket: reads
+ * what publishers have sent since, then asks for the writable callbacks of
+ * the links woken during the turn. */
 void bs_transport_turn_end(bs_transport_t *t);
-/* After a publisher's message: notes whether its socket holds more. */
+/* After a message that woke links: notes whether its socket holds more. */
 void bs_transport_note_input(bs_transport_t *t, struct lws *wsi);
 
 void bs_transport_link_open(bs_link_t *l, struct lws *wsi, int via);

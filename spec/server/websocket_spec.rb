@@ -107,9 +107,10 @@ RSpec.describe BackboneSync::Server, "WebSocket transport" do
     end
   end
 
-  # lws reads about 1 KB of a socket per loop turn. The writes of a turn
-  # wait while the publisher's socket still holds unread messages, so a
-  # burst reaches each subscriber as one frame, not one frame per read.
+  # lws reads under 1 KB of a socket per loop turn. At the turn's end the
+  # publisher's socket is read until it is empty (within bounds) before any
+  # subscriber is written, so a burst reaches each one as one frame, not
+  # one frame per read (21 frames without that).
   it "delivers a burst that arrived in one read of the publisher's socket in one frame per subscriber" do
     with_server(secret: "burst-secret") do |server|
       subs = Array.new(3) { ws_session(server.url, ["/burst"]) }
