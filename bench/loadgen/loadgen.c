@@ -1840,7 +1840,13 @@ int main(int argc, char **argv)
     /* Hold: stay connected and idle, then check that everyone still receives. */
     if (opt.hold_seconds > 0) {
         int closes0 = st.unexpected_closes;
+        int64_t hcpu0 = server_cpu_us(), ht0 = now_ns();
         run_until(done_never, NULL, opt.hold_seconds, 0, NULL);
+        int64_t hcpu1 = server_cpu_us();
+        /* The whole hold, heartbeats included: each subscriber's held
+         * /meta/connect is answered and sent again once per server timeout. */
+        if (hcpu0 >= 0 && hcpu1 >= hcpu0)
+            printf("hold_server_cpu_pct %.3f\n", 100.0 * (double)(hcpu1 - hcpu0) * 1000.0 / (double)(now_ns() - ht0));
         print_server_stats();
         begin_phase();
         tp_target = published + 1;
