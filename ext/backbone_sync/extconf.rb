@@ -41,6 +41,8 @@ unless have_header("openssl/hmac.h") &&
   missing!("OpenSSL's libcrypto", "libssl-dev", "openssl")
 end
 
+have_library("ev", "ev_loop_new", "ev.h") or missing!("libev", "libev-dev", "libev")
+
 dir_config("hiredis")
 pkg_config("hiredis")
 unless have_header("hiredis/hiredis.h") &&

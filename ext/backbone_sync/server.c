@@ -29,6 +29,7 @@
 #include <malloc.h>
 
 #include <libwebsockets.h>
+#include <ev.h>
 
 #include "backbone_sync.h"
 #include "backplane.h"
@@ -59,6 +60,8 @@ struct bs_server {
     bs_log_t log;
 
     struct lws_context *ctx;
+    struct ev_loop *evloop;                 /* experiment: a foreign libev loop (BS_EVLIB=ev), or NULL */
+    void *foreign[1];
     struct lws_protocols protocols[2];
     lws_retry_bo_t retry;
     lws_sorted_usec_list_t tick;
@@ -289,6 +292,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         drain_inbox(s, 1);
+        if (s->evloop && __atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
+            ev_break(s->evloop, EVBREAK_ALL);
         return 0;
     /* Every accepted socket is created and destroyed once, whatever
      * protocol it binds; only the listening socket's destroy, at shutdown,
@@ -353,9 +358,14 @@ static void *service_main(void *arg)
     /* Named, so that its CPU can be told apart (/proc/<pid>/task/<tid>/comm). */
     pthread_setname_np(pthread_self(), "backbone_sync");
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
-    while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) {
-        n = lws_service(s->ctx, 0);
-        bs_transport_turn_end(&s->transport);
+    if (s->evloop) {
+        if (!__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
+            ev_run(s->evloop, 0);
+    } else {
+        while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) {
+            n = lws_service(s->ctx, 0);
+            bs_transport_turn_end(&s->transport);
+        }
     }
     bs_inbox_set_open(&s->inbox, 0);
     lws_sul_cancel(&s->tick);
@@ -364,6 +374,10 @@ static void *service_main(void *arg)
     s->destroying = 1;
     lws_context_destroy(s->ctx);
     s->ctx = NULL;
+    if (s->evloop) {
+        ev_loop_destroy(s->evloop);
+        s->evloop = NULL;
+    }
     BS_STAT_SET(&s->conn_stats, connections, 0);
     /* Only now: every CLOSED callback above took its link out of the heap. */
     bs_transport_free(&s->transport);
@@ -562,6 +576,12 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
     if (!strchr(s->host, ':'))
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (getenv("BS_EVLIB") && !strcmp(getenv("BS_EVLIB"), "ev")) {
+        s->evloop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
+        s->foreign[0] = s->evloop;
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+        info.foreign_loops = s->foreign;
+    }
     if (s->key) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = s->cert;
