@@ -578,8 +578,6 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     if (getenv("BS_EVLIB") && !strcmp(getenv("BS_EVLIB"), "ev")) {
         s->evloop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
-        if (s->evloop && getenv("BS_EV_COLLECT_US"))
-            ev_set_io_collect_interval(s->evloop, atof(getenv("BS_EV_COLLECT_US")) / 1e6);
         s->foreign[0] = s->evloop;
         info.options |= LWS_SERVER_OPTION_LIBEV;
         info.foreign_loops = s->foreign;
