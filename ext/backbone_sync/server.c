@@ -16,7 +16,8 @@
  *
  * The loop (config event_loop): lws's own poll loop, turned by lws_service,
  * or a libev loop (epoll) that lws joins as a foreign loop, made in start,
- * run and destroyed by the service thread. lws needs its libev plugin
+ * run and destroyed by the service thread (by start itself when start
+ * fails). lws needs its libev plugin
  * (libwebsockets-evlib_ev.so) for the second. Either way turn_end runs once
  * per turn, after the turn's callbacks and before the loop waits again.
  */
@@ -375,6 +376,7 @@ static void on_ev_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     turn_end(lws_container_of(w, bs_server_t, turn));
 }
 
+/* Service thread: turns the loop until stop is requested. */
 static void run_loop(bs_server_t *s)
 {
     int n = 0;
@@ -397,7 +399,8 @@ static void run_loop(bs_server_t *s)
     ev_prepare_stop(s->evloop, &s->turn);
 }
 
-/* After lws_context_destroy: lws has stopped its watchers on the loop. */
+/* After lws_context_destroy, which stopped lws's watchers on the loop: in
+ * the service thread, or in start's thread when start fails. */
 static void destroy_loop(bs_server_t *s)
 {
     if (s->evloop) {
