@@ -150,6 +150,39 @@ RSpec.describe BackboneSync::Server, "event_loop: :ev" do
       end
     end
 
+    # turn_end on the libev loop (its prepare watcher): the publisher's
+    # socket is read to the end of the burst through lws_service_fd, TLS
+    # records included, before any subscriber is written.
+    it "delivers a publisher's burst over wss in order, in at most two frames per subscriber" do
+      ev_server(secret: "burst-secret", key: @key, cert: @cert) do |server|
+        subs = Array.new(3) { ws_session(server.url, ["/ev/burst"]).first }
+        publisher, pub_id = ws_session(server.url)
+        count = 40
+        burst = Array.new(count) do |i|
+          JSON.generate([{ channel: "/ev/burst", clientId: pub_id, id: "p#{i}", ext: { secret: "burst-secret" },
+                           data: { "n" => i, "pad" => "x" * 250 } }])
+        end
+        publisher.send_texts(burst)
+        subs.each do |ws|
+          frames = []
+          got = []
+          deadline = monotonic + 10
+          while got.size < count && monotonic < deadline
+            batch = Array(ws.read_json(timeout: [deadline - monotonic, 0.01].max)).select { |m| delivery?(m) }
+            next if batch.empty?
+
+            frames << batch.size
+            got.concat(batch)
+          end
+          expect(got.map { |m| m["data"]["n"] }).to eq((0...count).to_a)
+          expect(frames.size).to be <= 2, "the burst came in #{frames.size} frames of #{frames.inspect} deliveries"
+        end
+      ensure
+        (subs || []).each(&:close_socket)
+        publisher&.close_socket
+      end
+    end
+
     it "presents the configured certificate on an encrypted WebSocket" do
       ev_server(key: @key, cert: @cert) do |server|
         ws, = ws_session(server.url, ["/ev/wss"])
