@@ -17,9 +17,9 @@
  * The loop (config event_loop): lws's own poll loop, turned by lws_service,
  * or a libev loop (epoll) that lws joins as a foreign loop, made in start,
  * run and destroyed by the service thread (by start itself when start
- * fails). lws needs its libev plugin
- * (libwebsockets-evlib_ev.so) for the second. Either way turn_end runs once
- * per turn, after the turn's callbacks and before the loop waits again.
+ * fails). lws needs its libev plugin (libwebsockets-evlib_ev.so) for the
+ * second. Either way turn_end runs once per turn, after the turn's
+ * callbacks and before the loop waits again.
  */
 #define _GNU_SOURCE                         /* pthread_setname_np */
 #include <dlfcn.h>
@@ -364,7 +364,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 static void turn_end(bs_server_t *s)
 {
     /* Reads the rest of a publisher's burst, then asks for the writes of the
-     * links woken during the turn: without it no subscriber is written. */
+     * links woken during the turn: until it runs, they wait. */
     bs_transport_turn_end(&s->transport);
 }
 
