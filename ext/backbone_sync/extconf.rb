@@ -41,6 +41,15 @@ unless have_header("openssl/hmac.h") &&
   missing!("OpenSSL's libcrypto", "libssl-dev", "openssl")
 end
 
+# libev: the loop of event_loop: :ev (server.c). lws reaches it through its
+# libev plugin, loaded when such a server starts (libwebsockets-evlib-ev);
+# start says so when it is missing, so the build does not require it.
+dir_config("libev")
+unless have_header("ev.h") &&
+       have_library("ev", "ev_loop_new", "ev.h")
+  missing!("libev", "libev-dev", "libev")
+end
+
 dir_config("hiredis")
 pkg_config("hiredis")
 unless have_header("hiredis/hiredis.h") &&

@@ -111,6 +111,18 @@ static size_t need_size(VALUE hash, const char *key)
     return NUM2SIZET(need(hash, key));
 }
 
+/* :poll or :ev, as server.rb validated it. */
+static bs_event_loop_t need_event_loop(VALUE hash)
+{
+    VALUE v = need(hash, "event_loop");
+
+    if (v == ID2SYM(rb_intern("poll")))
+        return BS_LOOP_POLL;
+    if (v == ID2SYM(rb_intern("ev")))
+        return BS_LOOP_EV;
+    rb_raise(rb_eArgError, "_configure: event_loop must be :poll or :ev, got %" PRIsVALUE, rb_inspect(v));
+}
+
 /* A NULL-terminated array of C strings from an Array of Strings. It lives in
  * a Ruby String (*keep, which the caller guards) so an exception half-way
  * leaks nothing; the pointers point into the Strings the hash keeps alive. */
@@ -194,6 +206,7 @@ static VALUE Server_configure(VALUE self, VALUE hash)
         .redis_prefix = opt_cstr(hash, "redis_prefix"),
         .log_fd = need_int(hash, "log_fd"),
         .verbose = RTEST(opt(hash, "verbose")),
+        .event_loop = need_event_loop(hash),
     };
 
     /* bs_server_new copies every string, so the Ruby ones may go after this */

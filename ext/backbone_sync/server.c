@@ -13,8 +13,16 @@
  * in the service thread, which owns the lws context, the engine and the
  * transports and never calls Ruby. Shared: the inbox (its own lock) and the
  * counters (atomics).
+ *
+ * The loop (config event_loop): lws's own poll loop, turned by lws_service,
+ * or a libev loop (epoll) that lws joins as a foreign loop, made in start,
+ * run and destroyed by the service thread (by start itself when start
+ * fails). lws needs its libev plugin (libwebsockets-evlib_ev.so) for the
+ * second. Either way turn_end runs once per turn, after the turn's
+ * callbacks and before the loop waits again.
  */
 #define _GNU_SOURCE                         /* pthread_setname_np */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -29,6 +37,7 @@
 #include <malloc.h>
 
 #include <libwebsockets.h>
+#include <ev.h>
 
 #include "backbone_sync.h"
 #include "backplane.h"
@@ -59,6 +68,9 @@ struct bs_server {
     bs_log_t log;
 
     struct lws_context *ctx;
+    struct ev_loop *evloop;                 /* event_loop ev: the libev loop lws runs on; NULL with poll */
+    ev_prepare turn;                        /* service thread: turn_end on the libev loop */
+    void *foreign[1];                       /* lws's foreign_loops: { evloop } */
     struct lws_protocols protocols[2];
     lws_retry_bo_t retry;
     lws_sorted_usec_list_t tick;
@@ -289,6 +301,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         drain_inbox(s, 1);
+        if (s->evloop && __atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
+            ev_break(s->evloop, EVBREAK_ALL);
         return 0;
     /* Every accepted socket is created and destroyed once, whatever
      * protocol it binds; only the listening socket's destroy, at shutdown,
@@ -345,18 +359,65 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
+/* Service thread: once per loop turn, after its callbacks ran and before
+ * the loop waits again; the same point on both loops. */
+static void turn_end(bs_server_t *s)
+{
+    /* Reads the rest of a publisher's burst, then asks for the writes of the
+     * links woken during the turn: until it runs, they wait. */
+    bs_transport_turn_end(&s->transport);
+}
+
+/* Service thread: libev runs prepare watchers before each wait for events. */
+static void on_ev_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    turn_end(lws_container_of(w, bs_server_t, turn));
+}
+
+/* Service thread: turns the loop until stop is requested. */
+static void run_loop(bs_server_t *s)
+{
+    int n = 0;
+
+    if (!s->evloop) {
+        while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) {
+            n = lws_service(s->ctx, 0);
+            turn_end(s);
+        }
+        return;
+    }
+    /* The active prepare watcher keeps ev_run from returning on its own:
+     * only the ev_break of a requested stop (the wait-cancelled callback)
+     * ends it. A stop requested before ev_run starts left lws's cancel pipe
+     * readable, so the first turn breaks. */
+    ev_prepare_init(&s->turn, on_ev_prepare);
+    ev_prepare_start(s->evloop, &s->turn);
+    if (!__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
+        ev_run(s->evloop, 0);
+    ev_prepare_stop(s->evloop, &s->turn);
+}
+
+/* After lws_context_destroy, which stopped lws's watchers on the loop: in
+ * the service thread, or in start's thread when start fails. */
+static void destroy_loop(bs_server_t *s)
+{
+    if (s->evloop) {
+        ev_loop_destroy(s->evloop);
+        s->evloop = NULL;
+        s->foreign[0] = NULL;
+    }
+}
+
 static void *service_main(void *arg)
 {
     bs_server_t *s = arg;
-    int n = 0;
 
     /* Named, so that its CPU can be told apart (/proc/<pid>/task/<tid>/comm). */
     pthread_setname_np(pthread_self(), "backbone_sync");
     lws_sul_schedule(s->ctx, 0, &s->tick, on_tick, TICK_US);
-    while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) {
-        n = lws_service(s->ctx, 0);
-        bs_transport_turn_end(&s->transport);
-    }
+    run_loop(s);
     bs_inbox_set_open(&s->inbox, 0);
     lws_sul_cancel(&s->tick);
     bs_transport_cancel_timer(&s->transport);
@@ -364,6 +425,7 @@ static void *service_main(void *arg)
     s->destroying = 1;
     lws_context_destroy(s->ctx);
     s->ctx = NULL;
+    destroy_loop(s);
     BS_STAT_SET(&s->conn_stats, connections, 0);
     /* Only now: every CLOSED callback above took its link out of the heap. */
     bs_transport_free(&s->transport);
@@ -430,7 +492,8 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     }
     if (!cfg->host || !cfg->mount || cfg->timeout <= 0 || !cfg->max_message_size || cfg->max_depth <= 0 ||
         cfg->max_batch <= 0 || cfg->max_subscriptions <= 0 || cfg->max_queue <= 0 || cfg->max_clients <= 0 || cfg->max_channels <= 0 ||
-        cfg->request_timeout <= 0 || cfg->history_size < 0 || cfg->history_ttl <= 0) {
+        cfg->request_timeout <= 0 || cfg->history_size < 0 || cfg->history_ttl <= 0 ||
+        (cfg->event_loop != BS_LOOP_POLL && cfg->event_loop != BS_LOOP_EV)) {
         free(s);
         errno = EINVAL;                     /* server.rb gives every value: nothing is defaulted here */
         return NULL;
@@ -509,6 +572,24 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     return s;
 }
 
+/* lws loads its libev support from a plugin (lws_plugins_init: the file in
+ * LWS_INSTALL_LIBDIR whose base name is evlib_ev). When a context on libev
+ * cannot be made, this tells a missing or broken plugin from the rest;
+ * err gets dlerror's reason. Returns 1 when the plugin loads. */
+static int ev_plugin_loads(char *err, size_t errlen)
+{
+    void *h = dlopen(LWS_INSTALL_LIBDIR "/libwebsockets-evlib_ev.so", RTLD_NOW | RTLD_LOCAL);
+    const char *why;
+
+    if (h) {
+        dlclose(h);
+        return 1;
+    }
+    why = dlerror();
+    snprintf(err, errlen, "%s", why ? why : "cannot be loaded");
+    return 0;
+}
+
 /* A taken port is the usual reason lws cannot listen; say so plainly. */
 static int port_taken(const char *host, int port)
 {
@@ -562,6 +643,23 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
     if (!strchr(s->host, ':'))
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (s->cfg.event_loop == BS_LOOP_EV) {
+        /* epoll, never select's fd limit; NOSIGMASK: libev leaves signals
+         * alone (they are Ruby's, and lws adds no signal watcher to a
+         * foreign loop). */
+        errno = 0;
+        s->evloop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
+        if (!s->evloop) {
+            release_log_fd(s);
+            snprintf(err, errlen, "event_loop: :ev could not make a libev loop with epoll (%s); "
+                     "check libev (apt-get install libev-dev libwebsockets-evlib-ev), or use event_loop: :poll",
+                     strerror(errno ? errno : ENOSYS));
+            return -1;
+        }
+        s->foreign[0] = s->evloop;
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+        info.foreign_loops = s->foreign;
+    }
     if (s->key) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = s->cert;
@@ -578,7 +676,15 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     info.alpn = "http/1.1";
     s->ctx = lws_create_context(&info);
     if (!s->ctx) {
+        char why[256];
+
+        destroy_loop(s);
         release_log_fd(s);
+        if (s->cfg.event_loop == BS_LOOP_EV && !ev_plugin_loads(why, sizeof(why))) {
+            snprintf(err, errlen, "event_loop: :ev needs libwebsockets' libev plugin, which did not load (%s): "
+                     "apt-get install libwebsockets-evlib-ev libev-dev, or use event_loop: :poll", why);
+            return -1;
+        }
         /* Another process may have bound the port since the check above. */
         if (s->cfg.port > 0 && port_taken(s->host, s->cfg.port)) {
             snprintf(err, errlen, "port %d on %s is already in use: stop the other server or pick another port",
@@ -597,6 +703,7 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     if (s->backplane && bs_backplane_start(s->backplane, err, errlen)) {
         lws_context_destroy(s->ctx);
         s->ctx = NULL;
+        destroy_loop(s);
         release_log_fd(s);
         return -1;
     }
@@ -613,6 +720,7 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
         bs_backplane_stop(s->backplane);
         lws_context_destroy(s->ctx);
         s->ctx = NULL;
+        destroy_loop(s);
         s->started = 0;
         snprintf(err, errlen, "could not start the server thread: %s", strerror(rc));
         return -1;

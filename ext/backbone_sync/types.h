@@ -9,6 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The loop the service thread runs lws on (bs_server_config_t.event_loop). */
+typedef enum bs_event_loop {
+    BS_LOOP_POLL = 0,                    /* lws's own poll(2) loop */
+    BS_LOOP_EV = 1,                      /* a libev loop (epoll) that lws joins as a foreign loop */
+} bs_event_loop_t;
+
 /* Every field is given explicitly by the Ruby layer (server.rb owns the
  * defaults, which it documents); the C core takes them as they are. */
 typedef struct bs_server_config {
@@ -44,6 +50,7 @@ typedef struct bs_server_config {
     const char *redis_prefix;            /* key prefix */
     int log_fd;                          /* -1, or the write end of a pipe: lines "<L> <text>\n", L in E W I D */
     int verbose;                         /* 1: log connections, subscriptions and publishes at I */
+    bs_event_loop_t event_loop;          /* BS_LOOP_POLL or BS_LOOP_EV */
 } bs_server_config_t;
 
 typedef struct bs_stats {

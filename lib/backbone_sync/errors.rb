@@ -58,7 +58,7 @@ module BackboneSync
                 "needed after a Ruby upgrade"
             end
       super("backbone_sync's C extension is not built for Ruby #{RUBY_VERSION} (#{cause.message}); #{how}. " \
-            "Building needs libwebsockets-dev, libyajl-dev, libssl-dev and libhiredis-dev.")
+            "Building needs libwebsockets-dev, libyajl-dev, libssl-dev, libhiredis-dev and libev-dev.")
     end
   end
 end

@@ -25,7 +25,8 @@ module BackboneSync
     attr_reader :host, :mount, :timeout, :key, :cert, :secret, :logger, :verbose,
                 :signed_subscriptions, :public_channels, :max_message_size, :max_depth,
                 :max_batch, :max_subscriptions, :max_queue, :max_clients, :max_channels, :request_timeout,
-                :allowed_origins, :history_size, :history_ttl, :history_memory, :redis, :redis_prefix
+                :allowed_origins, :history_size, :history_ttl, :history_memory, :redis, :redis_prefix,
+                :event_loop
 
     # Servers started in this process, stopped at exit and forgotten in
     # forked children.
@@ -72,8 +73,13 @@ module BackboneSync
       max_message_size: 65_536, max_depth: 32, max_batch: 100,
       max_subscriptions: 1000, max_queue: 1000, max_clients: 100_000, max_channels: 100_000,
       request_timeout: 10, history_size: 100, history_ttl: 300, history_memory: 64 * 1024 * 1024,
-      redis_prefix: "backbone_sync:"
+      redis_prefix: "backbone_sync:", event_loop: :poll
     }.freeze
+
+    # The loops the service thread can run libwebsockets on: :poll, lws's own
+    # poll(2) loop; :ev, a libev (epoll) loop, which needs libev and lws's
+    # libev plugin (apt-get install libwebsockets-evlib-ev libev-dev).
+    EVENT_LOOPS = %i[poll ev].freeze
 
     def initialize(host: DEFAULTS[:host], port: DEFAULTS[:port], mount: DEFAULTS[:mount],
                    timeout: DEFAULTS[:timeout], key: nil, cert: nil, secret: nil, logger: nil, verbose: false,
@@ -84,7 +90,8 @@ module BackboneSync
                    max_channels: DEFAULTS[:max_channels], request_timeout: DEFAULTS[:request_timeout],
                    allowed_origins: nil, history_size: DEFAULTS[:history_size],
                    history_ttl: DEFAULTS[:history_ttl], history_memory: DEFAULTS[:history_memory],
-                   redis: BackboneSync.default_redis_url, redis_prefix: DEFAULTS[:redis_prefix])
+                   redis: BackboneSync.default_redis_url, redis_prefix: DEFAULTS[:redis_prefix],
+                   event_loop: DEFAULTS[:event_loop])
       @host = validate_host(host)
       @port = validate_int(:port, port, 0, 65_535, "use 0 to pick a free port")
       @mount = validate_mount(mount)
@@ -113,6 +120,7 @@ module BackboneSync
       @history_memory = validate_int(:history_memory, history_memory, 0, 1 << 40, "bytes over all channels")
       @redis = validate_redis(redis)
       @redis_prefix = redis_prefix.to_s
+      @event_loop = validate_event_loop(event_loop)
       @lock = Mutex.new
       @forked_from = nil
       @bound_port = nil
@@ -228,7 +236,7 @@ module BackboneSync
         request_timeout: request_timeout,
         allowed_origins: allowed_origins, client_js: client_js,
         history_size: history_size, history_ttl: history_ttl,
-        history_memory: history_memory,
+        history_memory: history_memory, event_loop: event_loop,
         log_fd: @log_writer ? @log_writer.fileno : -1
       }.merge(redis_options)
     end
@@ -244,6 +252,17 @@ module BackboneSync
         redis_script: File.read(File.expand_path("publish.lua", __dir__)),
         redis_prefix: redis_prefix
       }
+    end
+
+    # A Symbol, or its name as a String (rake faye:start event_loop=ev, YAML).
+    def validate_event_loop(value)
+      name = value.to_sym if value.is_a?(String) || value.is_a?(Symbol)
+      unless EVENT_LOOPS.include?(name)
+        raise ArgumentError, "event_loop must be #{EVENT_LOOPS.map(&:inspect).join(' or ')} " \
+                             "(:poll, the default: lws's poll loop; :ev: libev with epoll), got #{value.inspect}"
+      end
+
+      name
     end
 
     def validate_redis(url)

@@ -1,10 +1,10 @@
 # frozen_string_literal: true
 
 # rake faye:start [port=9292] [host=127.0.0.1] [mount=/faye] [timeout=45]
-#                 [secret=S] [key=K cert=C] [verbose=1]
+#                 [secret=S] [key=K cert=C] [verbose=1] [event_loop=poll|ev]
 namespace :faye do
   desc "Run the backbone_sync server in the foreground until INT/TERM " \
-       "(port= host= mount= timeout= secret= key= cert= verbose=1)"
+       "(port= host= mount= timeout= secret= key= cert= verbose=1 event_loop=poll|ev)"
   task :start do
     require "backbone_sync"
     require "backbone_sync/launcher"
@@ -21,7 +21,8 @@ namespace :faye do
     options = {
       host: arg.("host"), port: integer.("port"), mount: arg.("mount"),
       timeout: integer.("timeout"), secret: arg.("secret"), key: arg.("key"), cert: arg.("cert"),
-      verbose: %w[1 true yes].include?(arg.("verbose").to_s.downcase)
+      verbose: %w[1 true yes].include?(arg.("verbose").to_s.downcase),
+      event_loop: arg.("event_loop") # Server.new checks it and says what is allowed
     }.reject { |_, v| v.nil? }
 
     # In an app (backbone_sync:defaults loaded it), the outbox relay runs
