@@ -158,23 +158,10 @@ RSpec.describe BackboneSync::Server, "event_loop: :ev" do
         subs = Array.new(3) { ws_session(server.url, ["/ev/burst"]).first }
         publisher, pub_id = ws_session(server.url)
         count = 40
-        burst = Array.new(count) do |i|
-          JSON.generate([{ channel: "/ev/burst", clientId: pub_id, id: "p#{i}", ext: { secret: "burst-secret" },
-                           data: { "n" => i, "pad" => "x" * 250 } }])
-        end
-        publisher.send_texts(burst)
+        send_publish_burst(publisher, pub_id, "/ev/burst", count, secret: "burst-secret")
         subs.each do |ws|
-          frames = []
-          got = []
-          deadline = monotonic + 10
-          while got.size < count && monotonic < deadline
-            batch = Array(ws.read_json(timeout: [deadline - monotonic, 0.01].max)).select { |m| delivery?(m) }
-            next if batch.empty?
-
-            frames << batch.size
-            got.concat(batch)
-          end
-          expect(got.map { |m| m["data"]["n"] }).to eq((0...count).to_a)
+          order, frames = burst_as_received(ws, count)
+          expect(order).to eq((0...count).to_a)
           expect(frames.size).to be <= 2, "the burst came in #{frames.size} frames of #{frames.inspect} deliveries"
         end
       ensure
@@ -229,36 +216,6 @@ RSpec.describe BackboneSync::Server, "event_loop: :ev" do
         ensure
           ws.close
         end
-      end
-    end
-
-    it "does not keep stop waiting: stop breaks the libev loop and closes the poller's socket or answers it" do
-      server = described_class.new(host: "127.0.0.1", port: 0, timeout: 60, event_loop: :ev)
-      server.start
-      s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url, timeout: 30)
-      s.handshake!
-      held = Thread.new do
-        s.connect(timeout: 30)
-      rescue StandardError => e
-        e
-      end
-      begin
-        # Read (messages_in counts it after the handshake) and not answered.
-        eventually(timeout: 10, what: "the connect to be read") { server.stats[:messages_in] >= 2 }
-        expect(held).to be_alive
-        t0 = monotonic
-        stop_bounded(server, within: 20) # far below the 60 s hold
-        expect(monotonic - t0).to be < 20
-        expect(held.join(10)).to be_truthy
-        result = held.value
-        if result.is_a?(Array)
-          expect(result.first).to include("channel" => "/meta/connect", "clientId" => s.client_id)
-        else
-          expect(result).to be_a(EOFError).or be_a(Errno::ECONNRESET)
-        end
-      ensure
-        held.kill
-        stop_bounded(server)
       end
     end
   end

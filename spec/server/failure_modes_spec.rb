@@ -5,38 +5,41 @@ require "spec_helper"
 # Named after what goes wrong in production: clients that vanish mid-request,
 # stop with work in flight, queues that overflow while nobody polls.
 RSpec.describe BackboneSync::Server, "failure modes" do
-  it "stop returns promptly while a long-poll connect is held, and the poller gets an answer or a closed socket" do
-    server = described_class.new(host: "127.0.0.1", port: 0, timeout: 60)
-    server.start
-    s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url, timeout: 30)
-    s.handshake!
-    poll = Thread.new do
-      s.connect(timeout: 30)
-    rescue StandardError => e
-      e
-    end
-    begin
-      # Held: the server has read the connect (messages_in counts it after
-      # the handshake) and has not answered it.
-      eventually(timeout: 10, what: "the connect to be read") { server.stats[:messages_in] >= 2 }
-      expect(poll).to be_alive
-      t0 = monotonic
-      # 20 s: far above a loaded machine's stop, far below the 60 s a stop
-      # that waited out the held connect would take.
-      stop_bounded(server, within: 20)
-      expect(monotonic - t0).to be < 20
-      expect(poll.join(10)).to be_truthy
-      result = poll.value
-      # A reply to this connect, or the socket closed under it: nothing else
-      # (no timeout, no garbage, no other message).
-      if result.is_a?(Array)
-        expect(result.first).to include("channel" => "/meta/connect", "clientId" => s.client_id)
-      else
-        expect(result).to be_a(EOFError).or be_a(Errno::ECONNRESET)
+  # On both loops: on libev, stop has to break the loop lws joined.
+  %i[poll ev].each do |event_loop|
+    it "stop returns promptly while a long-poll connect is held, and the poller gets an answer or a closed socket (#{event_loop})" do
+      server = described_class.new(host: "127.0.0.1", port: 0, timeout: 60, event_loop: event_loop)
+      server.start
+      s = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url, timeout: 30)
+      s.handshake!
+      poll = Thread.new do
+        s.connect(timeout: 30)
+      rescue StandardError => e
+        e
       end
-    ensure
-      poll.kill
-      stop_bounded(server)
+      begin
+        # Held: the server has read the connect (messages_in counts it after
+        # the handshake) and has not answered it.
+        eventually(timeout: 10, what: "the connect to be read") { server.stats[:messages_in] >= 2 }
+        expect(poll).to be_alive
+        t0 = monotonic
+        # 20 s: far above a loaded machine's stop, far below the 60 s a stop
+        # that waited out the held connect would take.
+        stop_bounded(server, within: 20)
+        expect(monotonic - t0).to be < 20
+        expect(poll.join(10)).to be_truthy
+        result = poll.value
+        # A reply to this connect, or the socket closed under it: nothing else
+        # (no timeout, no garbage, no other message).
+        if result.is_a?(Array)
+          expect(result.first).to include("channel" => "/meta/connect", "clientId" => s.client_id)
+        else
+          expect(result).to be_a(EOFError).or be_a(Errno::ECONNRESET)
+        end
+      ensure
+        poll.kill
+        stop_bounded(server)
+      end
     end
   end
 

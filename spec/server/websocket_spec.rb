@@ -116,23 +116,11 @@ RSpec.describe BackboneSync::Server, "WebSocket transport" do
       subs = Array.new(3) { ws_session(server.url, ["/burst"]) }
       publisher, pub_id = ws_session(server.url)
       count = 40
-      burst = Array.new(count) do |i|
-        JSON.generate([{ channel: "/burst", clientId: pub_id, id: "p#{i}", ext: { secret: "burst-secret" },
-                               data: { "n" => i, "pad" => "x" * 250 } }])
-      end
+      burst = send_publish_burst(publisher, pub_id, "/burst", count, secret: "burst-secret")
       expect(burst.sum(&:bytesize)).to be > 10 * 1024
-      publisher.send_texts(burst)
       subs.each do |ws, _|
-        frames = []
-        got = []
-        while got.size < count
-          batch = Array(ws.read_json(timeout: 5)).select { |m| delivery?(m) }
-          next if batch.empty?
-
-          frames << batch.size
-          got.concat(batch)
-        end
-        expect(got.map { |m| m["data"]["n"] }).to eq((0...count).to_a)
+        order, frames = burst_as_received(ws, count)
+        expect(order).to eq((0...count).to_a)
         expect(frames.size).to be <= 2, "the burst came in #{frames.size} frames of #{frames.inspect} deliveries"
       end
       expect(publisher.drain(timeout: 0.5).count { |m| m["successful"] && m["id"].to_s.start_with?("p") }).to eq(count)

@@ -33,6 +33,35 @@ module BackboneSyncSpec
       end
     end
 
+    # Sends `count` publishes to `channel` (about 330 bytes each, several of
+    # lws's reads in all), each its own frame, in one write, as a busy
+    # publisher's socket holds them.
+    def send_publish_burst(publisher, client_id, channel, count, secret:)
+      burst = Array.new(count) do |i|
+        JSON.generate([{ channel: channel, clientId: client_id, id: "p#{i}", ext: { secret: secret },
+                         data: { "n" => i, "pad" => "x" * 250 } }])
+      end
+      publisher.send_texts(burst)
+      burst
+    end
+
+    # Reads `ws` until `count` deliveries came; returns their data["n"] in
+    # arrival order and how many deliveries each frame carried.
+    def burst_as_received(ws, count, timeout: 10)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+      got = []
+      frames = []
+      while got.size < count
+        left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        batch = Array(ws.read_json(timeout: [left, 0.01].max)).select { |m| delivery?(m) }
+        next if batch.empty?
+
+        frames << batch.size
+        got.concat(batch)
+      end
+      [got.map { |m| m["data"]["n"] }, frames]
+    end
+
     # The documented "400 Bayeux error": HTTP status 400 and a JSON array
     # reply whose message is unsuccessful with an error code 400.
     def expect_bayeux_400(res)
