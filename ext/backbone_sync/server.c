@@ -92,6 +92,55 @@ struct bs_server {
     bs_backplane_t *backplane;              /* Redis, or NULL */
 };
 
+/*
+ * libev, reached through dlopen(RTLD_LOCAL) when the first event_loop: :ev
+ * server starts, never linked: an extension that exports ev_run and the rest
+ * takes the place of the libev that other extensions build in (nio4r, so
+ * Puma's reactor: it ran this libev's ev_run on its own loop and slept
+ * through its wakeups). The other way round, a libev that an extension
+ * already loaded exports takes the place of this one for lws's libev plugin,
+ * whose watchers then never fire: so :ev refuses to start in such a process
+ * (lev_conflict). lws's plugin shares this copy (one soname, loaded once).
+ */
+static struct {
+    __typeof__(ev_loop_new) *loop_new;
+    __typeof__(ev_loop_destroy) *loop_destroy;
+    __typeof__(ev_run) *run;
+    __typeof__(ev_break) *brk;
+    __typeof__(ev_prepare_start) *prepare_start;
+    __typeof__(ev_prepare_stop) *prepare_stop;
+    char error[200];                        /* why it could not be loaded, or "" */
+} lev;
+static pthread_once_t lev_once = PTHREAD_ONCE_INIT;
+
+static void lev_load(void)
+{
+    void *h = dlopen("libev.so.4", RTLD_NOW | RTLD_LOCAL);
+    const char *why;
+
+    if (h && (lev.loop_new = (__typeof__(lev.loop_new))dlsym(h, "ev_loop_new")) &&
+        (lev.loop_destroy = (__typeof__(lev.loop_destroy))dlsym(h, "ev_loop_destroy")) &&
+        (lev.run = (__typeof__(lev.run))dlsym(h, "ev_run")) && (lev.brk = (__typeof__(lev.brk))dlsym(h, "ev_break")) &&
+        (lev.prepare_start = (__typeof__(lev.prepare_start))dlsym(h, "ev_prepare_start")) &&
+        (lev.prepare_stop = (__typeof__(lev.prepare_stop))dlsym(h, "ev_prepare_stop")))
+        return;                             /* kept open for the life of the process */
+    why = dlerror();
+    snprintf(lev.error, sizeof(lev.error), "%s", why ? why : "libev.so.4 lacks a function");
+    lev.loop_new = NULL;
+}
+
+/* Where another libev's ev_run is visible to every library, the file that
+ * holds it (e.g. nio4r's extension); NULL when there is none but libev's. */
+static const char *lev_conflict(void)
+{
+    void *f = dlsym(RTLD_DEFAULT, "ev_run");
+    Dl_info info;
+
+    if (!f || !dladdr(f, &info) || !info.dli_fname)
+        return NULL;
+    return strstr(info.dli_fname, "/libev.so") ? NULL : info.dli_fname;
+}
+
 static int g_lws_log_fd = -1;               /* process-global, as lws's log sink is */
 
 /* ---- lws's log hook ---------------------------------------------------------- */
@@ -302,7 +351,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         drain_inbox(s, 1);
         if (s->evloop && __atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
-            ev_break(s->evloop, EVBREAK_ALL);
+            lev.brk(s->evloop, EVBREAK_ALL);
         return 0;
     /* Every accepted socket is created and destroyed once, whatever
      * protocol it binds; only the listening socket's destroy, at shutdown,
@@ -393,10 +442,10 @@ static void run_loop(bs_server_t *s)
      * ends it. A stop requested before ev_run starts left lws's cancel pipe
      * readable, so the first turn breaks. */
     ev_prepare_init(&s->turn, on_ev_prepare);
-    ev_prepare_start(s->evloop, &s->turn);
+    lev.prepare_start(s->evloop, &s->turn);
     if (!__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
-        ev_run(s->evloop, 0);
-    ev_prepare_stop(s->evloop, &s->turn);
+        lev.run(s->evloop, 0);
+    lev.prepare_stop(s->evloop, &s->turn);
 }
 
 /* After lws_context_destroy, which stopped lws's watchers on the loop: in
@@ -404,7 +453,7 @@ static void run_loop(bs_server_t *s)
 static void destroy_loop(bs_server_t *s)
 {
     if (s->evloop) {
-        ev_loop_destroy(s->evloop);
+        lev.loop_destroy(s->evloop);
         s->evloop = NULL;
         s->foreign[0] = NULL;
     }
@@ -647,8 +696,24 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
         /* epoll, never select's fd limit; NOSIGMASK: libev leaves signals
          * alone (they are Ruby's, and lws adds no signal watcher to a
          * foreign loop). */
+        const char *other = lev_conflict();
+
+        if (other) {
+            release_log_fd(s);
+            snprintf(err, errlen, "event_loop: :ev cannot run in this process: %s has its own libev built in "
+                     "(nio4r's, as Puma loads it), which lws's libev plugin would use instead; use event_loop: :poll "
+                     "here, or run the server in its own process (rake faye:start event_loop=ev)", other);
+            return -1;
+        }
+        pthread_once(&lev_once, lev_load);
+        if (!lev.loop_new) {
+            release_log_fd(s);
+            snprintf(err, errlen, "event_loop: :ev needs libev, which did not load (%s): "
+                     "apt-get install libev4 libwebsockets-evlib-ev, or use event_loop: :poll", lev.error);
+            return -1;
+        }
         errno = 0;
-        s->evloop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
+        s->evloop = lev.loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
         if (!s->evloop) {
             release_log_fd(s);
             snprintf(err, errlen, "event_loop: :ev could not make a libev loop with epoll (%s); "

@@ -220,6 +220,43 @@ RSpec.describe BackboneSync::Server, "event_loop: :ev" do
     end
   end
 
+  # nio4r (Puma's reactor) builds its own libev in and exports it. Were ours
+  # linked into the extension, our ev_* would take the place of nio4r's:
+  # Puma's selector slept its whole timeout through a wakeup, and pages
+  # hung. The other way round, nio4r's would take the place of ours for
+  # lws's libev plugin, and an :ev server would never wake (its stop hung).
+  # A fresh process, so that the load order is ours first, then nio4r's.
+  it "leaves nio4r's built-in libev alone, and refuses :ev where nio4r is loaded, saying why" do
+    script = <<~RUBY
+      require "backbone_sync"
+      require "nio"
+      server = BackboneSync::Server.new(host: "127.0.0.1", port: 0)
+      server.start
+      selector = NIO::Selector.new
+      reader, = IO.pipe
+      selector.register(reader, :r)
+      t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      waiter = Thread.new { selector.select(20) }
+      sleep 0.2
+      selector.wakeup
+      waiter.join(30)
+      puts "woke after \#{Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0}"
+      server.stop
+      begin
+        BackboneSync::Server.new(host: "127.0.0.1", port: 0, event_loop: :ev).start
+        puts "ev started"
+      rescue BackboneSync::StartError => e
+        puts "ev refused: \#{e.message}"
+      end
+    RUBY
+    out, err, status = Timeout.timeout(60) do
+      Open3.capture3(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+    end
+    expect(status.success?).to be(true), err
+    expect(out[/woke after ([\d.]+)/, 1].to_f).to be_between(0.1, 10), out
+    expect(out).to match(/ev refused: event_loop: :ev cannot run in this process: \S*nio4r\S* has its own libev/), out
+  end
+
   it "runs 100 start/stop cycles, each with a live WebSocket at stop, leaving no fd, thread or memory behind" do
     cycle = lambda do
       server = described_class.new(host: "127.0.0.1", port: 0, timeout: 5, event_loop: :ev)
