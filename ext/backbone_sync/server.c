@@ -18,8 +18,8 @@
  * or a libev loop (epoll) that lws joins as a foreign loop, made in start,
  * run and destroyed by the service thread (by start itself when start
  * fails). lws needs its libev plugin (libwebsockets-evlib_ev.so) for the
- * second. Either way turn_end runs once per turn, after the turn's
- * callbacks and before the loop waits again.
+ * second. Either way bs_transport_turn_end runs once per turn, after the
+ * turn's callbacks and before the loop waits again.
  */
 #define _GNU_SOURCE                         /* pthread_setname_np */
 #include <dlfcn.h>
@@ -58,6 +58,8 @@
  * buffer for later turns, so a 32 KB frame would take 32 turns. What the
  * socket does not take is still kept by lws and sent when writable. */
 #define TX_PACKET (1u << 20)
+/* What event_loop: :ev needs installed, said by each error that lacks it. */
+#define EV_INSTALL "apt-get install libwebsockets-evlib-ev libev-dev, or use event_loop: :poll"
 
 struct bs_server {
     bs_server_config_t cfg;                 /* strings below are our own copies */
@@ -408,24 +410,18 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
-/* Service thread: once per loop turn, after its callbacks ran and before
- * the loop waits again; the same point on both loops. */
-static void turn_end(bs_server_t *s)
-{
-    /* Reads the rest of a publisher's burst, then asks for the writes of the
-     * links woken during the turn: until it runs, they wait. */
-    bs_transport_turn_end(&s->transport);
-}
-
-/* Service thread: libev runs prepare watchers before each wait for events. */
+/* Service thread: libev runs prepare watchers before each wait for events,
+ * the point where the poll loop's turn ends too. */
 static void on_ev_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)loop;
     (void)revents;
-    turn_end(lws_container_of(w, bs_server_t, turn));
+    bs_transport_turn_end(&lws_container_of(w, bs_server_t, turn)->transport);
 }
 
-/* Service thread: turns the loop until stop is requested. */
+/* Service thread: turns the loop until stop is requested. At the end of
+ * each turn bs_transport_turn_end reads the rest of a publisher's burst,
+ * then asks for the writes of the links woken during the turn. */
 static void run_loop(bs_server_t *s)
 {
     int n = 0;
@@ -433,7 +429,7 @@ static void run_loop(bs_server_t *s)
     if (!s->evloop) {
         while (n >= 0 && !__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) {
             n = lws_service(s->ctx, 0);
-            turn_end(s);
+            bs_transport_turn_end(&s->transport);
         }
         return;
     }
@@ -693,9 +689,6 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
     if (!strchr(s->host, ':'))
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     if (s->cfg.event_loop == BS_LOOP_EV) {
-        /* epoll, never select's fd limit; NOSIGMASK: libev leaves signals
-         * alone (they are Ruby's, and lws adds no signal watcher to a
-         * foreign loop). */
         const char *other = lev_conflict();
 
         if (other) {
@@ -708,16 +701,17 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
         pthread_once(&lev_once, lev_load);
         if (!lev.loop_new) {
             release_log_fd(s);
-            snprintf(err, errlen, "event_loop: :ev needs libev, which did not load (%s): "
-                     "apt-get install libev4 libwebsockets-evlib-ev, or use event_loop: :poll", lev.error);
+            snprintf(err, errlen, "event_loop: :ev needs libev, which did not load (%s): " EV_INSTALL, lev.error);
             return -1;
         }
+        /* epoll, never select's fd limit; NOSIGMASK: libev leaves signals
+         * alone (they are Ruby's, and lws adds no signal watcher to a
+         * foreign loop). */
         errno = 0;
         s->evloop = lev.loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
         if (!s->evloop) {
             release_log_fd(s);
-            snprintf(err, errlen, "event_loop: :ev could not make a libev loop with epoll (%s); "
-                     "check libev (apt-get install libev-dev libwebsockets-evlib-ev), or use event_loop: :poll",
+            snprintf(err, errlen, "event_loop: :ev could not make a libev loop with epoll (%s): " EV_INSTALL,
                      strerror(errno ? errno : ENOSYS));
             return -1;
         }
@@ -747,7 +741,7 @@ int bs_server_start(bs_server_t *s, char *err, size_t errlen)
         release_log_fd(s);
         if (s->cfg.event_loop == BS_LOOP_EV && !ev_plugin_loads(why, sizeof(why))) {
             snprintf(err, errlen, "event_loop: :ev needs libwebsockets' libev plugin, which did not load (%s): "
-                     "apt-get install libwebsockets-evlib-ev libev-dev, or use event_loop: :poll", why);
+                     EV_INSTALL, why);
             return -1;
         }
         /* Another process may have bound the port since the check above. */

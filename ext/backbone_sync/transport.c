@@ -164,11 +164,15 @@ static int unread(int fd)
     return ioctl(fd, FIONREAD, &n) == 0 ? n : 0;
 }
 
-void bs_transport_note_input(bs_transport_t *t, struct lws *wsi)
+void bs_transport_note_input(bs_transport_t *t, struct lws *wsi, uint64_t queued_before)
 {
     int fd = lws_get_socket_fd(wsi), i;
 
-    if (!t->woken || t->draining || t->ndrain == BS_MAX_DRAINED)
+    /* Only a message that queued deliveries (a publish) makes its socket
+     * worth reading again; a socket already noted is not noted twice, so
+     * the drain below never adds to its own list. */
+    if (!t->woken || t->ndrain == BS_MAX_DRAINED ||
+        __atomic_load_n(&t->engine->stats.messages_out, __ATOMIC_RELAXED) == queued_before)
         return;
     for (i = 0; i < t->ndrain; i++)
         if (t->drain_fd[i] == fd)
@@ -190,7 +194,6 @@ void bs_transport_turn_end(bs_transport_t *t)
 
     /* lws_service_fd() is how lws serves one socket for an outside loop;
      * it returns 1 when the connection died, -1 when the context is going. */
-    t->draining = 1;
     for (i = 0; i < t->ndrain; i++)
         for (reads = 0; reads < MAX_DRAIN_READS && drain_allowed(t) && unread(t->drain_fd[i]) > 0; reads++) {
             struct lws_pollfd p = { .fd = t->drain_fd[i], .events = POLLIN, .revents = POLLIN };
@@ -198,7 +201,6 @@ void bs_transport_turn_end(bs_transport_t *t)
             if (lws_service_fd(t->ctx, &p))
                 break;
         }
-    t->draining = 0;
     t->ndrain = 0;
     while ((l = t->woken)) {
         unwake(t, l);

@@ -45,7 +45,6 @@ typedef struct bs_transport {
     uint64_t woken_since;                   /* the engine's messages_in when the list began */
     int drain_fd[BS_MAX_DRAINED];           /* this turn: publishers whose sockets hold more */
     int ndrain;
-    int draining;
     bs_stats_t *conn;                       /* connections, bytes_out (atomics) */
     /* HTTP endpoints */
     unsigned char *js;                      /* the browser client, after BS_PRE bytes of headroom */
@@ -69,8 +68,9 @@ void bs_transport_lost_client(bs_link_t *l, int close);
  * what publishers have sent since, then asks for the writable callbacks of
  * the links woken during the turn. */
 void bs_transport_turn_end(bs_transport_t *t);
-/* After a message that woke links: notes whether its socket holds more. */
-void bs_transport_note_input(bs_transport_t *t, struct lws *wsi);
+/* After a WebSocket message: when it queued deliveries (messages_out moved
+ * from queued_before) and its socket holds more, the turn's end reads on. */
+void bs_transport_note_input(bs_transport_t *t, struct lws *wsi, uint64_t queued_before);
 
 void bs_transport_link_open(bs_link_t *l, struct lws *wsi, int via);
 void bs_transport_link_close(bs_transport_t *t, bs_tlink_t *l);

@@ -13,6 +13,7 @@
 int bs_ws_receive(bs_transport_t *t, struct lws *wsi, bs_link_t *l, const void *in, size_t len)
 {
     int started, done;
+    uint64_t queued;
 
     /* What the frame header declares counts: a frame announcing more than
      * the bound is refused at its first bytes, not once they have arrived. */
@@ -36,10 +37,11 @@ int bs_ws_receive(bs_transport_t *t, struct lws *wsi, bs_link_t *l, const void *
     if (started && !((bs_tlink_t *)l)->killing)
         lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
     /* A message that is not a Bayeux batch gets its 400 error, then a 1007 close. */
+    queued = __atomic_load_n(&t->engine->stats.messages_out, __ATOMIC_RELAXED);
     if (bs_engine_receive(t->engine, l, l->rx.ptr, l->rx.len, &l->out) != 200)
         l->close_code = LWS_CLOSE_STATUS_INVALID_PAYLOAD;
     bs_buf_free(&l->rx);
-    bs_transport_note_input(t, wsi);
+    bs_transport_note_input(t, wsi, queued);
     /* A client that sends and never reads cannot grow our replies forever. */
     if (l->out.len > 4 * t->cfg->max_message_size + 65536) {
         static const char why[] = "too many unread replies";
