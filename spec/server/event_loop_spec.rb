@@ -11,16 +11,6 @@ RSpec.describe BackboneSync::Server, "event_loop: :ev" do
     with_server(event_loop: :ev, **opts, &block)
   end
 
-  # The epoll descriptors this process holds: libev's, while an :ev server
-  # runs (Ruby 3.1 and lws's poll loop make none).
-  def epoll_fds
-    Dir.children("/proc/self/fd").count do |fd|
-      File.readlink("/proc/self/fd/#{fd}") == "anon_inode:[eventpoll]"
-    rescue SystemCallError
-      false
-    end
-  end
-
   # Service threads (server.c names them), not Ruby's, which come and go
   # (Timeout's, the timer thread): their thread ids, so that a server of an
   # earlier example still winding down is not taken for this one's.

@@ -33,6 +33,17 @@ module BackboneSyncSpec
       Timeout.timeout(within, Timeout::Error, "server.stop did not return within #{within}s") { server.stop }
     end
 
+    # The epoll descriptors a process holds: libev's, while an event_loop: :ev
+    # server runs (Ruby 3.1 and lws's poll loop make none), so they say
+    # which loop runs.
+    def epoll_fds(pid = "self")
+      Dir.children("/proc/#{pid}/fd").count do |fd|
+        File.readlink("/proc/#{pid}/fd/#{fd}") == "anon_inode:[eventpoll]"
+      rescue SystemCallError
+        false
+      end
+    end
+
     def monotonic
       Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
