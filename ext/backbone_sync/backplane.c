@@ -45,6 +45,7 @@
 
 #include "backplane.h"
 #include "channel.h"
+#include "rnames.h"
 
 #define MAX_OUT 10000                       /* publishes waiting for Redis */
 #define MAX_OUT_BYTES (16u << 20)
@@ -314,6 +315,43 @@ static int read_sub(bs_backplane_t *b)
     }
 }
 
+/* Appends the EVALSHA of publish.lua for one publish to `cmd`, with the
+ * names rnames.c gives. 0, or -1 when memory runs out. */
+static int append_publish(bs_backplane_t *b, const bs_item_t *o, const char *size, const char *ttl)
+{
+    bs_buf_t names[6];
+    const char *argv[16];
+    size_t lens[16], n = 0;
+    int rc = 0;
+
+    for (int k = 0; k < 6; k++)
+        bs_buf_init(&names[k]);
+    for (int k = BS_RKIND_SETTINGS; k <= BS_RKIND_EVENTS && !rc; k++)
+        rc = bs_rnames_name(&names[k], b->prefix, BS_RNO_PARTITION, k, o->channel, o->chlen);
+    rc = rc || bs_rnames_name(&names[5], b->prefix, BS_RNO_PARTITION, BS_RKIND_PUBSUB, "", 0);
+    if (!rc) {
+#define ARG(p, l) (argv[n] = (p), lens[n++] = (l))
+        ARG("EVALSHA", 7);
+        ARG(b->sha, 40);
+        ARG("5", 1);
+        for (int k = BS_RKIND_SETTINGS; k <= BS_RKIND_EVENTS; k++)
+            ARG(names[k].ptr, names[k].len);
+        ARG(names[5].ptr, names[5].len - 3);        /* the pub/sub start, less "ch:" */
+        ARG(o->channel, o->chlen);
+        ARG(o->data, o->len);
+        ARG(size, strlen(size));
+        ARG(ttl, strlen(ttl));
+        ARG(o->epoch, BS_EPOCH_LEN);
+        ARG(o->extra ? o->extra : "", o->xlen);
+        ARG("PUBLISH", 7);
+#undef ARG
+        rc = redisAppendCommandArgv(b->cmd, (int)n, argv, lens) != REDIS_OK;
+    }
+    for (int k = 0; k < 6; k++)
+        bs_buf_free(&names[k]);
+    return rc ? -1 : 0;
+}
+
 /* Sends what is queued, PIPELINE at a time; an item leaves the queue only
  * once Redis has answered for it. Returns -1 when the connection failed. */
 static int flush_out(bs_backplane_t *b)
@@ -331,14 +369,9 @@ static int flush_out(bs_backplane_t *b)
             return 0;
         snprintf(size, sizeof(size), "%d", b->history_size);
         snprintf(ttl, sizeof(ttl), "%d", b->history_ttl);
-        for (i = 0; i < n; i++) {
-            const char *argv[] = { "EVALSHA", b->sha, "0", b->prefix, batch[i]->channel, batch[i]->data,
-                                   size, ttl, batch[i]->epoch, batch[i]->extra ? batch[i]->extra : "" };
-            size_t lens[] = { 7, 40, 1, strlen(b->prefix), batch[i]->chlen, batch[i]->len,
-                              strlen(size), strlen(ttl), BS_EPOCH_LEN, batch[i]->xlen };
-
-            redisAppendCommandArgv(b->cmd, 10, argv, lens);
-        }
+        for (i = 0; i < n; i++)
+            if (append_publish(b, batch[i], size, ttl))
+                return -1;
         for (i = 0; i < n; i++) {
             void *reply;
             redisReply *r;

@@ -1,15 +1,17 @@
 /*
  * ruby_publish.c: the shape of a delivery and the making of epochs, for
  * Ruby publishers that do not go through a server (RedisPublisher). The
- * core owns both rules (bs_delivery_head in bayeux.c, bs_random_id in
- * util.c); this file only lends them to Ruby, so a message that enters the
- * backplane from Ruby is byte for byte the one the C server would build.
+ * core owns these rules (bs_delivery_head in bayeux.c, bs_random_id in
+ * util.c, the Redis names in rnames.c); this file only lends them to Ruby,
+ * so a message that enters the backplane from Ruby is byte for byte the one
+ * the C server would build, on the keys and the shard the servers read.
  * Runs in Ruby threads with the GVL held.
  */
 #include "ruby_bindings.h"
 
 #include "bayeux.h"
 #include "json.h"
+#include "rnames.h"
 #include "util.h"
 
 static VALUE eChannelError = Qnil, eError = Qnil;
@@ -106,6 +108,61 @@ static VALUE BackboneSync_event_id_p(VALUE self, VALUE value)
            ? Qtrue : Qfalse;
 }
 
+/*
+ * call-seq:
+ *   BackboneSync._redis_names(prefix, channel, cluster) -> [keys, pubsub]
+ *
+ * For RedisPublisher: the five keys publish.lua takes for +channel+
+ * (settings, epoch, offset, history, events) and the start of its pub/sub
+ * channels, on a Redis Cluster (+cluster+ true: tagged with the channel's
+ * partition) or a single Redis.
+ */
+static VALUE BackboneSync__redis_names(VALUE self, VALUE prefix, VALUE channel, VALUE cluster)
+{
+    int part;
+    VALUE keys = rb_ary_new_capa(5), pubsub;
+    bs_buf_t buf;
+
+    (void)self;
+    StringValueCStr(prefix);
+    StringValue(channel);
+    part = RTEST(cluster) ? bs_rnames_partition(RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel))
+                          : BS_RNO_PARTITION;
+    bs_buf_init(&buf);
+    for (int kind = BS_RKIND_SETTINGS; kind <= BS_RKIND_EVENTS; kind++) {
+        if (bs_rnames_name(&buf, RSTRING_PTR(prefix), part, kind, RSTRING_PTR(channel),
+                           (size_t)RSTRING_LEN(channel))) {
+            bs_buf_free(&buf);
+            rb_memerror();
+        }
+        rb_ary_push(keys, rb_utf8_str_new(buf.ptr, (long)buf.len));
+    }
+    /* The pub/sub start: a pub/sub name of an empty channel, less its "ch:". */
+    if (bs_rnames_name(&buf, RSTRING_PTR(prefix), part, BS_RKIND_PUBSUB, "", 0)) {
+        bs_buf_free(&buf);
+        rb_memerror();
+    }
+    pubsub = rb_utf8_str_new(buf.ptr, (long)buf.len - 3);
+    bs_buf_free(&buf);
+    RB_GC_GUARD(prefix);
+    RB_GC_GUARD(channel);
+    return rb_ary_new_from_args(2, keys, pubsub);
+}
+
+/*
+ * call-seq:
+ *   BackboneSync._redis_slot(name) -> Integer
+ *
+ * The Redis Cluster hash slot of a key (0 to 16383), for RedisPublisher's
+ * routing.
+ */
+static VALUE BackboneSync__redis_slot(VALUE self, VALUE name)
+{
+    (void)self;
+    StringValue(name);
+    return UINT2NUM(bs_rnames_slot(RSTRING_PTR(name), (size_t)RSTRING_LEN(name)));
+}
+
 void Init_BackboneSync_Publish(VALUE mBackboneSync)
 {
     eChannelError = bs_ruby_error_class("ChannelError");
@@ -114,4 +171,6 @@ void Init_BackboneSync_Publish(VALUE mBackboneSync)
     rb_define_module_function(mBackboneSync, "delivery_head", BackboneSync_delivery_head, -1);
     rb_define_module_function(mBackboneSync, "new_epoch", BackboneSync_new_epoch, 0);
     rb_define_module_function(mBackboneSync, "event_id?", BackboneSync_event_id_p, 1);
+    rb_define_module_function(mBackboneSync, "_redis_names", BackboneSync__redis_names, 3);
+    rb_define_module_function(mBackboneSync, "_redis_slot", BackboneSync__redis_slot, 1);
 }

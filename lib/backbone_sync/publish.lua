@@ -2,31 +2,37 @@
 -- by the C server (ext/backbone_sync/backplane.c) and by Ruby publishers
 -- (BackboneSync::RedisPublisher). It gives the message the next offset of its
 -- channel and the channel's epoch, keeps it in the channel's bounded history,
--- and publishes it where the nodes that want it listen: <prefix>ch:<channel>
--- for its own subscribers, <prefix>kids:<parent> for /parent/*, and
--- <prefix>tree:<ancestor> for /ancestor/** (tree: alone for /**). A publish
+-- and publishes it where the nodes that want it listen: <pubsub>ch:<channel>
+-- for its own subscribers, <pubsub>kids:<parent> for /parent/*, and
+-- <pubsub>tree:<ancestor> for /ancestor/** (tree: alone for /**). A publish
 -- on a Redis channel nobody listens to costs a lookup; no pattern is ever
--- matched.
+-- matched. Every name comes from ext/backbone_sync/rnames.c, the one owner
+-- of them: on a Redis Cluster all of them carry the hash tag of the
+-- channel's partition, so the script runs on one shard, declares every key
+-- it touches, and sends with SPUBLISH (sharded pub/sub).
 --
--- ARGV: prefix, channel, head, history_size, history_ttl, fresh_epoch[, event_id]
+-- KEYS: settings, epoch, offset, history, events (of the channel)
+-- ARGV: pubsub, channel, head, history_size, history_ttl, fresh_epoch,
+--       event_id, publish_command
+--   pubsub is what the pub/sub channels start with (the prefix, and the
+--   partition's tag on a cluster).
 --   head is the delivery up to its ext object, ending in `"ext":{` or, when
 --   ext already has members, in `"ext":{...,`.
---   event_id ("" or absent: none) is the publisher's ext.event_id: while the
+--   event_id ("": none) is the publisher's ext.event_id: while the
 --   channel's history keeps a message published with it, a second publish
 --   with it is dropped and answered with the first one's offset.
 --   history_size and history_ttl are the caller's guess: the servers write
---   theirs to <prefix>settings when they connect, and those win, so that a
+--   theirs to the settings key when they connect, and those win, so that a
 --   Ruby publisher never trims the history the servers keep.
-local prefix, channel, head = ARGV[1], ARGV[2], ARGV[3]
+--   publish_command is PUBLISH (a single Redis) or SPUBLISH (a cluster).
+local pubsub, channel, head = ARGV[1], ARGV[2], ARGV[3]
 local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local settings = redis.call('HMGET', prefix .. 'settings', 'history_size', 'history_ttl')
+local send = ARGV[8] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
+local settings = redis.call('HMGET', KEYS[1], 'history_size', 'history_ttl')
 if settings[1] then size = tonumber(settings[1]) end
 if settings[2] then ttl = tonumber(settings[2]) end
-local ekey = prefix .. 'epoch:' .. channel
-local okey = prefix .. 'offset:' .. channel
-local hkey = prefix .. 'history:' .. channel
-local ikey = prefix .. 'events:' .. channel
-local event_id = ARGV[7] or ''
+local ekey, okey, hkey, ikey = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local event_id = ARGV[7]
 if event_id ~= '' and size > 0 then
   local seen = redis.call('ZSCORE', ikey, event_id)
   if seen then return tonumber(seen) end
@@ -51,11 +57,11 @@ end
 redis.call('EXPIRE', ekey, keep)
 redis.call('EXPIRE', okey, keep)
 local message = channel .. '\n' .. offset .. '\n' .. epoch .. '\n' .. frame
-redis.call('PUBLISH', prefix .. 'ch:' .. channel, message)
+redis.call(send, pubsub .. 'ch:' .. channel, message)
 local parent = string.match(channel, '^(.*)/[^/]*$')
-redis.call('PUBLISH', prefix .. 'kids:' .. parent, message)
+redis.call(send, pubsub .. 'kids:' .. parent, message)
 while true do
-  redis.call('PUBLISH', prefix .. 'tree:' .. parent, message)
+  redis.call(send, pubsub .. 'tree:' .. parent, message)
   if parent == '' then break end
   parent = string.match(parent, '^(.*)/[^/]*$')
 end

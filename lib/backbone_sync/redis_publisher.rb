@@ -48,8 +48,9 @@ module BackboneSync
       # The delivery up to its ext, built by the C core as the server builds
       # it; the script adds the offset and the epoch (made by the core too).
       head = BackboneSync.delivery_head(channel, BackboneSync.encode_json(data), event_id)
-      args = [@prefix, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch, event_id.to_s]
-      @lock.synchronize { run(args) }
+      keys, pubsub = BackboneSync._redis_names(@prefix, channel, false)
+      args = [pubsub, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch, event_id.to_s, "PUBLISH"]
+      @lock.synchronize { run(keys, args) }
     rescue RedisClient::Error => e
       raise e.is_a?(RedisClient::ConnectionError) ? Unreachable : PublishError, "could not publish to #{channel} through Redis at #{@url}: #{e.message} " \
                           "(is redis-server running and reachable?)"
@@ -61,15 +62,15 @@ module BackboneSync
 
     private
 
-    def run(args)
+    def run(keys, args)
       @sha ||= @client.call("SCRIPT", "LOAD", SCRIPT)
-      @client.call("EVALSHA", @sha, 0, *args)
+      @client.call("EVALSHA", @sha, keys.size, *keys, *args)
     rescue RedisClient::CommandError => e
       raise unless e.message.start_with?("NOSCRIPT")
 
       # Redis restarted and forgot the script.
       @sha = nil
-      @client.call("EVAL", SCRIPT, 0, *args)
+      @client.call("EVAL", SCRIPT, keys.size, *keys, *args)
     end
   end
 end
