@@ -20,9 +20,15 @@ module BackboneSyncSpec
       server&.close
     end
 
-    def initialize(port)
+    # extra: more redis-server arguments (a cluster node's, say).
+    def initialize(port, extra = [])
       @port = port
+      @extra = extra
       @pid = nil
+    end
+
+    def running?
+      !@pid.nil?
     end
 
     def url
@@ -32,7 +38,7 @@ module BackboneSyncSpec
     def start
       @pid = Process.spawn("redis-server", "--port", port.to_s, "--bind", "127.0.0.1", "--save", "",
                            "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-                           out: File::NULL, err: File::NULL)
+                           *@extra, out: File::NULL, err: File::NULL)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
       until ping
         raise "redis-server on port #{port} did not answer within 10s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline

@@ -1,0 +1,116 @@
+# frozen_string_literal: true
+
+require "redis-client"
+require "tmpdir"
+require "fileutils"
+require_relative "redis_process"
+
+module BackboneSyncSpec
+  # A real Redis Cluster on loopback ports, owned by the spec: `primaries`
+  # primaries, each with `replicas` replicas, made by redis-cli --cluster
+  # create. A primary can be killed; its replica takes over within about
+  # twice the node timeout, which is short here (cluster-node-timeout).
+  class RedisCluster
+    NODE_TIMEOUT_MS = 1000
+
+    attr_reader :nodes
+
+    def initialize(primaries: 3, replicas: 1)
+      @dir = Dir.mktmpdir("bs-cluster")
+      @nodes = Array.new(primaries * (1 + replicas)) do |i|
+        port = RedisProcess.free_port
+        conf = File.join(@dir, "nodes-#{port}.conf")
+        RedisProcess.new(port, ["--cluster-enabled", "yes", "--cluster-config-file", conf,
+                                "--cluster-node-timeout", NODE_TIMEOUT_MS.to_s, "--dir", @dir,
+                                "--cluster-replica-validity-factor", "0",
+                                "--cluster-require-full-coverage", "no", "--dbfilename", "dump-#{i}.rdb"])
+      end
+      @replicas = replicas
+    end
+
+    def start
+      @nodes.each(&:start)
+      addrs = @nodes.map { |n| "127.0.0.1:#{n.port}" }
+      ok = system("redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", @replicas.to_s,
+                  "--cluster-yes", out: File::NULL, err: File::NULL)
+      raise "redis-cli --cluster create failed on #{addrs.join(' ')}" unless ok
+
+      wait_until_ok
+      self
+    end
+
+    def stop
+      @nodes.each(&:stop)
+      FileUtils.rm_rf(@dir)
+    end
+
+    # Seed URLs, as a server or a publisher takes them: all nodes, or the first n.
+    def urls(n = @nodes.size)
+      @nodes.first(n).map { |node| "redis://127.0.0.1:#{node.port}/0" }
+    end
+
+    # The port of the live primary that serves a slot.
+    def primary_port(slot)
+      slots.each { |from, to, port| return port if slot.between?(from, to) }
+      nil
+    end
+
+    # [[first slot, last slot, primary port], ...], as a live node sees it.
+    def slots
+      call_any("CLUSTER", "SLOTS").map { |from, to, primary, *| [from, to, primary[1]] }
+    end
+
+    def primary_ports
+      slots.map(&:last).uniq
+    end
+
+    # Kills (SIGKILL) the primary on port; its replica is promoted.
+    def kill(port)
+      @nodes.find { |n| n.port == port }.stop
+    end
+
+    # Until every slot is served by a live primary and every live node says
+    # cluster_state:ok (after a start or a failover). At most `seconds`.
+    def wait_until_ok(seconds = 30)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+      loop do
+        return if healthy?
+        raise "the Redis Cluster did not settle within #{seconds}s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.1
+      end
+    end
+
+    def call(port, *args)
+      client = RedisClient.new(host: "127.0.0.1", port: port, timeout: 2)
+      client.call(*args)
+    ensure
+      client&.close
+    end
+
+    private
+
+    def live
+      @nodes.select(&:running?)
+    end
+
+    def call_any(*args)
+      live.each do |node|
+        return call(node.port, *args)
+      rescue RedisClient::Error
+        next
+      end
+      raise "no node of the Redis Cluster answers"
+    end
+
+    def healthy?
+      live_ports = live.map(&:port)
+      return false unless live.all? { |n| call(n.port, "CLUSTER", "INFO").include?("cluster_state:ok") }
+
+      covered = slots.sum { |from, to, port| live_ports.include?(port) ? to - from + 1 : 0 }
+      covered == 16_384
+    rescue RedisClient::Error
+      false
+    end
+  end
+end
