@@ -65,6 +65,7 @@ typedef struct interest {
     int dirty;                              /* lock: Redis may not match `wanted` yet */
     struct interest *next_dirty;            /* lock: in b->dirty while dirty */
     int want_now;                           /* backplane thread: `wanted` when it was taken */
+    int deferred;                           /* backplane thread: its shard is out of reach; asked again later */
     int active;                             /* backplane thread: subscribed on `sub` */
     size_t len;
     char name[];                            /* NUL-terminated */
@@ -88,6 +89,8 @@ struct bs_backplane {
 
     bs_shards_t shards;                     /* backplane thread: one Redis, or a cluster's primaries */
     struct pollfd *pfd;                     /* backplane thread: each shard's `sub`, then `wake` */
+    uint64_t lost;                          /* backplane thread: partitions lost, their clients not yet resynced */
+    int mending;                            /* backplane thread: the last repair did not finish */
     bs_item_t *loads, *loads_tail;          /* lock: history loads asked for, channel and proposed epoch */
     size_t nloads;                          /* lock */
     bs_table_t interests;                   /* lock: interest_t by name; freed only by the backplane thread */
@@ -140,6 +143,8 @@ static void disconnect(bs_backplane_t *b)
     bs_shards_disconnect(&b->shards);
     free(b->pfd);
     b->pfd = NULL;
+    b->lost = 0;                            /* connecting anew resyncs every client */
+    b->mending = 0;
     __atomic_store_n(&b->up, 0, __ATOMIC_RELEASE);
 }
 
@@ -154,9 +159,15 @@ static void mark_dirty(bs_backplane_t *b, interest_t *x)
     b->ndirty++;
 }
 
-/* A new `sub` holds no subscription: everything wanted is to be asked
- * for again (sync_interest does it). */
-static void resubscribe_all(bs_backplane_t *b)
+static int is_pattern(const char *name, size_t len)
+{
+    return len && name[len - 1] == '*';
+}
+
+/* A new `sub` holds no subscription: what is wanted in the lost partitions
+ * (NULL: all), and every pattern, is to be asked for again (sync_interest
+ * does it; asking a shard again for what it has is harmless). */
+static void resubscribe(bs_backplane_t *b, const uint64_t *lost)
 {
     uint32_t i;
 
@@ -165,6 +176,9 @@ static void resubscribe_all(bs_backplane_t *b)
         for (bs_hnode_t *n = b->interests.buckets[i]; n; n = n->next) {
             interest_t *x = (interest_t *)n;
 
+            if (lost && !is_pattern(x->name, x->len) &&
+                !(*lost >> bs_rnames_partition(x->name, x->len) & 1))
+                continue;
             x->active = 0;
             mark_dirty(b, x);
         }
@@ -172,7 +186,7 @@ static void resubscribe_all(bs_backplane_t *b)
 }
 
 /* Reads n replies from c; 0 when none was an error, else -1 with the
- * first error in why. */
+ * first error in why (unless NULL). */
 static int read_replies(redisContext *c, size_t n, const char *what, char *why, size_t whylen)
 {
     int rc = 0;
@@ -182,12 +196,14 @@ static int read_replies(redisContext *c, size_t n, const char *what, char *why, 
         redisReply *r;
 
         if (redisGetReply(c, &reply) != REDIS_OK) {
-            snprintf(why, whylen, "%s failed: %s", what, c->errstr);
+            if (why)
+                snprintf(why, whylen, "%s failed: %s", what, c->errstr);
             return -1;
         }
         r = reply;
         if (r->type == REDIS_REPLY_ERROR && rc == 0) {
-            snprintf(why, whylen, "%s failed: %s", what, r->str);
+            if (why)
+                snprintf(why, whylen, "%s failed: %s", what, r->str);
             rc = -1;
         }
         freeReplyObject(r);
@@ -195,20 +211,15 @@ static int read_replies(redisContext *c, size_t n, const char *what, char *why, 
     return rc;
 }
 
-/* Every shard connected with the script loaded and the history settings
- * written; subscriptions follow (sync_interest). */
-static int connect_all(bs_backplane_t *b, char *why, size_t whylen)
+/* The shards as they are now connected: the script loaded on each, the
+ * history settings written in each partition, `sub` read only when poll()
+ * says so. 0, or -1 with a sentence in why. */
+static int prepare(bs_backplane_t *b, char *why, size_t whylen)
 {
     struct timeval none = { 0, 0 };
     bs_buf_t key;
     int rc = 0, first, last;
 
-    if (bs_shards_connect(&b->shards, why, whylen))
-        return -1;
-    if (!(b->pfd = calloc(b->shards.n + 1, sizeof(*b->pfd)))) {
-        snprintf(why, whylen, "out of memory");
-        goto fail;
-    }
     for (size_t i = 0; i < b->shards.n; i++) {
         redisReply *r = redisCommand(b->shards.shard[i].cmd, "SCRIPT LOAD %s", b->script);
 
@@ -216,7 +227,7 @@ static int connect_all(bs_backplane_t *b, char *why, size_t whylen)
             snprintf(why, whylen, "SCRIPT LOAD failed: %s", r && r->str ? r->str : b->shards.shard[i].cmd->errstr);
             if (r)
                 freeReplyObject(r);
-            goto fail;
+            return -1;
         }
         memcpy(b->sha, r->str, 40);
         b->sha[40] = '\0';
@@ -249,19 +260,69 @@ static int connect_all(bs_backplane_t *b, char *why, size_t whylen)
     for (size_t i = 0; i < b->shards.n; i++) {
         bs_shard_t *sh = &b->shards.shard[i];
 
-        if (rc == 0 && read_replies(sh->cmd, sh->awaited, "HSET settings", why, whylen))
+        /* Every reply is read, so that none is left to be taken for the
+         * answer to a later command. */
+        if (read_replies(sh->cmd, sh->awaited, "HSET settings", rc ? NULL : why, whylen))
             rc = -1;
         sh->awaited = 0;
-        /* From here `sub` is read only when poll() says so. */
         redisSetTimeout(sh->sub, none);
     }
-    if (rc)
-        goto fail;
-    resubscribe_all(b);
+    return rc;
+}
+
+/* Every shard connected and prepared; subscriptions follow (sync_interest). */
+static int connect_all(bs_backplane_t *b, char *why, size_t whylen)
+{
+    /* Room for as many shards as may ever be followed, and `wake`. */
+    if (!(b->pfd = calloc(BS_MAX_SHARDS + 1, sizeof(*b->pfd)))) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    if (bs_shards_connect(&b->shards, why, whylen) || prepare(b, why, whylen)) {
+        disconnect(b);
+        return -1;
+    }
+    resubscribe(b, NULL);
     return 0;
-fail:
-    disconnect(b);
-    return -1;
+}
+
+/* Something failed on the way (a shard's connection: its `broken` is set;
+ * or a MOVED, or an unsubscribe nobody asked for). A single Redis: every
+ * connection is dropped and the main loop connects anew. A cluster: the map
+ * is read again, and only the partitions whose shard changed or broke are
+ * lost: their interests are asked for again and the clients subscribed
+ * there resync. While a shard stays out of reach (a primary dead and its
+ * replica not yet promoted), the others carry on, the publishes to it wait
+ * in the queue, and this is tried again (mend). */
+static void repair(bs_backplane_t *b)
+{
+    uint64_t lost = 0;
+    char why[256];
+
+    if (!b->shards.cluster) {
+        disconnect(b);
+        return;
+    }
+    if (bs_shards_repair(&b->shards, &lost, why, sizeof(why)) == 0)
+        b->lost |= lost;
+    else
+        goto out_of_reach;
+    if (prepare(b, why, sizeof(why)))
+        goto out_of_reach;
+    b->mending = 0;
+    __atomic_store_n(&b->up, 1, __ATOMIC_RELEASE);
+    if (!b->lost)
+        return;
+    bs_log(b->log, 'W', "Redis Cluster changed: %d of %d partitions moved or broke; their clients resync",
+           __builtin_popcountll(b->lost), BS_RPARTITIONS);
+    resubscribe(b, &b->lost);
+    b->sink.resync(b->sink.ctx, &b->lost);
+    b->lost = 0;
+    return;
+out_of_reach:
+    bs_log(b->log, 'W', "Redis Cluster: a shard is out of reach (%s); the others carry on, its publishes wait", why);
+    b->mending = 1;
+    __atomic_store_n(&b->up, 0, __ATOMIC_RELEASE);
 }
 
 /* ---- the backplane thread ------------------------------------------------------- */
@@ -320,14 +381,18 @@ static int read_sub(bs_backplane_t *b, bs_shard_t *sh)
 {
     void *reply;
 
-    if (redisBufferRead(sh->sub) != REDIS_OK)
+    if (redisBufferRead(sh->sub) != REDIS_OK) {
+        sh->broken = 1;
         return -1;
+    }
     for (;;) {
         redisReply *r;
         int confirmation;
 
-        if (redisGetReplyFromReader(sh->sub, &reply) != REDIS_OK)
+        if (redisGetReplyFromReader(sh->sub, &reply) != REDIS_OK) {
+            sh->broken = 1;
             return -1;
+        }
         if (!(r = reply))
             return 0;
         confirmation = sub_reply(b, sh, r);
@@ -395,9 +460,12 @@ static int flush_out(bs_backplane_t *b)
         char size[16], ttl[16];
         int rc = 0;
 
+        /* In queue order, passing over the publishes to a shard out of
+         * reach: they wait, in their order, and the others go. */
         pthread_mutex_lock(&b->lock);
         for (bs_item_t *o = b->head; o && n < PIPELINE; o = o->next)
-            batch[n++] = o;
+            if (!bs_shards_of(&b->shards, bs_shards_partition(&b->shards, o->channel, o->chlen))->broken)
+                batch[n++] = o;
         pthread_mutex_unlock(&b->lock);
         if (!n)
             return 0;
@@ -414,6 +482,7 @@ static int flush_out(bs_backplane_t *b)
             redisReply *r;
 
             if (shard_of[i]->cmd->err || redisGetReply(shard_of[i]->cmd, &reply) != REDIS_OK) {
+                shard_of[i]->broken = 1;
                 rc = -1;
                 continue;
             }
@@ -429,14 +498,15 @@ static int flush_out(bs_backplane_t *b)
             freeReplyObject(r);
         }
         pthread_mutex_lock(&b->lock);
-        /* The batch is the head of the queue, in order: others only append. */
+        /* The batch is in queue order, and only this thread takes from the
+         * queue: others only append. */
         {
             bs_item_t **at = &b->head, *prev = NULL;
 
-            for (i = 0; i < n; i++) {
+            for (i = 0; *at && i < n;) {
                 bs_item_t *o = *at;
 
-                if (!done[i]) {
+                if (o != batch[i] || !done[i++]) {
                     prev = o;
                     at = &o->next;
                     continue;
@@ -496,12 +566,15 @@ static int confirm(bs_backplane_t *b, bs_shard_t *sh)
         redisReply *r;
 
         if (redisGetReply(sh->sub, &reply) != REDIS_OK) {
+            sh->broken = 1;
             rc = -1;
             break;
         }
         r = reply;
         if (bs_shards_moved(r)) {
+            /* What else it was asked is left unread: its connections go. */
             bs_log(b->log, 'I', "Redis Cluster moved (%s); reading its map again", r->str);
+            sh->broken = 1;
             rc = -1;
         } else if (r->type == REDIS_REPLY_ERROR) {
             /* An answer all the same (an ACL that forbids the channel, say). */
@@ -543,31 +616,38 @@ static int sync_interest(bs_backplane_t *b)
     b->ndirty = 0;
     pthread_mutex_unlock(&b->lock);
 
+    /* A shard out of reach is not asked: a channel there waits (deferred),
+     * a pattern is asked in the other partitions, and in that one once the
+     * shard is mended (repair asks every pattern again). */
     bs_buf_init(&name);
     for (i = 0; i < n && rc == 0; i++) {
         interest_t *x = batch[i];
-        int pattern = x->len >= 2 && x->name[x->len - 1] == '*';
+        int part = bs_shards_partition(&b->shards, x->name, x->len);
 
+        x->deferred = 0;
         if (x->want_now == x->active)
             continue;
-        if (!b->shards.cluster)
-            rc = ask(b, &name, x, BS_RNO_PARTITION);
-        else if (!pattern)
-            rc = ask(b, &name, x, bs_rnames_partition(x->name, x->len));
-        else
+        if (!b->shards.cluster || !is_pattern(x->name, x->len)) {
+            if (bs_shards_of(&b->shards, part)->broken)
+                x->deferred = 1;
+            else
+                rc = ask(b, &name, x, part);
+        } else {
             for (int p = 0; p < BS_RPARTITIONS && rc == 0; p++)
-                rc = ask(b, &name, x, p);
+                if (!bs_shards_of(&b->shards, p)->broken)
+                    rc = ask(b, &name, x, p);
+        }
     }
     bs_buf_free(&name);
     for (i = 0; i < b->shards.n; i++)
-        if (confirm(b, &b->shards.shard[i]))
+        if (!b->shards.shard[i].broken && confirm(b, &b->shards.shard[i]))
             rc = -1;
 
     pthread_mutex_lock(&b->lock);
     for (i = 0; i < n; i++) {
         interest_t *x = batch[i];
 
-        if (rc == 0)
+        if (rc == 0 && !x->deferred)
             x->active = x->want_now;
         else
             mark_dirty(b, x);              /* asked again on the next connection */
@@ -640,11 +720,46 @@ static void pause_for(bs_backplane_t *b, int ms)
     drain_wake(b);
 }
 
+/* A repair left unfinished, or a shard whose connection failed. */
+static int needs_mending(const bs_backplane_t *b)
+{
+    if (b->mending)
+        return 1;
+    for (size_t i = 0; i < b->shards.n; i++)
+        if (b->shards.shard[i].broken)
+            return 1;
+    return 0;
+}
+
+/* How often the shards have needed mending of late. */
+typedef struct trouble {
+    int backoff;                            /* ms */
+    int64_t last;                           /* when they last did */
+} trouble_t;
+
+/* repair, then, when the last repair was not long ago (a cluster in the
+ * middle of moving a slot answers ASK or TRYAGAIN until it is done), a
+ * pause that doubles each time, so that the node does not spin. */
+static void mend(bs_backplane_t *b, trouble_t *t)
+{
+    int64_t now = bs_now_ms();
+
+    repair(b);
+    if (t->last && now - t->last < STEADY_MS) {
+        pause_for(b, t->backoff);
+        t->backoff = t->backoff >= 5000 ? 5000 : t->backoff * 2;
+    } else {
+        t->backoff = 100;
+    }
+    t->last = now;
+}
+
 static void *backplane_main(void *arg)
 {
     bs_backplane_t *b = arg;
     int backoff = 100, was_up = 0;
     int64_t up_since = 0;
+    trouble_t trouble = { 100, 0 };
     char why[256], name[128];
 
     bs_shards_name(&b->shards, name, sizeof(name));
@@ -676,22 +791,26 @@ static void *backplane_main(void *arg)
             /* Messages may have passed while we were away: every client
              * starts again and recovers from the history in Redis. */
             if (was_up)
-                b->sink.resync(b->sink.ctx);
+                b->sink.resync(b->sink.ctx, NULL);
             was_up = 1;
         }
         if (flush_out(b)) {
-            bs_log(b->log, 'W', "Redis connection lost while publishing; publishes are held until it is back");
-            disconnect(b);
+            bs_log(b->log, 'W', "Redis connection lost or moved while publishing; publishes are held until it is back");
+            mend(b, &trouble);
             continue;
         }
         if (sync_interest(b)) {
             bs_log(b->log, 'W', "Redis did not confirm a subscription; reconnecting");
-            disconnect(b);
+            mend(b, &trouble);
             continue;
         }
         if (run_loads(b)) {
-            bs_log(b->log, 'W', "Redis connection lost while loading a history; reconnecting");
-            disconnect(b);
+            bs_log(b->log, 'W', "Redis connection lost or moved while loading a history; reconnecting");
+            mend(b, &trouble);
+            continue;
+        }
+        if (needs_mending(b)) {
+            mend(b, &trouble);
             continue;
         }
         {
@@ -710,7 +829,7 @@ static void *backplane_main(void *arg)
                 if ((b->pfd[i].revents & (POLLIN | POLLERR | POLLHUP)) && read_sub(b, &b->shards.shard[i])) {
                     bs_log(b->log, 'W', "Redis subscription lost or moved (%s:%d); reconnecting",
                            b->shards.shard[i].host, b->shards.shard[i].port);
-                    disconnect(b);
+                    mend(b, &trouble);
                     break;
                 }
         }
@@ -924,6 +1043,8 @@ out:
                r ? r->str : c->errstr);
     if (rc && (c->err || !r || bs_shards_moved(r)))
         rc = LOAD_LOST;
+    if (c->err)
+        bs_shards_of(&b->shards, part)->broken = 1;
     if (r)
         freeReplyObject(r);
     bs_buf_free(&ekey);
@@ -953,7 +1074,10 @@ static int run_loads(bs_backplane_t *b)
         int got = -1;
 
         next = o->next;
-        if (l && !rc && b->pfd && o->kind == LOAD_HISTORY)
+        /* A shard out of reach answers nothing (the client is told it
+         * could not recover); the others answer. */
+        if (l && b->pfd && o->kind == LOAD_HISTORY &&
+            !bs_shards_of(&b->shards, bs_shards_partition(&b->shards, o->channel, o->chlen))->broken)
             got = load(b, o->channel, o->chlen, o->epoch, l);
         if (got == LOAD_LOST)
             rc = -1;

@@ -20,8 +20,10 @@ typedef struct bs_backplane_sink {
      * offset and epoch Redis gave it; frame is the whole delivery. */
     void (*message)(void *ctx, const char *channel, size_t chlen, uint64_t offset, const char *epoch,
                     size_t elen, const char *frame, size_t flen);
-    /* Redis came back after an outage: clients must resync. */
-    void (*resync)(void *ctx);
+    /* Redis came back after an outage: clients must resync, all of them
+     * (lost NULL), or those subscribed to a pattern or to a channel whose
+     * partition (rnames.h) has its bit set in *lost. */
+    void (*resync)(void *ctx, const uint64_t *lost);
     /* The answer to bs_backplane_request_load: what Redis holds of the
      * channel's history, or NULL when it could not be read. The callee owns
      * it (bs_loaded_free, then free). */

@@ -849,19 +849,38 @@ void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_
     reap_doomed(e);
 }
 
-void bs_engine_resync(bs_engine_t *e)
+static int client_lost(bs_client_t *c, bs_lost_fn lost, void *ctx)
+{
+    if (!lost)
+        return 1;
+    for (uint32_t i = 0; i < c->sub.nsubs; i++)
+        if (lost(ctx, c->sub.subs[i].channel->name, c->sub.subs[i].channel->len))
+            return 1;
+    return 0;
+}
+
+void bs_engine_resync(bs_engine_t *e, bs_lost_fn lost, void *ctx)
 {
     uint32_t i;
     unsigned n = 0;
 
-    while (e->all.head) {
-        client_destroy(e, CLIENT_OF(e->all.head, every), 1);
-        n++;
+    for (bs_dnode_t *d = e->all.head, *next; d; d = next) {
+        bs_client_t *c = CLIENT_OF(d, every);
+
+        next = d->next;
+        if (client_lost(c, lost, ctx)) {
+            client_destroy(e, c, 1);
+            n++;
+        }
     }
     /* What this node kept may have gaps now: reload from Redis when asked. */
     for (i = 0; i < e->histories.table.size; i++)
-        for (bs_hnode_t *n = e->histories.table.buckets[i]; n; n = n->next)
-            bs_history_reset(&e->histories, (bs_history_t *)n, "", ((bs_history_t *)n)->offset);
+        for (bs_hnode_t *h = e->histories.table.buckets[i]; h; h = h->next) {
+            bs_history_t *hist = (bs_history_t *)h;
+
+            if (!lost || lost(ctx, hist->name, hist->name_len))
+                bs_history_reset(&e->histories, hist, "", hist->offset);
+        }
     bs_log(e->log, 'W', "Redis was unreachable for a while: %u clients were asked to reconnect and recover",
            n);
 }

@@ -135,8 +135,12 @@ int bs_delivery_head(bs_buf_t *b, const char *channel, size_t chlen, const char 
 /* A message that came through the backplane, with its offset and epoch. */
 void bs_engine_remote(bs_engine_t *e, const char *channel, size_t chlen, uint64_t offset,
                       const char *epoch, size_t elen, const char *frame, size_t flen);
-/* After a backplane outage: every client starts again and recovers. */
-void bs_engine_resync(bs_engine_t *e);
+/* Whether what a channel or pattern heard from the backplane may have gaps. */
+typedef int (*bs_lost_fn)(void *ctx, const char *name, size_t len);
+/* After a backplane outage: every client (lost NULL), or each subscribed to
+ * a channel or pattern lost says yes to, starts again and recovers; the
+ * histories of those channels are reloaded when next needed. */
+void bs_engine_resync(bs_engine_t *e, bs_lost_fn lost, void *ctx);
 /* The answer to ops->load: l is what the backplane holds of the channel's
  * history, or NULL when it could not be read. The subscribes that waited
  * for it are answered. l stays the caller's. */

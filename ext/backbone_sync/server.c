@@ -41,6 +41,7 @@
 
 #include "backbone_sync.h"
 #include "backplane.h"
+#include "rnames.h"
 #include "bayeux.h"
 #include "channel.h"
 #include "inbox.h"
@@ -242,13 +243,24 @@ static void sink_loaded(void *ctx, const char *channel, size_t chlen, bs_loaded_
     }
 }
 
-static void sink_resync(void *ctx)
+/* The lost partitions travel as the item's data: 8 bytes, or none for all. */
+static void sink_resync(void *ctx, const uint64_t *lost)
 {
     bs_server_t *s = ctx;
-    bs_item_t *p = bs_item_new(BS_INBOX_RESYNC, "", 0, "", 0);
+    bs_item_t *p = bs_item_new(BS_INBOX_RESYNC, "", 0, (const char *)lost, lost ? sizeof(*lost) : 0);
 
     if (p)
         bs_inbox_put(&s->inbox, p);
+}
+
+/* For bs_engine_resync: whether what name (a channel or a pattern) heard
+ * through the backplane may have gaps, when the partitions in *ctx were
+ * lost. A pattern listens in every partition. */
+static int in_lost_partition(void *ctx, const char *name, size_t len)
+{
+    const uint64_t *lost = ctx;
+
+    return (len && name[len - 1] == '*') || (*lost >> bs_rnames_partition(name, len) & 1);
 }
 
 /* Any thread, under the inbox's lock: the context exists while it is open. */
@@ -272,7 +284,11 @@ static void drain_inbox(bs_server_t *s, int engine_alive)
         } else if (p->kind == BS_INBOX_REMOTE) {
             bs_engine_remote(&s->engine, p->channel, p->chlen, p->offset, p->epoch, p->elen, p->data, p->len);
         } else if (p->kind == BS_INBOX_RESYNC) {
-            bs_engine_resync(&s->engine);
+            uint64_t lost;
+
+            if (p->len == sizeof(lost))
+                memcpy(&lost, p->data, sizeof(lost));
+            bs_engine_resync(&s->engine, p->len == sizeof(lost) ? in_lost_partition : NULL, &lost);
         } else if (p->kind == BS_INBOX_LOADED) {
             bs_engine_loaded(&s->engine, p->channel, p->chlen, p->ptr);
         } else {

@@ -5,10 +5,13 @@
  * cluster_enabled:1), the shards are the primaries CLUSTER SLOTS names for
  * the slots of the BS_RPARTITIONS partition tags (rnames.c): everything of
  * a channel lives in its partition's slot, so each partition has exactly
- * one primary. The map is read once per connection; when the cluster
- * changes (a failover, a slot moved), the caller sees an error or a lost
- * connection, drops every connection and connects again, which reads the
- * map anew from whichever seed or known primary answers.
+ * one primary. When the cluster changes (a failover, a slot moved), the
+ * caller sees a MOVED, an unsubscribe it did not ask for, or a lost
+ * connection, and bs_shards_repair reads the map again: the shards that
+ * still hold their partitions keep their connections, so only the
+ * partitions that moved or broke are lost. When even that fails, the caller
+ * drops everything and connects anew, from the seeds and then from the
+ * primaries it last knew.
  *
  * Layer: backplane. Thread: the backplane thread only; every call blocks
  * for at most the connection timeout.
@@ -21,6 +24,8 @@
 #include "shards.h"
 
 #define TIMEOUT_MS 2000
+
+_Static_assert(BS_RPARTITIONS <= 64, "bs_shards_repair reports lost partitions as bits of a uint64_t");
 
 static int parse_node(const char *p, size_t len, char *host, size_t hostlen, int *port)
 {
@@ -156,6 +161,31 @@ static int add_shard(bs_shards_t *s, const char *host, size_t hostlen, int port)
     return (int)s->n++;
 }
 
+static bs_shard_t *find_shard(bs_shards_t *s, const char *host, int port)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->shard[i].port == port && strcmp(s->shard[i].host, host) == 0)
+            return &s->shard[i];
+    return NULL;
+}
+
+static void close_shard(bs_shard_t *sh)
+{
+    if (sh->cmd)
+        redisFree(sh->cmd);
+    if (sh->sub)
+        redisFree(sh->sub);
+    sh->cmd = sh->sub = NULL;
+}
+
+static void remember(bs_shards_t *s)
+{
+    for (s->nknown = 0; s->nknown < s->n && s->nknown < sizeof(s->known) / sizeof(s->known[0]); s->nknown++) {
+        memcpy(s->known[s->nknown].host, s->shard[s->nknown].host, sizeof(s->known[0].host));
+        s->known[s->nknown].port = s->shard[s->nknown].port;
+    }
+}
+
 /* The primaries of the partitions, from CLUSTER SLOTS on c. */
 static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
 {
@@ -271,10 +301,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
             goto fail;
     }
     if (s->cluster)
-        for (s->nknown = 0; s->nknown < s->n && s->nknown < sizeof(s->known) / sizeof(s->known[0]); s->nknown++) {
-            memcpy(s->known[s->nknown].host, s->shard[s->nknown].host, sizeof(s->known[0].host));
-            s->known[s->nknown].port = s->shard[s->nknown].port;
-        }
+        remember(s);
     return 0;
 fail:
     bs_shards_disconnect(s);
@@ -283,12 +310,8 @@ fail:
 
 void bs_shards_disconnect(bs_shards_t *s)
 {
-    for (size_t i = 0; i < s->n; i++) {
-        if (s->shard[i].cmd)
-            redisFree(s->shard[i].cmd);
-        if (s->shard[i].sub)
-            redisFree(s->shard[i].sub);
-    }
+    for (size_t i = 0; i < s->n; i++)
+        close_shard(&s->shard[i]);
     free(s->shard);
     s->shard = NULL;
     s->n = 0;
@@ -316,4 +339,74 @@ int bs_shards_moved(const redisReply *r)
         if (strncmp(r->str, kinds[i], strlen(kinds[i])) == 0)
             return 1;
     return 0;
+}
+
+int bs_shards_repair(bs_shards_t *s, uint64_t *lost, char *why, size_t whylen)
+{
+    bs_shards_t fresh;
+    int found = 0;
+
+    if (!s->cluster || !s->n)
+        return -1;
+    memset(&fresh, 0, sizeof(fresh));
+    snprintf(why, whylen, "no node gave the map");
+    /* The map, from a shard that still answers, else a seed or a known node. */
+    for (size_t i = 0; i < s->n && !found; i++)
+        if (!s->shard[i].broken && s->shard[i].cmd && !s->shard[i].cmd->err) {
+            found = read_map(&fresh, s->shard[i].cmd, why, whylen) == 0;
+            fresh.n = found ? fresh.n : 0;
+        }
+    for (size_t i = 0; i < s->nseeds + s->nknown && !found; i++) {
+        const char *host = i < s->nseeds ? s->seed_host[i] : s->known[i - s->nseeds].host;
+        int port = i < s->nseeds ? s->seed_port[i] : s->known[i - s->nseeds].port;
+        redisContext *c = open_one(s, host, port, why, whylen);
+
+        if (c) {
+            found = read_map(&fresh, c, why, whylen) == 0;
+            fresh.n = found ? fresh.n : 0;
+            redisFree(c);
+        }
+    }
+    if (!found)
+        goto fail;
+    /* First what is new: until every connection is made, the old shards
+     * stay as they were. Then the kept ones move over. */
+    for (size_t i = 0; i < fresh.n; i++) {
+        bs_shard_t *f = &fresh.shard[i], *o = find_shard(s, f->host, f->port);
+
+        if (o && !o->broken && o->cmd && !o->cmd->err && o->sub && !o->sub->err)
+            continue;
+        if (!(f->cmd = open_one(s, f->host, f->port, why, whylen)) ||
+            !(f->sub = open_one(s, f->host, f->port, why, whylen)))
+            goto fail;
+    }
+    for (size_t i = 0; i < fresh.n; i++) {
+        bs_shard_t *f = &fresh.shard[i], *o = find_shard(s, f->host, f->port);
+
+        if (f->cmd)
+            continue;
+        *f = *o;                            /* its connections, and what it last handed up */
+        o->cmd = o->sub = NULL;
+        f->awaited = 0;
+    }
+    *lost = 0;
+    for (int p = 0; p < BS_RPARTITIONS; p++) {
+        const bs_shard_t *o = &s->shard[s->part[p]], *f = &fresh.shard[fresh.part[p]];
+
+        if (o->broken || o->port != f->port || strcmp(o->host, f->host) != 0)
+            *lost |= (uint64_t)1 << p;
+    }
+    for (size_t i = 0; i < s->n; i++)
+        close_shard(&s->shard[i]);
+    free(s->shard);
+    s->shard = fresh.shard;
+    s->n = fresh.n;
+    memcpy(s->part, fresh.part, sizeof(s->part));
+    remember(s);
+    return 0;
+fail:
+    for (size_t i = 0; i < fresh.n; i++)
+        close_shard(&fresh.shard[i]);
+    free(fresh.shard);
+    return -1;
 }

@@ -25,6 +25,7 @@ typedef struct bs_shard {
     redisContext *cmd;                      /* EVALSHA and history loads, blocking with a timeout */
     redisContext *sub;                      /* (S)SUBSCRIBE, read when poll() says so */
     size_t awaited;                         /* confirmations of (un)subscribes not yet read */
+    int broken;                             /* a connection of it failed: bs_shards_repair replaces it */
     /* the last message handed up from `sub`, so that the copy a pattern
      * subscription brings of the same publish, right after, is dropped */
     char last_channel[BS_CHANNEL_MAX];
@@ -53,6 +54,13 @@ void bs_shards_destroy(bs_shards_t *s);
  * connections of each. 0, or -1 with a sentence in why. */
 int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen);
 void bs_shards_disconnect(bs_shards_t *s);
+/* A cluster that moved, or shards whose `broken` is set: reads the map
+ * again, keeps the connections of the shards that are still primaries and
+ * did not break, and opens the others. *lost gets the partitions (bit p for
+ * partition p) whose shard changed or broke: what a node heard of them
+ * meanwhile may have gaps. 0, or -1 (not a cluster, no map, or a new shard
+ * unreachable): the caller then disconnects and connects anew. */
+int bs_shards_repair(bs_shards_t *s, uint64_t *lost, char *why, size_t whylen);
 /* The partition a channel lives in: BS_RNO_PARTITION on a single Redis. */
 int bs_shards_partition(const bs_shards_t *s, const char *channel, size_t len);
 /* The shard that holds a partition (BS_RNO_PARTITION: the only one). */

@@ -17,19 +17,24 @@ module BackboneSyncSpec
 
     def initialize(primaries: 3, replicas: 1)
       @dir = Dir.mktmpdir("bs-cluster")
-      @nodes = Array.new(primaries * (1 + replicas)) do |i|
-        port = RedisProcess.free_port
-        conf = File.join(@dir, "nodes-#{port}.conf")
-        RedisProcess.new(port, ["--cluster-enabled", "yes", "--cluster-config-file", conf,
-                                "--cluster-node-timeout", NODE_TIMEOUT_MS.to_s, "--dir", @dir,
-                                "--cluster-replica-validity-factor", "0",
-                                "--cluster-require-full-coverage", "no", "--dbfilename", "dump-#{i}.rdb"])
-      end
+      @nodes = Array.new(primaries * (1 + replicas)) { new_node }
       @replicas = replicas
     end
 
     def start
-      @nodes.each(&:start)
+      # A free port can be taken before redis-server binds it (other
+      # servers start on this machine too): such a node gets another.
+      @nodes.map! do |node|
+        tries = 0
+        begin
+          node.start
+        rescue RedisProcess::PortTaken
+          raise if (tries += 1) > 5
+
+          node = new_node
+          retry
+        end
+      end
       addrs = @nodes.map { |n| "127.0.0.1:#{n.port}" }
       ok = system("redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", @replicas.to_s,
                   "--cluster-yes", out: File::NULL, err: File::NULL)
@@ -127,6 +132,14 @@ module BackboneSyncSpec
     end
 
     private
+
+    def new_node
+      port = RedisProcess.free_port
+      RedisProcess.new(port, ["--cluster-enabled", "yes", "--cluster-config-file", File.join(@dir, "nodes-#{port}.conf"),
+                              "--cluster-node-timeout", NODE_TIMEOUT_MS.to_s, "--dir", @dir,
+                              "--cluster-replica-validity-factor", "0",
+                              "--cluster-require-full-coverage", "no", "--dbfilename", "dump-#{port}.rdb"])
+    end
 
     def node(port)
       @nodes.find { |n| n.port == port }

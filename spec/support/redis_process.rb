@@ -7,6 +7,9 @@ module BackboneSyncSpec
   # stopped and restarted on the same port (the backplane specs need Redis to
   # go away and come back).
   class RedisProcess
+    # Another process took the free port between its choice and the bind.
+    class PortTaken < StandardError; end
+
     attr_reader :port
 
     def self.available?
@@ -41,6 +44,10 @@ module BackboneSyncSpec
                            *@extra, out: File::NULL, err: File::NULL)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
       until ping
+        if Process.wait(@pid, Process::WNOHANG)
+          @pid = nil
+          raise PortTaken, "redis-server on port #{port} exited at start (the port was taken meanwhile?)"
+        end
         raise "redis-server on port #{port} did not answer within 10s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
 
         sleep 0.05
