@@ -105,8 +105,9 @@ module BackboneSync
 
     private
 
+    # The config of a single Redis's client (a seed's, on a cluster).
     def parse(url)
-      RedisClient.config(url: url, timeout: @timeout, reconnect_attempts: 1)
+      RedisClient.config(url: url, timeout: @timeout, reconnect_attempts: 2)
     rescue ArgumentError, URI::InvalidURIError
       raise ArgumentError, "redis must be a URL such as \"redis://127.0.0.1:6379/0\", or several for a " \
                            "Redis Cluster, got #{redact(url).inspect}"

@@ -188,6 +188,23 @@ RSpec.describe BackboneSync::RedisPublisher, "on a Redis Cluster" do
       end
     end
 
+    it "is what the broadcaster publishes with when its redis setting holds the seeds, kept as given" do
+      require "backbone_sync/broadcasting" # what broadcaster.rb uses and rails.rb loads first
+      require "backbone_sync/broadcaster"
+      channel = "/cl/bc#{rand(1 << 30)}"
+      urls = @cluster.urls(2)
+      [urls, urls.join(","), urls.first].each_with_index do |setting, i|
+        BackboneSync::Broadcaster.redis = setting
+        expect(BackboneSync::Broadcaster.redis).to eq(setting)
+        expect(BackboneSync::Broadcaster.route).to eq(:redis)
+        expect(BackboneSync::Broadcaster.publish!(channel, i)).to eq(i + 1)
+      end
+      port = port_of(BackboneSync::RedisPublisher::PREFIX, channel)
+      expect(@cluster.call(port, "GET", names(BackboneSync::RedisPublisher::PREFIX, channel)[0][2])).to eq("3")
+    ensure
+      BackboneSync::Broadcaster.redis = nil
+    end
+
     it "refuses a db other than 0 for a cluster, saying so, and still takes one for a single Redis" do
       urls = @cluster.urls(2).map { |u| u.sub(%r{/0\z}, "/3") }
       expect { described_class.new(urls) }
