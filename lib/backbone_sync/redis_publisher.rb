@@ -154,14 +154,16 @@ module BackboneSync
       @single ||= @seeds.first.new_client
     end
 
-    # A node's client, with the seeds' credentials and TLS.
+    # A node's client, with the seeds' credentials and TLS. It does not
+    # reconnect and resend by itself: run_in_cluster tries again, after
+    # reading the slot table, within its bound.
     def node_client(node)
       @clients[node] ||= begin
         host, _, port = node.rpartition(":")
         seed = @seeds.first
         RedisClient.config(host: host, port: Integer(port), username: seed.password && seed.username,
                            password: seed.password, ssl: seed.ssl?, ssl_params: seed.ssl_params,
-                           timeout: @timeout, reconnect_attempts: 1).new_client
+                           timeout: @timeout, reconnect_attempts: 0).new_client
       end
     end
 
@@ -188,7 +190,7 @@ module BackboneSync
       begin
         attempts += 1
         node = nil
-        node = ask || primary(slot)
+        node = ask || primary(slot, deadline)
         if ask
           ask = nil
           # ASKING holds for the next command of this connection only.
@@ -208,7 +210,7 @@ module BackboneSync
           # The slot (and most likely others: a failover, a resharding) moved.
           target = endpoint(Regexp.last_match(1), node)
           begin
-            refresh_slots
+            refresh_slots(deadline)
           rescue RedisClient::ConnectionError
             nil # the old table, and the next try reads it again
           end
@@ -235,18 +237,21 @@ module BackboneSync
 
     # The node ("host:port") serving +slot+, from the slot table, which is
     # read again when it is missing.
-    def primary(slot)
-      refresh_slots unless @slots
+    def primary(slot, deadline)
+      refresh_slots(deadline) unless @slots
       @slots[slot] || raise(RedisClient::CommandError, "CLUSTERDOWN no primary serves hash slot #{slot}")
     end
 
     # Reads CLUSTER SLOTS from the first node that answers: the primaries
-    # known, then the seeds. Closes the clients of nodes no longer primaries.
-    def refresh_slots
+    # known, then the seeds; no other after +deadline+ (a node that hangs
+    # costs a timeout each). Closes the clients of nodes no longer primaries.
+    def refresh_slots(deadline)
       known = @slots ? @slots.compact.uniq : []
       candidates = (@clients.keys + known + @seeds.map { |s| "#{s.host}:#{s.port}" }).uniq
       errors = []
       candidates.each do |node|
+        break if errors.any? && monotonic > deadline
+
         ranges = node_client(node).call("CLUSTER", "SLOTS")
         table = Array.new(SLOTS)
         ranges.each do |from, to, (host, port, *)|
@@ -270,8 +275,10 @@ module BackboneSync
       target.start_with?(":") ? "#{from.rpartition(':').first}#{target}" : target
     end
 
+    # None before the second try (a connection closed while idle), then
+    # 0.2 s doubling up to 1 s, never past the deadline.
     def back_off(attempts, deadline)
-      pause = [0.05 * (2**attempts), 1.0, deadline - monotonic].min
+      pause = attempts < 2 ? 0 : [0.05 * (2**attempts), 1.0, deadline - monotonic].min
       sleep(pause) if pause.positive?
     end
 

@@ -257,6 +257,34 @@ RSpec.describe BackboneSync::RedisPublisher, "on a Redis Cluster" do
       end
     end
 
+    it "raises Unreachable within its bound when a primary hangs, and the other primaries go on" do
+      prefix = fresh_prefix
+      hung, other = Array.new(40) { |i| "/cl/hang#{i}" }.uniq { |c| port_of(prefix, c) }
+      port = port_of(prefix, hung)
+      publisher = described_class.new(@cluster.urls, prefix: prefix)
+      begin
+        expect(publisher.publish(hung, 1)).to eq(1)
+        # Every command there waits, longer than the bound (and no
+        # CLIENT UNPAUSE gets through either): only a timeout ends a call.
+        pause = BOUND
+        paused_at = monotonic
+        @cluster.call(port, "CLIENT", "PAUSE", (pause * 1000).to_i, "ALL")
+        took = timed do
+          expect { publisher.publish(hung, 2) }.to raise_error(BackboneSync::Unreachable, /Redis Cluster/)
+        end
+        expect(took).to be < BOUND
+        expect(publisher.publish(other, 1)).to eq(1) # on another primary, while that one still hangs
+        expect(monotonic - paused_at).to be < pause
+      ensure
+        eventually(timeout: BOUND + 5, what: "the paused primary to answer again") do
+          @cluster.call(port, "PING") == "PONG"
+        rescue RedisClient::Error
+          false
+        end
+        publisher.close
+      end
+    end
+
     # The ASKING calls a node has served, from its command stats.
     def askings(port)
       @cluster.call(port, "INFO", "commandstats")[/cmdstat_asking:calls=(\d+)/, 1].to_i
