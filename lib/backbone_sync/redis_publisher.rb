@@ -17,7 +17,8 @@ module BackboneSync
   # primary and a slot table from CLUSTER SLOTS, and sends each publish to
   # the primary serving the hash slot of the channel's keys (the core names
   # them; they share one hash tag) with SPUBLISH. It follows MOVED, ASK,
-  # failovers and CLUSTERDOWN for at most RETRY_SECONDS, then raises.
+  # failovers and CLUSTERDOWN for at most RETRY_SECONDS (and the timeout of
+  # a call under way then), then raises.
   class RedisPublisher
     SCRIPT = File.read(File.expand_path("publish.lua", __dir__)).freeze
     SHA = Digest::SHA1.hexdigest(SCRIPT).freeze
