@@ -128,6 +128,25 @@ RSpec.describe BackboneSync::RedisPublisher, "on a Redis Cluster" do
       end
     end
 
+    it "is shared by threads: each publish gets its own offset, on any primary" do
+      prefix = fresh_prefix
+      channels = Array.new(3) { |i| "/cl/threads#{i}" }
+      publisher = described_class.new(@cluster.urls, prefix: prefix)
+      begin
+        threads = Array.new(8) do |t|
+          Thread.new { Array.new(60) { |n| channels[(t + n) % 3].then { |c| [c, publisher.publish(c, n)] } } }
+        end
+        results = threads.flat_map { |thread| thread.join(BOUND * 3)&.value || raise("a publishing thread hung") }
+        results.group_by(&:first).each do |channel, pairs|
+          expect(pairs.map(&:last).sort).to eq((1..pairs.size).to_a)
+          expect(@cluster.call(port_of(prefix, channel), "GET", names(prefix, channel)[0][2])).to eq(pairs.size.to_s)
+        end
+        expect(results.size).to eq(480)
+      ensure
+        publisher.close
+      end
+    end
+
     it "drops a second publish of an event id and answers with the first one's offset" do
       prefix = fresh_prefix
       publisher = described_class.new(@cluster.urls.join(","), prefix: prefix)
