@@ -43,10 +43,21 @@ module BackboneSync
     end
 
     # $BACKBONE_SYNC_REDIS_URL, or nil when it is unset or empty: the Redis
-    # URL of Server, RedisPublisher and the broadcaster when given none.
+    # URL of Server, RedisPublisher and the broadcaster when given none. It
+    # is returned as it is: several comma-separated URLs are the seed nodes
+    # of a Redis Cluster.
     def default_redis_url
       env = ENV["BACKBONE_SYNC_REDIS_URL"]
       env unless env.nil? || env.empty?
+    end
+
+    # The redis setting as a list of URL Strings ([] for none). The setting
+    # is one URL, or the seed nodes of a Redis Cluster as an Array or as one
+    # String of comma-separated URLs (as an env var, a CLI flag or a rake
+    # argument gives them). A URL never holds a comma of its own: a
+    # password with one is written %2C.
+    def redis_urls(setting)
+      Array(setting).flat_map { |url| url.to_s.split(",") }.map(&:strip).reject(&:empty?)
     end
 
     # +channel+ as a String fit to publish to, or ChannelError saying what a

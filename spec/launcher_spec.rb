@@ -176,6 +176,22 @@ RSpec.describe "the standalone launcher" do
     redis&.stop
   end
 
+  it "rake faye:start takes redis=, and while that Redis is away says so without its password" do
+    rake = Gem.bin_path("rake", "rake")
+    port = BackboneSyncSpec::RedisProcess.free_port # nobody listens there
+    argv = [RbConfig.ruby, rake, "-f", File.join(root, "Rakefile"), "faye:start", "port=0", "secret=rake-secret",
+            "redis=redis://:hunter2@127.0.0.1:#{port}/0"]
+    with_launched(argv, env: { "BACKBONE_SYNC_REDIS_URL" => nil }) do |_pid, _url, _lines, _out, stderr|
+      said = +""
+      eventually(timeout: 15, what: "the warning that Redis is away") do
+        said << stderr.read_nonblock(65_536, exception: false).to_s
+        said.include?("not reachable yet")
+      end
+      expect(said).to include("Redis at redis://:***@127.0.0.1:#{port}/0 is not reachable yet")
+      expect(said).not_to include("hunter2")
+    end
+  end
+
   it "rake faye:start takes event_loop=ev, bin/backbone_sync --event-loop, and both refuse another loop" do
     rake = Gem.bin_path("rake", "rake")
     argv = [RbConfig.ruby, rake, "-f", File.join(root, "Rakefile"), "faye:start", "port=0", "secret=rake-secret",

@@ -75,14 +75,19 @@ module BackboneSync
       attr_writer :client_url
 
       # The Redis URL of the backplane, or nil: set explicitly, else
-      # $BACKBONE_SYNC_REDIS_URL.
+      # $BACKBONE_SYNC_REDIS_URL. Several URLs (an Array, or one String of
+      # comma-separated URLs) are the seed nodes of a Redis Cluster, and are
+      # kept as given.
       def redis
         @redis || BackboneSync.default_redis_url
       end
 
       def redis=(url)
         @lock.synchronize do
-          @redis = url.nil? || url.to_s.empty? ? nil : url.to_s
+          @redis = if BackboneSync.redis_urls(url).empty? then nil
+                   elsif url.is_a?(Array) then url.map(&:to_s).freeze
+                   else url.to_s
+                   end
           reset_publisher
         end
       end

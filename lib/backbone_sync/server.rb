@@ -276,8 +276,7 @@ module BackboneSync
     # an environment variable gives them): the seed nodes of a Redis Cluster.
     # An Array of URI, or nil.
     def validate_redis(value)
-      urls = value.is_a?(Array) ? value.map(&:to_s) : value.to_s.split(",")
-      urls = urls.map(&:strip).reject(&:empty?)
+      urls = BackboneSync.redis_urls(value)
       return nil if urls.empty?
 
       uris = urls.map { |url| redis_uri(url) }

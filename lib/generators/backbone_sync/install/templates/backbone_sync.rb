@@ -27,7 +27,8 @@
 # derived from secret_key_base unless set ($BACKBONE_SYNC_SECRET also works).
 # BackboneSync.secret = ENV["BACKBONE_SYNC_SECRET"]
 
-# Publish through a Redis backplane shared by several servers.
+# Publish through a Redis backplane shared by several servers (several
+# comma-separated URLs, or an Array: the seed nodes of a Redis Cluster).
 # BackboneSync::Rails::Faye.redis = ENV["BACKBONE_SYNC_REDIS_URL"]
 
 # Subscription tokens, for a server started with signed_subscriptions: the
