@@ -99,8 +99,13 @@ module Engines
   end
 
   def spawn_rpublish(bin, plan, messages, *extra)
+    spawn(bin, '--plan', plan, '--messages', messages.to_s, *extra)
+  end
+
+  # Starts a publisher; [pid, its output] for #finish.
+  def spawn(*cmd)
     r, w = IO.pipe
-    pid = Process.spawn(bin, '--plan', plan, '--messages', messages.to_s, *extra, out: w, err: w)
+    pid = Process.spawn(*cmd, out: w, err: w)
     w.close
     [pid, r]
   end
