@@ -46,6 +46,7 @@
 #include "backplane.h"
 #include "channel.h"
 #include "rnames.h"
+#include "shards.h"
 
 #define MAX_OUT 10000                       /* publishes waiting for Redis */
 #define MAX_OUT_BYTES (16u << 20)
@@ -54,6 +55,7 @@
 #define SUB_TIMEOUT_MS 2000                 /* for Redis to confirm a SUBSCRIBE */
 
 enum { LOAD_HISTORY, LOAD_BARRIER };        /* the kinds of a load item */
+#define LOAD_LOST (-2)                      /* load(): reconnect, the cluster may have moved */
 
 /* A channel or pattern this node wants the messages of, or did. */
 typedef struct interest {
@@ -71,8 +73,8 @@ typedef struct interest {
 struct bs_backplane {
     const bs_log_t *log;
     bs_backplane_sink_t sink;
-    char *host, *password, *script, *prefix;
-    int port, db, history_size, history_ttl;
+    char *script, *prefix;
+    int history_size, history_ttl;
     char sha[41];
 
     pthread_t thread;
@@ -83,18 +85,13 @@ struct bs_backplane {
     int stop;                               /* lock */
     int wake[2];                            /* a byte here wakes the backplane thread */
 
-    redisContext *sub, *cmd;                /* backplane thread */
+    bs_shards_t shards;                     /* backplane thread: one Redis, or a cluster's primaries */
+    struct pollfd *pfd;                     /* backplane thread: each shard's `sub`, then `wake` */
     bs_item_t *loads, *loads_tail;          /* lock: history loads asked for, channel and proposed epoch */
     size_t nloads;                          /* lock */
     bs_table_t interests;                   /* lock: interest_t by name; freed only by the backplane thread */
     struct interest *dirty;                 /* lock: the interests with dirty set */
     size_t ndirty;                          /* lock: how many */
-
-    /* backplane thread: the last message handed up, so that the copy a
-     * pattern subscription brings of the same publish is dropped */
-    char last_channel[BS_CHANNEL_MAX];
-    size_t last_chlen;
-    uint64_t last_offset;
 
     int up;                                 /* atomic */
     uint64_t refused;                       /* atomic */
@@ -115,18 +112,20 @@ bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, const bs_log_t *
         return NULL;
     b->log = log;
     b->sink = *sink;
-    b->host = dup_or_null(cfg->redis_host);
-    b->password = dup_or_null(cfg->redis_password);
     b->script = dup_or_null(cfg->redis_script);
     b->prefix = dup_or_null(cfg->redis_prefix);
-    b->port = cfg->redis_port;
-    b->db = cfg->redis_db;
     b->history_size = cfg->history_size > 0 ? cfg->history_size : 0;
     b->history_ttl = cfg->history_ttl;
     b->wake[0] = b->wake[1] = -1;
     pthread_mutex_init(&b->lock, NULL);
-    if (!b->host || !b->script || !b->prefix || (cfg->redis_password && !b->password) ||
-        pipe2(b->wake, O_CLOEXEC | O_NONBLOCK)) {
+    if (bs_shards_init(&b->shards, cfg->redis_nodes, cfg->redis_password, cfg->redis_db)) {
+        free(b->script);
+        free(b->prefix);
+        pthread_mutex_destroy(&b->lock);
+        free(b);
+        return NULL;
+    }
+    if (!b->script || !b->prefix || pipe2(b->wake, O_CLOEXEC | O_NONBLOCK)) {
         bs_backplane_free(b);
         return NULL;
     }
@@ -135,51 +134,11 @@ bs_backplane_t *bs_backplane_new(const bs_server_config_t *cfg, const bs_log_t *
 
 /* ---- connections ------------------------------------------------------------ */
 
-static redisContext *connect_redis(bs_backplane_t *b, int timeout_ms, char *why, size_t whylen)
-{
-    struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
-    redisContext *c = redisConnectWithTimeout(b->host, b->port, tv);
-    redisReply *r;
-
-    if (!c || c->err) {
-        snprintf(why, whylen, "%s", c ? c->errstr : "out of memory");
-        if (c)
-            redisFree(c);
-        return NULL;
-    }
-    redisSetTimeout(c, tv);
-    redisEnableKeepAlive(c);
-    if (b->password) {
-        r = redisCommand(c, "AUTH %s", b->password);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(why, whylen, "AUTH failed: %s", r ? r->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(r);
-    }
-    if (b->db) {
-        r = redisCommand(c, "SELECT %d", b->db);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(why, whylen, "SELECT %d failed: %s", b->db, r ? r->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(r);
-    }
-    return c;
-fail:
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return NULL;
-}
-
 static void disconnect(bs_backplane_t *b)
 {
-    if (b->sub)
-        redisFree(b->sub);
-    if (b->cmd)
-        redisFree(b->cmd);
-    b->sub = b->cmd = NULL;
+    bs_shards_disconnect(&b->shards);
+    free(b->pfd);
+    b->pfd = NULL;
     __atomic_store_n(&b->up, 0, __ATOMIC_RELEASE);
 }
 
@@ -209,41 +168,94 @@ static void resubscribe_all(bs_backplane_t *b)
             mark_dirty(b, x);
         }
     pthread_mutex_unlock(&b->lock);
-    b->last_chlen = 0;
 }
 
-/* Both connections and the script loaded; subscriptions follow (sync_interest). */
-static int connect_both(bs_backplane_t *b, char *why, size_t whylen)
+/* Reads n replies from c; 0 when none was an error, else -1 with the
+ * first error in why. */
+static int read_replies(redisContext *c, size_t n, const char *what, char *why, size_t whylen)
+{
+    int rc = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        void *reply;
+        redisReply *r;
+
+        if (redisGetReply(c, &reply) != REDIS_OK) {
+            snprintf(why, whylen, "%s failed: %s", what, c->errstr);
+            return -1;
+        }
+        r = reply;
+        if (r->type == REDIS_REPLY_ERROR && rc == 0) {
+            snprintf(why, whylen, "%s failed: %s", what, r->str);
+            rc = -1;
+        }
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+/* Every shard connected with the script loaded and the history settings
+ * written; subscriptions follow (sync_interest). */
+static int connect_all(bs_backplane_t *b, char *why, size_t whylen)
 {
     struct timeval none = { 0, 0 };
-    redisReply *r;
+    bs_buf_t key;
+    int rc = 0, first, last;
 
-    if (!(b->cmd = connect_redis(b, 2000, why, whylen)) ||
-        !(b->sub = connect_redis(b, 2000, why, whylen)))
-        goto fail;
-    r = redisCommand(b->cmd, "SCRIPT LOAD %s", b->script);
-    if (!r || r->type != REDIS_REPLY_STRING || r->len != 40) {
-        snprintf(why, whylen, "SCRIPT LOAD failed: %s", r && r->str ? r->str : b->cmd->errstr);
-        if (r)
-            freeReplyObject(r);
+    if (bs_shards_connect(&b->shards, why, whylen))
+        return -1;
+    if (!(b->pfd = calloc(b->shards.n + 1, sizeof(*b->pfd)))) {
+        snprintf(why, whylen, "out of memory");
         goto fail;
     }
-    memcpy(b->sha, r->str, 40);
-    b->sha[40] = '\0';
-    freeReplyObject(r);
+    for (size_t i = 0; i < b->shards.n; i++) {
+        redisReply *r = redisCommand(b->shards.shard[i].cmd, "SCRIPT LOAD %s", b->script);
+
+        if (!r || r->type != REDIS_REPLY_STRING || r->len != 40) {
+            snprintf(why, whylen, "SCRIPT LOAD failed: %s", r && r->str ? r->str : b->shards.shard[i].cmd->errstr);
+            if (r)
+                freeReplyObject(r);
+            goto fail;
+        }
+        memcpy(b->sha, r->str, 40);
+        b->sha[40] = '\0';
+        freeReplyObject(r);
+    }
     /* The history settings, for publish.lua: every publisher, Ruby's too,
-     * trims the history the way the servers keep it. */
-    r = redisCommand(b->cmd, "HSET %ssettings history_size %d history_ttl %d", b->prefix, b->history_size,
-                     b->history_ttl);
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        snprintf(why, whylen, "HSET settings failed: %s", r && r->str ? r->str : b->cmd->errstr);
-        if (r)
-            freeReplyObject(r);
-        goto fail;
+     * trims the history the way the servers keep it. A cluster keeps them
+     * in each partition, beside the keys a publish there touches. */
+    first = b->shards.cluster ? 0 : BS_RNO_PARTITION;
+    last = b->shards.cluster ? BS_RPARTITIONS - 1 : BS_RNO_PARTITION;
+    bs_buf_init(&key);
+    for (int p = first; rc == 0 && p <= last; p++) {
+        char size[16], ttl[16];
+        const char *argv[] = { "HSET", NULL, "history_size", size, "history_ttl", ttl };
+        size_t lens[] = { 4, 0, 12, 0, 11, 0 };
+
+        lens[3] = (size_t)snprintf(size, sizeof(size), "%d", b->history_size);
+        lens[5] = (size_t)snprintf(ttl, sizeof(ttl), "%d", b->history_ttl);
+        if (bs_rnames_name(&key, b->prefix, p, BS_RKIND_SETTINGS, "", 0)) {
+            rc = -1;
+            break;
+        }
+        argv[1] = key.ptr;
+        lens[1] = key.len;
+        if (redisAppendCommandArgv(bs_shards_of(&b->shards, p)->cmd, 6, argv, lens) != REDIS_OK)
+            rc = -1;
+        bs_shards_of(&b->shards, p)->awaited++;
     }
-    freeReplyObject(r);
-    /* From here `sub` is read only when poll() says so. */
-    redisSetTimeout(b->sub, none);
+    bs_buf_free(&key);
+    for (size_t i = 0; i < b->shards.n; i++) {
+        bs_shard_t *sh = &b->shards.shard[i];
+
+        if (rc == 0 && read_replies(sh->cmd, sh->awaited, "HSET settings", why, whylen))
+            rc = -1;
+        sh->awaited = 0;
+        /* From here `sub` is read only when poll() says so. */
+        redisSetTimeout(sh->sub, none);
+    }
+    if (rc)
+        goto fail;
     resubscribe_all(b);
     return 0;
 fail:
@@ -256,7 +268,7 @@ fail:
 static int run_loads(bs_backplane_t *b);
 
 /* "<channel>\n<offset>\n<epoch>\n<frame>", as publish.lua sends it. */
-static void handle_message(bs_backplane_t *b, const char *p, size_t len)
+static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, size_t len)
 {
     const char *end = p + len, *ch = p, *nl1, *nl2, *nl3;
     unsigned long long offset;
@@ -270,55 +282,67 @@ static void handle_message(bs_backplane_t *b, const char *p, size_t len)
         return;
     /* One publish reaches a node once per subscription that matches it, one
      * right after another: keep the first. */
-    if (b->last_chlen == (size_t)(nl1 - ch) && b->last_offset == offset &&
-        memcmp(b->last_channel, ch, b->last_chlen) == 0)
+    if (sh->last_chlen == (size_t)(nl1 - ch) && sh->last_offset == offset &&
+        memcmp(sh->last_channel, ch, sh->last_chlen) == 0)
         return;
-    b->last_chlen = (size_t)(nl1 - ch);
-    memcpy(b->last_channel, ch, b->last_chlen);
-    b->last_offset = offset;
+    sh->last_chlen = (size_t)(nl1 - ch);
+    memcpy(sh->last_channel, ch, sh->last_chlen);
+    sh->last_offset = offset;
     __atomic_fetch_add(&b->received, 1, __ATOMIC_RELAXED);
     b->sink.message(b->sink.ctx, ch, (size_t)(nl1 - ch), offset, nl2 + 1, (size_t)(nl3 - nl2 - 1),
                     nl3 + 1, (size_t)(end - nl3 - 1));
 }
 
-/* A reply read on `sub`: a message is handed up; 1 when it confirms a
- * subscribe or unsubscribe, else 0. */
-static int sub_reply(bs_backplane_t *b, redisReply *r)
+/* A reply read on a shard's `sub`: a message is handed up; 1 when it
+ * confirms a subscribe or unsubscribe (sharded or not), else 0. */
+static int sub_reply(bs_backplane_t *b, bs_shard_t *sh, redisReply *r)
 {
     const char *kind;
 
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
         return 0;
     kind = r->element[0]->str;
-    if (strcmp(kind, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING) {
-        handle_message(b, r->element[2]->str, r->element[2]->len);
+    if ((strcmp(kind, "message") == 0 || strcmp(kind, "smessage") == 0) &&
+        r->element[2]->type == REDIS_REPLY_STRING) {
+        handle_message(b, sh, r->element[2]->str, r->element[2]->len);
         return 0;
     }
-    return strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0;
+    return strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0 ||
+           strcmp(kind, "ssubscribe") == 0 || strcmp(kind, "sunsubscribe") == 0;
 }
 
-static int read_sub(bs_backplane_t *b)
+/* What arrived on a shard's `sub` while no (un)subscribe was waiting to be
+ * confirmed. -1 when the connection failed, or when Redis unsubscribed us
+ * by itself: a cluster does when the slot of a sharded channel moves to
+ * another primary, and the map is to be read again. */
+static int read_sub(bs_backplane_t *b, bs_shard_t *sh)
 {
     void *reply;
 
-    if (redisBufferRead(b->sub) != REDIS_OK)
+    if (redisBufferRead(sh->sub) != REDIS_OK)
         return -1;
     for (;;) {
         redisReply *r;
+        int confirmation;
 
-        if (redisGetReplyFromReader(b->sub, &reply) != REDIS_OK)
+        if (redisGetReplyFromReader(sh->sub, &reply) != REDIS_OK)
             return -1;
         if (!(r = reply))
             return 0;
-        sub_reply(b, r);
+        confirmation = sub_reply(b, sh, r);
         freeReplyObject(r);
+        if (confirmation)
+            return -1;
     }
 }
 
-/* Appends the EVALSHA of publish.lua for one publish to `cmd`, with the
- * names rnames.c gives. 0, or -1 when memory runs out. */
-static int append_publish(bs_backplane_t *b, const bs_item_t *o, const char *size, const char *ttl)
+/* Appends the EVALSHA of publish.lua for one publish to the `cmd` of the
+ * shard that holds its channel, with the names rnames.c gives. The shard,
+ * or NULL when memory runs out. */
+static bs_shard_t *append_publish(bs_backplane_t *b, const bs_item_t *o, const char *size, const char *ttl)
 {
+    int part = bs_shards_partition(&b->shards, o->channel, o->chlen);
+    bs_shard_t *sh = bs_shards_of(&b->shards, part);
     bs_buf_t names[6];
     const char *argv[16];
     size_t lens[16], n = 0;
@@ -327,8 +351,8 @@ static int append_publish(bs_backplane_t *b, const bs_item_t *o, const char *siz
     for (int k = 0; k < 6; k++)
         bs_buf_init(&names[k]);
     for (int k = BS_RKIND_SETTINGS; k <= BS_RKIND_EVENTS && !rc; k++)
-        rc = bs_rnames_name(&names[k], b->prefix, BS_RNO_PARTITION, k, o->channel, o->chlen);
-    rc = rc || bs_rnames_name(&names[5], b->prefix, BS_RNO_PARTITION, BS_RKIND_PUBSUB, "", 0);
+        rc = bs_rnames_name(&names[k], b->prefix, part, k, o->channel, o->chlen);
+    rc = rc || bs_rnames_name(&names[5], b->prefix, part, BS_RKIND_PUBSUB, "", 0);
     if (!rc) {
 #define ARG(p, l) (argv[n] = (p), lens[n++] = (l))
         ARG("EVALSHA", 7);
@@ -343,23 +367,32 @@ static int append_publish(bs_backplane_t *b, const bs_item_t *o, const char *siz
         ARG(ttl, strlen(ttl));
         ARG(o->epoch, BS_EPOCH_LEN);
         ARG(o->extra ? o->extra : "", o->xlen);
-        ARG("PUBLISH", 7);
+        if (b->shards.cluster)
+            ARG("SPUBLISH", 8);
+        else
+            ARG("PUBLISH", 7);
 #undef ARG
-        rc = redisAppendCommandArgv(b->cmd, (int)n, argv, lens) != REDIS_OK;
+        rc = redisAppendCommandArgv(sh->cmd, (int)n, argv, lens) != REDIS_OK;
     }
     for (int k = 0; k < 6; k++)
         bs_buf_free(&names[k]);
-    return rc ? -1 : 0;
+    return rc ? NULL : sh;
 }
 
-/* Sends what is queued, PIPELINE at a time; an item leaves the queue only
- * once Redis has answered for it. Returns -1 when the connection failed. */
+/* Sends what is queued, PIPELINE at a time, each publish to the shard of
+ * its channel; a publish leaves the queue once Redis has answered for it.
+ * One the cluster refused because it moved (bs_shards_moved) stays, in
+ * its place, for the next connection. Returns -1 when a connection failed
+ * or the cluster moved. */
 static int flush_out(bs_backplane_t *b)
 {
     for (;;) {
         bs_item_t *batch[PIPELINE];
+        bs_shard_t *shard_of[PIPELINE];
+        char done[PIPELINE];
         size_t n = 0, i;
         char size[16], ttl[16];
+        int rc = 0;
 
         pthread_mutex_lock(&b->lock);
         for (bs_item_t *o = b->head; o && n < PIPELINE; o = o->next)
@@ -370,31 +403,54 @@ static int flush_out(bs_backplane_t *b)
         snprintf(size, sizeof(size), "%d", b->history_size);
         snprintf(ttl, sizeof(ttl), "%d", b->history_ttl);
         for (i = 0; i < n; i++)
-            if (append_publish(b, batch[i], size, ttl))
+            if (!(shard_of[i] = append_publish(b, batch[i], size, ttl)))
                 return -1;
+        /* Each shard answers in the order it was asked. Every answer that
+         * can be read is: what another shard did is not done twice. */
+        memset(done, 0, n);
         for (i = 0; i < n; i++) {
             void *reply;
             redisReply *r;
 
-            if (redisGetReply(b->cmd, &reply) != REDIS_OK)
-                return -1;
+            if (shard_of[i]->cmd->err || redisGetReply(shard_of[i]->cmd, &reply) != REDIS_OK) {
+                rc = -1;
+                continue;
+            }
             r = reply;
-            if (r->type == REDIS_REPLY_ERROR)
-                bs_log(b->log, 'E', "Redis refused a publish to %s: %s", batch[i]->channel, r->str);
+            if (bs_shards_moved(r)) {
+                bs_log(b->log, 'I', "Redis Cluster moved (%s); reading its map again", r->str);
+                rc = -1;
+            } else {
+                if (r->type == REDIS_REPLY_ERROR)
+                    bs_log(b->log, 'E', "Redis refused a publish to %s: %s", batch[i]->channel, r->str);
+                done[i] = 1;
+            }
             freeReplyObject(r);
         }
         pthread_mutex_lock(&b->lock);
-        for (i = 0; i < n; i++) {
-            bs_item_t *o = b->head;
+        /* The batch is the head of the queue, in order: others only append. */
+        {
+            bs_item_t **at = &b->head, *prev = NULL;
 
-            b->head = o->next;
-            b->nout--;
-            b->out_bytes -= o->len;
-            free(o);
+            for (i = 0; i < n; i++) {
+                bs_item_t *o = *at;
+
+                if (!done[i]) {
+                    prev = o;
+                    at = &o->next;
+                    continue;
+                }
+                *at = o->next;
+                if (b->tail == o)
+                    b->tail = prev;
+                b->nout--;
+                b->out_bytes -= o->len;
+                free(o);
+            }
         }
-        if (!b->head)
-            b->tail = NULL;
         pthread_mutex_unlock(&b->lock);
+        if (rc)
+            return -1;
     }
 }
 
@@ -410,29 +466,63 @@ static int stopping(bs_backplane_t *b)
 
 /* ---- interest: what `sub` is subscribed to ---------------------------------- */
 
-/* The Redis channel publish.lua sends a Bayeux channel's or pattern's
- * messages on: "<prefix>ch:/a/b" for the channel /a/b, "<prefix>kids:/a"
- * for the pattern of one star below /a, "<prefix>tree:/a" for the pattern
- * of two stars below /a (exactly what each matches). */
-static int redis_channel(bs_buf_t *out, const char *prefix, const char *name, size_t len)
+/* Asks one shard to (un)subscribe the pub/sub channel publish.lua sends a
+ * Bayeux channel's or pattern's messages on, in one partition. 0, or -1. */
+static int ask(bs_backplane_t *b, bs_buf_t *name, const interest_t *x, int part)
 {
-    bs_buf_reset(out);
-    bs_buf_append_str(out, prefix);
-    if (len >= 3 && memcmp(name + len - 3, "/**", 3) == 0)
-        return bs_buf_append(out, "tree:", 5) || bs_buf_append(out, name, len - 3);
-    if (len >= 2 && memcmp(name + len - 2, "/*", 2) == 0)
-        return bs_buf_append(out, "kids:", 5) || bs_buf_append(out, name, len - 2);
-    return bs_buf_append(out, "ch:", 3) || bs_buf_append(out, name, len);
+    bs_shard_t *sh = bs_shards_of(&b->shards, part);
+    const char *verb = b->shards.cluster ? (x->want_now ? "SSUBSCRIBE" : "SUNSUBSCRIBE")
+                                         : (x->want_now ? "SUBSCRIBE" : "UNSUBSCRIBE");
+
+    if (bs_rnames_name(name, b->prefix, part, BS_RKIND_PUBSUB, x->name, x->len) ||
+        redisAppendCommand(sh->sub, "%s %b", verb, name->ptr, name->len) != REDIS_OK)
+        return -1;
+    sh->awaited++;
+    return 0;
 }
 
-/* Subscribes and unsubscribes `sub` to match what the engine wants, and
- * waits (at most SUB_TIMEOUT_MS) until Redis confirmed it, handing up the
- * messages that arrive meanwhile. Returns -1 when the connection failed. */
-static int sync_interest(bs_backplane_t *b)
+/* Reads a shard's `sub` until every (un)subscribe sent is confirmed,
+ * handing up the messages that arrive meanwhile. 0, or -1 when the
+ * connection failed or the cluster moved. */
+static int confirm(bs_backplane_t *b, bs_shard_t *sh)
 {
     struct timeval wait = { SUB_TIMEOUT_MS / 1000, (SUB_TIMEOUT_MS % 1000) * 1000 }, none = { 0, 0 };
+    int rc = 0;
+
+    redisSetTimeout(sh->sub, wait);
+    while (rc == 0 && sh->awaited) {
+        void *reply;
+        redisReply *r;
+
+        if (redisGetReply(sh->sub, &reply) != REDIS_OK) {
+            rc = -1;
+            break;
+        }
+        r = reply;
+        if (bs_shards_moved(r)) {
+            bs_log(b->log, 'I', "Redis Cluster moved (%s); reading its map again", r->str);
+            rc = -1;
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            /* An answer all the same (an ACL that forbids the channel, say). */
+            bs_log(b->log, 'E', "Redis refused a subscription: %s", r->str);
+            sh->awaited--;
+        } else {
+            sh->awaited -= (size_t)sub_reply(b, sh, r);
+        }
+        freeReplyObject(r);
+    }
+    redisSetTimeout(sh->sub, none);
+    return rc;
+}
+
+/* Subscribes and unsubscribes to match what the engine wants, on each
+ * shard concerned (a pattern, on a cluster: in every partition), and waits
+ * (at most SUB_TIMEOUT_MS a shard) until Redis confirmed it. Returns -1
+ * when a connection failed or the cluster moved. */
+static int sync_interest(bs_backplane_t *b)
+{
     interest_t **batch;
-    size_t n = 0, i, sent = 0, confirmed = 0;
+    size_t n = 0, i;
     bs_buf_t name;
     int rc = 0;
 
@@ -453,38 +543,24 @@ static int sync_interest(bs_backplane_t *b)
     pthread_mutex_unlock(&b->lock);
 
     bs_buf_init(&name);
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < n && rc == 0; i++) {
         interest_t *x = batch[i];
+        int pattern = x->len >= 2 && x->name[x->len - 1] == '*';
 
         if (x->want_now == x->active)
             continue;
-        if (redis_channel(&name, b->prefix, x->name, x->len) ||
-            redisAppendCommand(b->sub, "%s %b", x->want_now ? "SUBSCRIBE" : "UNSUBSCRIBE", name.ptr,
-                               name.len) != REDIS_OK) {
-            rc = -1;
-            break;
-        }
-        sent++;
+        if (!b->shards.cluster)
+            rc = ask(b, &name, x, BS_RNO_PARTITION);
+        else if (!pattern)
+            rc = ask(b, &name, x, bs_rnames_partition(x->name, x->len));
+        else
+            for (int p = 0; p < BS_RPARTITIONS && rc == 0; p++)
+                rc = ask(b, &name, x, p);
     }
     bs_buf_free(&name);
-    redisSetTimeout(b->sub, wait);
-    while (rc == 0 && confirmed < sent) {
-        void *reply;
-
-        if (redisGetReply(b->sub, &reply) != REDIS_OK) {
+    for (i = 0; i < b->shards.n; i++)
+        if (confirm(b, &b->shards.shard[i]))
             rc = -1;
-            break;
-        }
-        if (((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
-            /* An answer all the same (an ACL that forbids the channel, say). */
-            bs_log(b->log, 'E', "Redis refused a subscription: %s", ((redisReply *)reply)->str);
-            confirmed++;
-        } else {
-            confirmed += (size_t)sub_reply(b, reply);
-        }
-        freeReplyObject(reply);
-    }
-    redisSetTimeout(b->sub, none);
 
     pthread_mutex_lock(&b->lock);
     for (i = 0; i < n; i++) {
@@ -556,15 +632,15 @@ static void *backplane_main(void *arg)
 {
     bs_backplane_t *b = arg;
     int backoff = 100, was_up = 0;
-    char why[256];
+    char why[256], name[128];
 
+    bs_shards_name(&b->shards, name, sizeof(name));
     while (!stopping(b)) {
-        if (!b->sub) {
-            if (connect_both(b, why, sizeof(why))) {
+        if (!b->pfd) {
+            if (connect_all(b, why, sizeof(why))) {
                 struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
 
-                bs_log(b->log, 'W', "Redis at %s:%d unreachable (%s); retrying in %d ms",
-                       b->host, b->port, why, backoff);
+                bs_log(b->log, 'W', "Redis at %s unreachable (%s); retrying in %d ms", name, why, backoff);
                 run_loads(b);               /* answered at once: nothing to load from */
                 poll(&pfd, 1, backoff);
                 drain_wake(b);
@@ -573,7 +649,11 @@ static void *backplane_main(void *arg)
             }
             backoff = 100;
             __atomic_store_n(&b->up, 1, __ATOMIC_RELEASE);
-            bs_log(b->log, 'I', "Redis backplane connected at %s:%d", b->host, b->port);
+            if (b->shards.cluster)
+                bs_log(b->log, 'I', "Redis backplane connected to a Redis Cluster of %zu primaries through %s",
+                       b->shards.n, name);
+            else
+                bs_log(b->log, 'I', "Redis backplane connected at %s", name);
             /* Messages may have passed while we were away: every client
              * starts again and recovers from the history in Redis. */
             if (was_up)
@@ -596,19 +676,24 @@ static void *backplane_main(void *arg)
             continue;
         }
         {
-            struct pollfd pfd[2] = { { .fd = b->sub->fd, .events = POLLIN },
-                                     { .fd = b->wake[0], .events = POLLIN } };
+            size_t n = b->shards.n;
 
-            if (poll(pfd, 2, 1000) < 0 && errno != EINTR) {
+            for (size_t i = 0; i < n; i++)
+                b->pfd[i] = (struct pollfd){ .fd = b->shards.shard[i].sub->fd, .events = POLLIN };
+            b->pfd[n] = (struct pollfd){ .fd = b->wake[0], .events = POLLIN };
+            if (poll(b->pfd, n + 1, 1000) < 0 && errno != EINTR) {
                 disconnect(b);
                 continue;
             }
-            if (pfd[1].revents)
+            if (b->pfd[n].revents)
                 drain_wake(b);
-            if ((pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) && read_sub(b)) {
-                bs_log(b->log, 'W', "Redis subscription lost; reconnecting");
-                disconnect(b);
-            }
+            for (size_t i = 0; i < n; i++)
+                if ((b->pfd[i].revents & (POLLIN | POLLERR | POLLHUP)) && read_sub(b, &b->shards.shard[i])) {
+                    bs_log(b->log, 'W', "Redis subscription lost or moved (%s:%d); reconnecting",
+                           b->shards.shard[i].host, b->shards.shard[i].port);
+                    disconnect(b);
+                    break;
+                }
         }
     }
     disconnect(b);
@@ -668,13 +753,12 @@ void bs_backplane_free(bs_backplane_t *b)
             free(h);
         }
     bs_table_free(&b->interests);
+    bs_shards_destroy(&b->shards);
     if (b->wake[0] >= 0)
         close(b->wake[0]);
     if (b->wake[1] >= 0)
         close(b->wake[1]);
     pthread_mutex_destroy(&b->lock);
-    free(b->host);
-    free(b->password);
     free(b->script);
     free(b->prefix);
     free(b);
@@ -768,49 +852,65 @@ int bs_backplane_request_load(bs_backplane_t *b, const char *channel, size_t chl
     return 0;
 }
 
-/* What Redis holds of one channel, read on `cmd`. 0, or -1 (the
- * connection may be gone then). */
+/* What Redis holds of one channel, read on the `cmd` of its shard. 0; -1
+ * when Redis would not say; LOAD_LOST when the connection failed or the
+ * cluster moved. */
 static int load(bs_backplane_t *b, const char *name, size_t len, const char *epoch, bs_loaded_t *out)
 {
-    redisReply *r;
+    int part = bs_shards_partition(&b->shards, name, len);
+    redisContext *c = bs_shards_of(&b->shards, part)->cmd;
+    bs_buf_t ekey, okey, hkey;
+    redisReply *r = NULL;
     size_t i;
+    int rc = -1;
 
+    bs_buf_init(&ekey);
+    bs_buf_init(&okey);
+    bs_buf_init(&hkey);
+    if (bs_rnames_name(&ekey, b->prefix, part, BS_RKIND_EPOCH, name, len) ||
+        bs_rnames_name(&okey, b->prefix, part, BS_RKIND_OFFSET, name, len) ||
+        bs_rnames_name(&hkey, b->prefix, part, BS_RKIND_HISTORY, name, len))
+        goto out;
     /* Agree on an epoch first: the proposed one, unless Redis has one. */
-    r = redisCommand(b->cmd, "SET %sepoch:%b %s NX EX %d", b->prefix, name, len, epoch,
+    r = redisCommand(c, "SET %b %s NX EX %d", ekey.ptr, ekey.len, epoch,
                      b->history_ttl > 86400 ? b->history_ttl : 86400);
     if (!r || r->type == REDIS_REPLY_ERROR)
-        goto fail;
+        goto out;
     freeReplyObject(r);
-    r = redisCommand(b->cmd, "MGET %sepoch:%b %soffset:%b", b->prefix, name, len, b->prefix, name, len);
+    r = redisCommand(c, "MGET %b %b", ekey.ptr, ekey.len, okey.ptr, okey.len);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN)
-        goto fail;
+        goto out;
     memcpy(out->epoch, r->element[0]->str, r->element[0]->len);
     out->epoch[r->element[0]->len] = '\0';
     out->offset = r->element[1]->type == REDIS_REPLY_STRING ? strtoull(r->element[1]->str, NULL, 10) : 0;
     freeReplyObject(r);
-    if (b->history_size <= 0)
-        return 0;
-    r = redisCommand(b->cmd, "ZRANGE %shistory:%b 0 -1 WITHSCORES", b->prefix, name, len);
-    if (!r || r->type != REDIS_REPLY_ARRAY)
-        goto fail;
-    for (i = 0; i + 1 < r->elements; i += 2) {
-        redisReply *frame = r->element[i], *score = r->element[i + 1];
+    r = NULL;
+    if (b->history_size > 0) {
+        r = redisCommand(c, "ZRANGE %b 0 -1 WITHSCORES", hkey.ptr, hkey.len);
+        if (!r || r->type != REDIS_REPLY_ARRAY)
+            goto out;
+        for (i = 0; i + 1 < r->elements; i += 2) {
+            redisReply *frame = r->element[i], *score = r->element[i + 1];
 
-        if (frame->type == REDIS_REPLY_STRING &&
-            bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len)) {
-            freeReplyObject(r);
-            return -1;
+            if (frame->type == REDIS_REPLY_STRING &&
+                bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len))
+                goto out;
         }
     }
-    freeReplyObject(r);
-    return 0;
-fail:
-    bs_log(b->log, 'W', "could not load the history of %.*s from Redis: %s", (int)len, name,
-           r && r->type == REDIS_REPLY_ERROR ? r->str : b->cmd->errstr);
+    rc = 0;
+out:
+    if (rc && (!r || r->type == REDIS_REPLY_ERROR))
+        bs_log(b->log, 'W', "could not load the history of %.*s from Redis: %s", (int)len, name,
+               r ? r->str : c->errstr);
+    if (rc && (c->err || !r || bs_shards_moved(r)))
+        rc = LOAD_LOST;
     if (r)
         freeReplyObject(r);
-    return -1;
+    bs_buf_free(&ekey);
+    bs_buf_free(&okey);
+    bs_buf_free(&hkey);
+    return rc;
 }
 
 /* Answers every load asked for: from Redis when connected, else with NULL
@@ -827,15 +927,18 @@ static int run_loads(bs_backplane_t *b)
     b->nloads = 0;
     pthread_mutex_unlock(&b->lock);
     /* Every interest asked for before these loads is in force first. */
-    if (o && b->sub && sync_interest(b))
+    if (o && b->pfd && sync_interest(b))
         rc = -1;
     for (; o; o = next) {
         bs_loaded_t *l = calloc(1, sizeof(*l));
+        int got = -1;
 
         next = o->next;
-        if (l && (rc || !b->cmd || o->kind == LOAD_BARRIER || load(b, o->channel, o->chlen, o->epoch, l))) {
-            if (b->cmd && b->cmd->err)
-                rc = -1;
+        if (l && !rc && b->pfd && o->kind == LOAD_HISTORY)
+            got = load(b, o->channel, o->chlen, o->epoch, l);
+        if (got == LOAD_LOST)
+            rc = -1;
+        if (l && got) {
             bs_loaded_free(l);
             free(l);
             l = NULL;

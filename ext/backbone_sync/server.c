@@ -590,12 +590,12 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     };
     bs_inbox_init(&s->inbox, MAX_PENDING, MAX_PENDING_BYTES, wake_loop, s);
     s->ops = (bs_engine_ops_t){ .wake = op_wake, .lost_client = op_lost_client };
-    if (cfg->redis_host && cfg->redis_host[0]) {
+    if (cfg->redis_nodes && cfg->redis_nodes[0]) {
         sink.ctx = s;
         if (!cfg->redis_script || !cfg->redis_prefix ||
             !(s->backplane = bs_backplane_new(&s->cfg, &s->log, &sink))) {
             bs_inbox_destroy(&s->inbox);
-            s->cfg.redis_host = NULL;
+            s->cfg.redis_nodes = NULL;
             bs_server_free(s);
             return NULL;
         }
@@ -613,7 +613,7 @@ bs_server_t *bs_server_new(const bs_server_config_t *cfg)
     s->transport.stats_ctx = s;
     s->made = 1;
     /* The backplane keeps its own copies. */
-    s->cfg.redis_host = s->cfg.redis_password = s->cfg.redis_script = s->cfg.redis_prefix = NULL;
+    s->cfg.redis_nodes = s->cfg.redis_password = s->cfg.redis_script = s->cfg.redis_prefix = NULL;
     return s;
 }
 

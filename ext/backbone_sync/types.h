@@ -42,8 +42,8 @@ typedef struct bs_server_config {
     int history_size;                    /* messages kept per channel for recovery; 0: no history */
     int history_ttl;                     /* seconds a kept message stays recoverable */
     size_t history_memory;               /* bytes of history over all channels */
-    const char *redis_host;              /* Redis backplane, or NULL for a single node */
-    int redis_port;
+    const char *redis_nodes;             /* Redis backplane: "host:port[,host:port...]", one Redis or the
+                                            seed nodes of a Redis Cluster; NULL for a single node */
     const char *redis_password;          /* or NULL */
     int redis_db;
     const char *redis_script;            /* the text of lib/backbone_sync/publish.lua */

@@ -10,7 +10,8 @@ module BackboneSync
 
     # Prints "backbone_sync listening on URL" (and "secret: S" when it had to
     # generate one), then blocks until a signal arrives; stops the server.
-    # options are Server.new's; redis: "redis://host:port/db" joins a backplane.
+    # options are Server.new's; redis: "redis://host:port/db" joins a backplane
+    # (several URLs, comma-separated: the seed nodes of a Redis Cluster).
     # on_start is called with the server once it listens.
     def run(out: $stdout, on_start: nil, **options)
       # A program's output: --verbose lines must show as they happen, also
@@ -54,7 +55,7 @@ module BackboneSync
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + wait
       until server.stats[:backplane_up] == 1
         if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-          url = server.redis.dup.tap { |u| u.password = "***" if u.password }
+          url = server.redis.map { |uri| uri.dup.tap { |u| u.password = "***" if u.password } }.join(",")
           warn "backbone_sync: Redis at #{url} is not reachable yet; publishes wait for it " \
                "(start redis-server, or check the --redis URL)"
           return

@@ -241,14 +241,17 @@ module BackboneSync
       }.merge(redis_options)
     end
 
-    # The backplane's connection, from a redis://[:password@]host[:port][/db] URL.
+    # The backplane's connection, from redis://[:password@]host[:port][/db]
+    # URLs: one Redis, or seed nodes of a Redis Cluster (the core asks Redis
+    # which it is).
     def redis_options
       return {} unless redis
 
+      first = redis.first
       {
-        redis_host: redis.host, redis_port: redis.port || 6379,
-        redis_password: redis.password && URI.decode_www_form_component(redis.password),
-        redis_db: redis.path.to_s.delete_prefix("/").then { |db| db.empty? ? 0 : Integer(db) },
+        redis_nodes: redis.map { |uri| "#{uri.host}:#{uri.port || 6379}" }.join(","),
+        redis_password: first.password && URI.decode_www_form_component(first.password),
+        redis_db: redis_db(first),
         redis_script: File.read(File.expand_path("publish.lua", __dir__)),
         redis_prefix: redis_prefix
       }
@@ -265,17 +268,35 @@ module BackboneSync
       name
     end
 
-    def validate_redis(url)
-      return nil if url.nil? || url.to_s.empty?
+    def redis_db(uri)
+      uri.path.to_s.delete_prefix("/").then { |db| db.empty? ? 0 : Integer(db) }
+    end
 
-      uri = URI.parse(url.to_s)
-      unless uri.scheme == "redis" && uri.host && uri.path.to_s.match?(%r{\A(/\d*)?\z})
-        raise ArgumentError, "redis must be a URL such as \"redis://127.0.0.1:6379/0\", got #{url.inspect}"
+    # One URL, or several (an Array, or a String of comma-separated URLs, as
+    # an environment variable gives them): the seed nodes of a Redis Cluster.
+    # An Array of URI, or nil.
+    def validate_redis(value)
+      urls = value.is_a?(Array) ? value.map(&:to_s) : value.to_s.split(",")
+      urls = urls.map(&:strip).reject(&:empty?)
+      return nil if urls.empty?
+
+      uris = urls.map { |url| redis_uri(url) }
+      if uris.map { |u| [u.password, redis_db(u)] }.uniq.size > 1
+        raise ArgumentError, "the redis URLs of one Redis Cluster must share one password and database " \
+                             "(a cluster has only database 0), got #{urls.join(',').inspect}"
       end
 
-      uri
+      uris
+    end
+
+    def redis_uri(url)
+      uri = URI.parse(url)
+      return uri if uri.scheme == "redis" && uri.host && uri.path.to_s.match?(%r{\A(/\d*)?\z})
+
+      raise URI::InvalidURIError
     rescue URI::InvalidURIError
-      raise ArgumentError, "redis must be a URL such as \"redis://127.0.0.1:6379/0\", got #{url.inspect}"
+      raise ArgumentError, "redis must be a URL such as \"redis://127.0.0.1:6379/0\", or several separated " \
+                           "by commas (seed nodes of a Redis Cluster), got #{url.inspect}"
     end
 
     def client_js

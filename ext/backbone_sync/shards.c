@@ -1,0 +1,314 @@
+/*
+ * shards.c: the backplane's connections to Redis (see shards.h).
+ *
+ * A single Redis is one shard. On a Redis Cluster (a node that says
+ * cluster_enabled:1), the shards are the primaries CLUSTER SLOTS names for
+ * the slots of the BS_RPARTITIONS partition tags (rnames.c): everything of
+ * a channel lives in its partition's slot, so each partition has exactly
+ * one primary. The map is read once per connection; when the cluster
+ * changes (a failover, a slot moved), the caller sees an error or a lost
+ * connection, drops every connection and connects again, which reads the
+ * map anew from whichever seed or known primary answers.
+ *
+ * Layer: backplane. Thread: the backplane thread only; every call blocks
+ * for at most the connection timeout.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shards.h"
+
+#define TIMEOUT_MS 2000
+
+static int parse_node(const char *p, size_t len, char *host, size_t hostlen, int *port)
+{
+    const char *colon = NULL;
+    char *end;
+    long v;
+
+    for (size_t i = 0; i < len; i++)
+        if (p[i] == ':')
+            colon = p + i;
+    if (!colon || colon == p || (size_t)(colon - p) >= hostlen)
+        return -1;
+    v = strtol(colon + 1, &end, 10);
+    if (end != p + len || v <= 0 || v > 65535)
+        return -1;
+    /* [::1]:6379 names an IPv6 address */
+    if (*p == '[' && colon[-1] == ']')
+        snprintf(host, hostlen, "%.*s", (int)(colon - p - 2), p + 1);
+    else
+        snprintf(host, hostlen, "%.*s", (int)(colon - p), p);
+    *port = (int)v;
+    return 0;
+}
+
+int bs_shards_init(bs_shards_t *s, const char *nodes, const char *password, int db)
+{
+    const char *p = nodes;
+
+    memset(s, 0, sizeof(*s));
+    s->db = db;
+    if (password && !(s->password = strdup(password)))
+        return -1;
+    while (p && *p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char host[64];
+        int port;
+        char **hosts;
+        int *ports;
+
+        if (parse_node(p, len, host, sizeof(host), &port) ||
+            !(hosts = realloc(s->seed_host, sizeof(*hosts) * (s->nseeds + 1))))
+            goto fail;
+        s->seed_host = hosts;
+        if (!(ports = realloc(s->seed_port, sizeof(*ports) * (s->nseeds + 1))))
+            goto fail;
+        s->seed_port = ports;
+        if (!(s->seed_host[s->nseeds] = strdup(host)))
+            goto fail;
+        s->seed_port[s->nseeds++] = port;
+        p = comma ? comma + 1 : NULL;
+    }
+    if (s->nseeds)
+        return 0;
+fail:
+    bs_shards_destroy(s);
+    return -1;
+}
+
+void bs_shards_destroy(bs_shards_t *s)
+{
+    bs_shards_disconnect(s);
+    for (size_t i = 0; i < s->nseeds; i++)
+        free(s->seed_host[i]);
+    free(s->seed_host);
+    free(s->seed_port);
+    free(s->password);
+    memset(s, 0, sizeof(*s));
+}
+
+const char *bs_shards_name(const bs_shards_t *s, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s:%d%s", s->nseeds ? s->seed_host[0] : "?", s->nseeds ? s->seed_port[0] : 0,
+             s->nseeds > 1 ? " (and other seeds)" : "");
+    return buf;
+}
+
+/* A connection, authenticated and on the right database. */
+static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *why, size_t whylen)
+{
+    struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000, .tv_usec = (TIMEOUT_MS % 1000) * 1000 };
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    redisReply *r = NULL;
+
+    if (!c || c->err) {
+        snprintf(why, whylen, "%s:%d: %s", host, port, c ? c->errstr : "out of memory");
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    redisEnableKeepAlive(c);
+    if (s->password) {
+        r = redisCommand(c, "AUTH %s", s->password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "%s:%d: AUTH failed: %s", host, port, r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    if (s->db) {
+        r = redisCommand(c, "SELECT %d", s->db);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "%s:%d: SELECT %d failed: %s", host, port, s->db, r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    return c;
+fail:
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return NULL;
+}
+
+static int add_shard(bs_shards_t *s, const char *host, size_t hostlen, int port)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->shard[i].port == port && strlen(s->shard[i].host) == hostlen &&
+            memcmp(s->shard[i].host, host, hostlen) == 0)
+            return (int)i;
+    if (s->n >= BS_MAX_SHARDS || hostlen >= sizeof(s->shard[0].host))
+        return -1;
+    memset(&s->shard[s->n], 0, sizeof(s->shard[0]));
+    memcpy(s->shard[s->n].host, host, hostlen);
+    s->shard[s->n].host[hostlen] = '\0';
+    s->shard[s->n].port = port;
+    return (int)s->n++;
+}
+
+/* The primaries of the partitions, from CLUSTER SLOTS on c. */
+static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
+{
+    redisReply *r = redisCommand(c, "CLUSTER SLOTS");
+    int rc = 0;
+
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        snprintf(why, whylen, "CLUSTER SLOTS failed: %s", r && r->str ? r->str : c->errstr);
+        rc = -1;
+        goto out;
+    }
+    for (int p = 0; p < BS_RPARTITIONS && rc == 0; p++) {
+        char tag[16];
+        int len = snprintf(tag, sizeof(tag), "{%d}", p);
+        unsigned slot = bs_rnames_slot(tag, (size_t)len);
+
+        s->part[p] = -1;
+        for (size_t i = 0; i < r->elements; i++) {
+            redisReply *range = r->element[i], *primary;
+
+            if (range->type != REDIS_REPLY_ARRAY || range->elements < 3 ||
+                range->element[0]->type != REDIS_REPLY_INTEGER || range->element[1]->type != REDIS_REPLY_INTEGER ||
+                slot < (unsigned long long)range->element[0]->integer ||
+                slot > (unsigned long long)range->element[1]->integer)
+                continue;
+            primary = range->element[2];
+            if (primary->type != REDIS_REPLY_ARRAY || primary->elements < 2 ||
+                primary->element[0]->type != REDIS_REPLY_STRING || primary->element[1]->type != REDIS_REPLY_INTEGER)
+                continue;
+            /* An empty address means "the node you asked". */
+            if (primary->element[0]->len == 0)
+                s->part[p] = add_shard(s, c->tcp.host, strlen(c->tcp.host), (int)primary->element[1]->integer);
+            else
+                s->part[p] = add_shard(s, primary->element[0]->str, primary->element[0]->len,
+                                       (int)primary->element[1]->integer);
+            break;
+        }
+        if (s->part[p] < 0) {
+            snprintf(why, whylen, "no primary serves slot %u of the Redis Cluster (CLUSTERDOWN?)", slot);
+            rc = -1;
+        }
+    }
+out:
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+/* Is c a node of a Redis Cluster? 1, 0, or -1 when it did not say. */
+static int is_cluster(redisContext *c, char *why, size_t whylen)
+{
+    redisReply *r = redisCommand(c, "INFO cluster");
+    int rc;
+
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        snprintf(why, whylen, "INFO cluster failed: %s", r && r->str ? r->str : c->errstr);
+        rc = -1;
+    } else {
+        rc = strstr(r->str, "cluster_enabled:1") != NULL;
+    }
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
+{
+    int found = 0;
+
+    bs_shards_disconnect(s);
+    if (!(s->shard = calloc(BS_MAX_SHARDS, sizeof(*s->shard)))) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    snprintf(why, whylen, "no seed node given");
+    /* The seeds first, then the primaries the last map named: the seeds
+     * given may be the nodes that died. */
+    for (size_t i = 0; i < s->nseeds + s->nknown && !found; i++) {
+        const char *host = i < s->nseeds ? s->seed_host[i] : s->known[i - s->nseeds].host;
+        int port = i < s->nseeds ? s->seed_port[i] : s->known[i - s->nseeds].port;
+        redisContext *c = open_one(s, host, port, why, whylen);
+        int cluster = c ? is_cluster(c, why, whylen) : -1;
+
+        if (cluster == 0) {
+            /* A single Redis: this node is the one shard, c its cmd. */
+            add_shard(s, host, strlen(host), port);
+            s->shard[0].cmd = c;
+            s->cluster = 0;
+            found = 1;
+            continue;
+        }
+        if (cluster == 1 && s->db) {
+            snprintf(why, whylen, "a Redis Cluster has only database 0, and %d was asked for", s->db);
+            redisFree(c);
+            break;
+        }
+        if (cluster == 1 && read_map(s, c, why, whylen) == 0) {
+            s->cluster = 1;
+            found = 1;
+        }
+        s->n = found ? s->n : 0;
+        if (c)
+            redisFree(c);
+    }
+    if (!found)
+        goto fail;
+    for (size_t i = 0; i < s->n; i++) {
+        bs_shard_t *sh = &s->shard[i];
+
+        if ((!sh->cmd && !(sh->cmd = open_one(s, sh->host, sh->port, why, whylen))) ||
+            !(sh->sub = open_one(s, sh->host, sh->port, why, whylen)))
+            goto fail;
+    }
+    if (s->cluster)
+        for (s->nknown = 0; s->nknown < s->n && s->nknown < sizeof(s->known) / sizeof(s->known[0]); s->nknown++) {
+            memcpy(s->known[s->nknown].host, s->shard[s->nknown].host, sizeof(s->known[0].host));
+            s->known[s->nknown].port = s->shard[s->nknown].port;
+        }
+    return 0;
+fail:
+    bs_shards_disconnect(s);
+    return -1;
+}
+
+void bs_shards_disconnect(bs_shards_t *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->shard[i].cmd)
+            redisFree(s->shard[i].cmd);
+        if (s->shard[i].sub)
+            redisFree(s->shard[i].sub);
+    }
+    free(s->shard);
+    s->shard = NULL;
+    s->n = 0;
+    s->cluster = 0;
+}
+
+int bs_shards_partition(const bs_shards_t *s, const char *channel, size_t len)
+{
+    return s->cluster ? bs_rnames_partition(channel, len) : BS_RNO_PARTITION;
+}
+
+bs_shard_t *bs_shards_of(bs_shards_t *s, int partition)
+{
+    return partition == BS_RNO_PARTITION ? &s->shard[0] : &s->shard[s->part[partition]];
+}
+
+int bs_shards_moved(const redisReply *r)
+{
+    static const char *const kinds[] = { "MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "READONLY",
+                                         "LOADING", "NOSCRIPT" };
+
+    if (r->type != REDIS_REPLY_ERROR || !r->str)
+        return 0;
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        if (strncmp(r->str, kinds[i], strlen(kinds[i])) == 0)
+            return 1;
+    return 0;
+}

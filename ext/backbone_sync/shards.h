@@ -1,0 +1,67 @@
+/*
+ * shards.h: the backplane's connections to Redis (shards.c): one Redis, or
+ * every primary of a Redis Cluster, found from seed nodes, with the
+ * partition of a channel mapped to the primary that holds it. Which of the
+ * two it is, Redis says (INFO cluster); the caller sees shards either way,
+ * one for a single Redis. Layer: backplane, below backplane.c. Thread: the
+ * backplane thread only.
+ */
+#ifndef BS_SHARDS_H
+#define BS_SHARDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+
+#include "channel.h"
+#include "rnames.h"
+
+#define BS_MAX_SHARDS 256                   /* primaries followed in one cluster */
+
+typedef struct bs_shard {
+    char host[64];
+    int port;
+    redisContext *cmd;                      /* EVALSHA and history loads, blocking with a timeout */
+    redisContext *sub;                      /* (S)SUBSCRIBE, read when poll() says so */
+    size_t awaited;                         /* confirmations of (un)subscribes not yet read */
+    /* the last message handed up from `sub`, so that the copy a pattern
+     * subscription brings of the same publish, right after, is dropped */
+    char last_channel[BS_CHANNEL_MAX];
+    size_t last_chlen;
+    uint64_t last_offset;
+} bs_shard_t;
+
+typedef struct bs_shards {
+    char **seed_host;                       /* what the caller named, tried in turn */
+    int *seed_port;
+    size_t nseeds;
+    struct { char host[64]; int port; } known[16]; /* primaries of the last map, tried after the seeds */
+    size_t nknown;
+    char *password;                         /* or NULL */
+    int db;
+    int cluster;                            /* connected to a Redis Cluster */
+    bs_shard_t *shard;                      /* connected: n of them */
+    size_t n;
+    int part[BS_RPARTITIONS];               /* cluster: the shard of each partition */
+} bs_shards_t;
+
+/* nodes: "host:port[,host:port...]". 0, or -1 (bad list, or out of memory). */
+int bs_shards_init(bs_shards_t *s, const char *nodes, const char *password, int db);
+void bs_shards_destroy(bs_shards_t *s);
+/* Finds the shards from the first seed that answers and connects both
+ * connections of each. 0, or -1 with a sentence in why. */
+int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen);
+void bs_shards_disconnect(bs_shards_t *s);
+/* The partition a channel lives in: BS_RNO_PARTITION on a single Redis. */
+int bs_shards_partition(const bs_shards_t *s, const char *channel, size_t len);
+/* The shard that holds a partition (BS_RNO_PARTITION: the only one). */
+bs_shard_t *bs_shards_of(bs_shards_t *s, int partition);
+/* 1 when an error reply means the cluster moved under us (MOVED, ASK,
+ * CLUSTERDOWN, TRYAGAIN, READONLY, LOADING, NOSCRIPT): what was asked is to
+ * be asked again once the shards are found anew. */
+int bs_shards_moved(const redisReply *r);
+/* "host:port" of the first seed, for log lines. */
+const char *bs_shards_name(const bs_shards_t *s, char *buf, size_t len);
+
+#endif
