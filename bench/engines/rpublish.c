@@ -12,8 +12,10 @@
  *   port <p>                                   one line per connection
  *   cmd <conn>\t<pubsub channel>\t<arg>\t...   one line per Bayeux channel
  *
- * Message j goes to plan channel j mod C. At most --window commands are in
- * flight on each connection. With --subscribe CMD (SUBSCRIBE or SSUBSCRIBE)
+ * Message j goes to plan channel j mod C, sent by the thread of that
+ * channel's connection (one thread per connection, so that a slow shard
+ * does not hold back the others). At most --window commands are in flight
+ * on each connection. With --subscribe CMD (SUBSCRIBE or SSUBSCRIBE)
  * a second connection per port listens to the pub/sub channels it owns and
  * the run ends when all M are received (or --timeout passes).
  *
@@ -199,6 +201,47 @@ static void start_listener(listener_t *l, pthread_t *thread)
     pthread_create(thread, NULL, listen_loop, l);
 }
 
+typedef struct {
+    int conn;
+    long messages, sent, errors;
+    int window;
+    double deadline;
+    char first_error[256];
+} publisher_t;
+
+/* Publishes the messages of the plan channels on connection p->conn
+ * (message j goes to channel j mod C), at most p->window in flight. */
+static void *publish_loop(void *arg)
+{
+    publisher_t *p = arg;
+    redisContext *c = connect_to(ports[p->conn]);
+    long inflight = 0;
+
+    for (long j = 0; j < p->messages || inflight > 0;) {
+        int can_send = j < p->messages && inflight < p->window && now() < p->deadline;
+        if (can_send) {
+            plan_cmd_t *cmd = &cmds[j++ % ncmds];
+            if (cmd->conn != p->conn)
+                continue;
+            redisAppendCommandArgv(c, cmd->argc, (const char **)cmd->argv, cmd->argvlen);
+            inflight++;
+            p->sent++;
+            continue;
+        }
+        if (inflight == 0)
+            break;              /* past the deadline */
+        redisReply *r;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK)
+            die("a publish was not answered");
+        inflight--;
+        if (r->type == REDIS_REPLY_ERROR && !p->errors++)
+            snprintf(p->first_error, sizeof p->first_error, "%s", r->str);
+        freeReplyObject(r);
+    }
+    redisFree(c);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     const char *plan = NULL, *subscribe = NULL;
@@ -230,37 +273,23 @@ int main(int argc, char **argv)
         }
     }
 
-    redisContext *conns[MAX_CONNS];
-    int inflight[MAX_CONNS] = { 0 };
-    for (int i = 0; i < nports; i++)
-        conns[i] = connect_to(ports[i]);
-
+    /* One publishing thread per connection (per primary on a cluster), so
+     * that a slow shard does not hold back the others. */
+    publisher_t pubs[MAX_CONNS];
+    pthread_t pub_threads[MAX_CONNS];
+    double start = now();
+    for (int i = 0; i < nports; i++) {
+        pubs[i] = (publisher_t){ .conn = i, .messages = messages, .window = window, .deadline = deadline };
+        pthread_create(&pub_threads[i], NULL, publish_loop, &pubs[i]);
+    }
     long errors = 0, sent = 0;
     char first_error[256] = "";
-    double start = now();
-    /* Rounds of at most `window` commands per connection: append, then read
-     * every reply of the round. */
-    while (sent < messages && now() < deadline) {
-        long round_end = sent + (long)window * nports;
-        if (round_end > messages)
-            round_end = messages;
-        for (; sent < round_end; sent++) {
-            plan_cmd_t *c = &cmds[sent % ncmds];
-            redisAppendCommandArgv(conns[c->conn], c->argc, (const char **)c->argv, c->argvlen);
-            inflight[c->conn]++;
-        }
-        for (int i = 0; i < nports; i++) {
-            for (; inflight[i] > 0; inflight[i]--) {
-                redisReply *r;
-                if (redisGetReply(conns[i], (void **)&r) != REDIS_OK)
-                    die("a publish was not answered");
-                if (r->type == REDIS_REPLY_ERROR) {
-                    if (!errors++)
-                        snprintf(first_error, sizeof first_error, "%s", r->str);
-                }
-                freeReplyObject(r);
-            }
-        }
+    for (int i = 0; i < nports; i++) {
+        pthread_join(pub_threads[i], NULL);
+        sent += pubs[i].sent;
+        if (pubs[i].errors && !errors)
+            snprintf(first_error, sizeof first_error, "%s", pubs[i].first_error);
+        errors += pubs[i].errors;
     }
     double published_at = now();
     for (int i = 0; i < nlisteners; i++)
@@ -277,7 +306,5 @@ int main(int argc, char **argv)
         printf("received %ld\n", received);
         printf("received_per_sec %.0f\n", received / (done_at - start));
     }
-    for (int i = 0; i < nports; i++)
-        redisFree(conns[i]);
     return errors || (subscribe && received < sent) ? 1 : 0;
 }
