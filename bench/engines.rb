@@ -41,24 +41,31 @@ module Engines
     end
 
     # Writes the plan for channels (see rpublish.c); returns its path.
-    def plan(dir, channels)
+    # raw: a bare (S)PUBLISH of the delivery instead of publish.lua, to
+    # show what the script costs over the transport.
+    def plan(dir, channels, raw: false)
       ports = primaries
       shas = ports.to_h { |p| [p, RedisClient.new(host: '127.0.0.1', port: p).then { |c| c.call('SCRIPT', 'LOAD', SCRIPT).tap { c.close } }] }
-      path = File.join(dir, "plan-#{ports.join('-')}-#{channels.size}")
+      path = File.join(dir, "plan-#{ports.join('-')}-#{channels.size}#{raw ? '-raw' : ''}")
       File.open(path, 'w') do |f|
         ports.each { f.puts "port #{_1}" }
-        channels.each { |ch| f.puts plan_line(ch, ports, shas) }
+        channels.each { |ch| f.puts plan_line(ch, ports, shas, raw) }
       end
       path
     end
 
-    def plan_line(channel, ports, shas)
+    def plan_line(channel, ports, shas, raw)
       keys, pubsub = BackboneSync._redis_names(PREFIX, channel, !cluster.nil?)
       port = port_of(keys[1])
       head = BackboneSync.delivery_head(channel, BackboneSync.encode_json(PAYLOAD), nil)
-      args = ['EVALSHA', shas.fetch(port), keys.size.to_s, *keys, pubsub, channel, head,
-              BackboneSync::Server::DEFAULTS[:history_size].to_s, BackboneSync::Server::DEFAULTS[:history_ttl].to_s,
-              BackboneSync.new_epoch, '', cluster ? 'SPUBLISH' : 'PUBLISH']
+      send = cluster ? 'SPUBLISH' : 'PUBLISH'
+      args = if raw
+               [send, "#{pubsub}ch:#{channel}", "#{head}\"offset\":1,\"epoch\":\"#{BackboneSync.new_epoch}\"}}]"]
+             else
+               ['EVALSHA', shas.fetch(port), keys.size.to_s, *keys, pubsub, channel, head,
+                BackboneSync::Server::DEFAULTS[:history_size].to_s, BackboneSync::Server::DEFAULTS[:history_ttl].to_s,
+                BackboneSync.new_epoch, '', send]
+             end
       raise "a tab or newline in #{channel}'s publish" if args.any? { _1.match?(/[\t\n]/) }
 
       "cmd #{ports.index(port)}\t#{pubsub}ch:#{channel}\t#{args.join("\t")}"

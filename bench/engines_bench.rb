@@ -5,6 +5,8 @@
 # publisher and one subscriber receiving every message:
 #
 #   redis          publish.lua (EVALSHA, PUBLISH) on one redis-server
+#   PUBLISH only   a bare PUBLISH of the same delivery, no script: the
+#                  transport alone, beside core NATS
 #   cluster        publish.lua (SPUBLISH) on a 3-primary Redis Cluster,
 #                  channels spread over the primaries by their partition tag
 #   nats           core NATS, one nats-server
@@ -40,7 +42,7 @@ class EnginesBench
     rows = []
     rpublish = Engines.build_rpublish(@dir)
     natspub = build_natspub
-    rows << redis_single(rpublish)
+    rows.concat(redis_single(rpublish))
     rows << redis_cluster(rpublish)
     rows.concat(nats(natspub)) if natspub
     report(rows.compact)
@@ -61,7 +63,10 @@ class EnginesBench
     $stderr.print 'bin/bench: publish.lua on one redis-server ... '
     redis = BackboneSyncSpec::RedisProcess.new(BackboneSyncSpec::RedisProcess.free_port).start
     target = Engines::Target.single(redis)
-    rpublish_row('redis (1 server)', bin, target, 'publish.lua EVALSHA + PUBLISH')
+    rows = [rpublish_row('redis (1 server)', bin, target, 'publish.lua EVALSHA + PUBLISH'),
+            rpublish_row('redis PUBLISH only', bin, target, 'a bare PUBLISH, no script: the transport alone', raw: true)]
+    warn 'done'
+    rows
   ensure
     redis&.stop
   end
@@ -75,14 +80,16 @@ class EnginesBench
       warn "skipped: #{e.message}"
       return nil
     end
-    rpublish_row('redis cluster (3 primaries)', bin, Engines::Target.cluster(cluster),
-                 'publish.lua EVALSHA + SPUBLISH, one connection per primary')
+    row = rpublish_row('redis cluster (3 primaries)', bin, Engines::Target.cluster(cluster),
+                       'publish.lua EVALSHA + SPUBLISH, one connection (and publishing thread) per primary')
+    warn 'done'
+    row
   ensure
     cluster&.stop
   end
 
-  def rpublish_row(label, bin, target, note)
-    plan = target.plan(@dir, @channels)
+  def rpublish_row(label, bin, target, note, raw: false)
+    plan = target.plan(@dir, @channels, raw: raw)
     pids = target.primaries.map { |p| redis_pid(p) }
     cpu = []
     runs = Array.new(REPEAT) do
@@ -93,7 +100,6 @@ class EnginesBench
       cpu << (cpu_seconds(pids) - before) * 1e6 / Integer(out['published'])
       out
     end
-    warn 'done'
     Row.new(label, runs.map { _1['msgs_per_sec'].to_f }, runs.map { _1['received_per_sec'].to_f }, note, median(cpu))
   end
 

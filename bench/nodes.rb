@@ -86,7 +86,7 @@ class NodesBench
       cluster = BackboneSyncSpec::RedisCluster.new(primaries: 3, replicas: 0)
       begin
         cluster.start
-      rescue Exception # rubocop:disable Lint/RescueException -- an interrupt too: no redis-server left behind
+      rescue Exception # an interrupt too: no redis-server left behind
         cluster.stop
         raise
       end
