@@ -135,7 +135,20 @@ module Engines
       break
     end
     out << r.read
-    r.close
     parse(out).merge('ok' => status.success? ? '1' : '0', 'raw' => out)
+  ensure
+    abandon(pub) unless status
+    r.close unless r.closed?
+  end
+
+  # Kills a publisher that is still running (an interrupt, an error).
+  def abandon(pub)
+    pid, = pub
+    return unless pid && Process.wait(pid, Process::WNOHANG).nil?
+
+    Process.kill('KILL', pid)
+    Process.wait(pid)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
   end
 end

@@ -193,7 +193,12 @@ class NodesBench
     cpu_before = nodes.map { cpu_seconds(_1.pid) }
     start = now
     pub = Engines.spawn_rpublish(@publisher, plan, @messages)
-    @subs.pump_until(60) { @subs.counts_by_node.sum { _2 } >= @messages }
+    begin
+      @subs.pump_until(60) { @subs.counts_by_node.sum { _2 } >= @messages }
+    rescue Exception # an interrupt too: no publisher left behind
+      Engines.abandon(pub)
+      raise
+    end
     out = Engines.finish(pub, 30)
     cpu = nodes.each_with_index.map { |nd, i| cpu_seconds(nd.pid) - cpu_before[i] }
     counts = @subs.counts_by_node
