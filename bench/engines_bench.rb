@@ -14,6 +14,7 @@
 #                  first, received on the second
 #   jetstream      JetStream publish, each acknowledged, into a memory stream
 #                  keeping 100 messages per subject (history), one server
+#   jetstream R3   the same on the 3-server cluster, the stream replicated 3 times
 #
 # Redis through bench/engines/rpublish.c (hiredis, pipelined, at most 64 in
 # flight per primary), NATS through bench/engines/natspub.c (libnats). A
@@ -140,11 +141,13 @@ class EnginesBench
     rows << natspub_row('jetstream (1 server)', bin, port, port, ['--js'],
                         'JetStream publish, acked (async, 256 in flight), memory stream, 100 per subject')
     warn 'done'
-    $stderr.print 'bin/bench: core NATS on a 3-server NATS cluster ... '
+    $stderr.print 'bin/bench: core NATS and JetStream on a 3-server NATS cluster ... '
     @nats_pids = []
     ports = start_nats_cluster(3)
     rows << natspub_row('nats cluster (3 servers)', bin, ports[0], ports[1], [],
                         'core NATS, published on server 1, received on server 2')
+    rows << natspub_row('jetstream cluster (R3)', bin, ports[0], ports[1], ['--js', '--replicas', '3'],
+                        'JetStream as above, the stream replicated on 3 servers')
     warn 'done'
     rows
   rescue RuntimeError => e
@@ -191,8 +194,8 @@ class EnginesBench
     cports = Array.new(n) { free_port }
     routes = cports.map { "nats-route://127.0.0.1:#{_1}" }.join(',')
     ports = cports.each_with_index.map do |cp, i|
-      start_nats("c#{i}", cluster: ['--cluster_name', 'bench', '--cluster', "nats://127.0.0.1:#{cp}",
-                                    '--routes', routes])
+      start_nats("c#{i}", jetstream: true, cluster: ['--cluster_name', 'bench', '--cluster', "nats://127.0.0.1:#{cp}",
+                                                     '--routes', routes])
     end
     deadline = now + 10
     until (0...n).all? { |i| File.read(File.join(@dir, "nats-c#{i}.log")).scan('Route connection created').size >= n - 1 }

@@ -8,7 +8,8 @@
  * Core NATS: plain publishes (fire and forget, the server fans out).
  * --js: JetStream publishes, each acknowledged (asynchronous, at most
  * --window unacknowledged), into a memory stream that keeps 100 messages
- * per subject: the analogue of publish.lua's bounded per-channel history.
+ * per subject: the analogue of publish.lua's bounded per-channel history;
+ * --replicas R (a JetStream cluster) keeps it on R servers.
  *
  * Output, "key value" lines: published, errors, seconds, msgs_per_sec,
  * received, received_per_sec.
@@ -51,7 +52,7 @@ int main(int argc, char **argv)
 {
     const char *url = "nats://127.0.0.1:4222", *sub_url = NULL;
     long messages = 100000;
-    int channels = 300, js_mode = 0, window = 256;
+    int channels = 300, js_mode = 0, window = 256, replicas = 1;
     double timeout = 60;
 
     for (int i = 1; i < argc; i++) {
@@ -63,6 +64,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--window")) window = atoi(v), i++;
         else if (!strcmp(argv[i], "--timeout")) timeout = atof(v), i++;
         else if (!strcmp(argv[i], "--js")) js_mode = 1;
+        else if (!strcmp(argv[i], "--replicas")) replicas = atoi(v), i++;
         else {
             fprintf(stderr, "natspub: unknown option %s\n", argv[i]);
             return 2;
@@ -98,9 +100,14 @@ int main(int argc, char **argv)
         cfg.SubjectsLen = 1;
         cfg.Storage = js_MemoryStorage;
         cfg.MaxMsgsPerSubject = 100;
+        cfg.Replicas = replicas;
         jsStreamInfo *si = NULL;
         jsErrCode jerr = 0;
-        check(js_AddStream(&si, js, &cfg, NULL, &jerr), "add stream");
+        natsStatus s;
+        /* A JetStream cluster answers only once it has elected its leader. */
+        for (int tries = 0; (s = js_AddStream(&si, js, &cfg, NULL, &jerr)) != NATS_OK && tries < 100; tries++)
+            nats_Sleep(100);
+        check(s, "add stream");
         jsStreamInfo_Destroy(si);
     }
 
