@@ -45,13 +45,21 @@ module Engines
     # show what the script costs over the transport.
     def plan(dir, channels, raw: false)
       ports = primaries
-      shas = ports.to_h { |p| [p, RedisClient.new(host: '127.0.0.1', port: p).then { |c| c.call('SCRIPT', 'LOAD', SCRIPT).tap { c.close } }] }
+      shas = ports.to_h { |p| [p, load_script(p)] }
       path = File.join(dir, "plan-#{ports.join('-')}-#{channels.size}#{raw ? '-raw' : ''}")
       File.open(path, 'w') do |f|
         ports.each { f.puts "port #{_1}" }
         channels.each { |ch| f.puts plan_line(ch, ports, shas, raw) }
       end
       path
+    end
+
+    # publish.lua's SHA on the primary at port.
+    def load_script(port)
+      client = RedisClient.new(host: '127.0.0.1', port: port)
+      client.call('SCRIPT', 'LOAD', SCRIPT)
+    ensure
+      client&.close
     end
 
     def plan_line(channel, ports, shas, raw)

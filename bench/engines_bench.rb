@@ -155,19 +155,27 @@ class EnginesBench
     rows
   end
 
+  # A failed run (an unacknowledged publish, a message not received) is
+  # told in the row's note, and left out of its median.
   def natspub_row(label, bin, port, sub_port, extra, note)
     cpu = []
+    failed = []
     runs = Array.new(REPEAT) do
       before = cpu_seconds(@nats_pids)
-      pub = Engines.spawn(bin, '--url', "nats://127.0.0.1:#{port}", '--sub-url',
-                                        "nats://127.0.0.1:#{sub_port}", '--messages', @messages.to_s,
-                                        '--channels', @channels.size.to_s, *extra)
+      pub = Engines.spawn(bin, '--url', "nats://127.0.0.1:#{port}", '--sub-url', "nats://127.0.0.1:#{sub_port}",
+                          '--messages', @messages.to_s, '--channels', @channels.size.to_s, *extra)
       out = Engines.finish(pub, 120)
-      raise "#{label}: #{out['raw']}" unless out['ok'] == '1'
+      if out['ok'] == '1'
+        cpu << (cpu_seconds(@nats_pids) - before) * 1e6 / Integer(out['published'])
+        out
+      else
+        failed << "errors #{out['errors'] || '?'}, received #{out['received'] || '?'} of #{out['published'] || '?'}"
+        nil
+      end
+    end.compact
+    raise "#{label}: every run failed (#{failed.join('; ')})" if runs.empty?
 
-      cpu << (cpu_seconds(@nats_pids) - before) * 1e6 / Integer(out['published'])
-      out
-    end
+    note += " (#{failed.size} of #{REPEAT} runs failed: #{failed.join('; ')})" unless failed.empty?
     Row.new(label, runs.map { _1['msgs_per_sec'].to_f }, runs.map { _1['received_per_sec'].to_f }, note, median(cpu))
   end
 

@@ -4,9 +4,10 @@
 # server nodes, and what a delivery costs a node, beside a single node.
 #
 # The engine: a 3-primary Redis Cluster (spec/support/redis_cluster.rb)
-# when this build's nodes run on one, else one redis-server; the warm-up
-# decides (a node that cannot use the cluster delivers nothing) and the
-# report says which. C channels, channel k subscribed on node k mod N only,
+# when this build's nodes run on one, else one redis-server (--engine
+# cluster|redis forces one). A build without cluster mode shows itself by a
+# node refusing the cluster's URLs or delivering nothing of the warm-up;
+# the report then says which engine ran and why. C channels, channel k subscribed on node k mod N only,
 # by one WebSocket Bayeux subscriber each (bench/ws_subscribers.rb). M
 # messages, message j on channel j mod C, published straight into the
 # engine by bench/engines/rpublish.c (publish.lua, pipelined). Then one node
@@ -93,7 +94,13 @@ class NodesBench
       warn 'up'
       return Engines::Target.cluster(cluster)
     end
-    redis = BackboneSyncSpec::RedisProcess.new(BackboneSyncSpec::RedisProcess.free_port).start
+    redis = BackboneSyncSpec::RedisProcess.new(BackboneSyncSpec::RedisProcess.free_port)
+    begin
+      redis.start
+    rescue Exception # as above
+      redis.stop
+      raise
+    end
     Engines::Target.single(redis)
   end
 

@@ -91,6 +91,9 @@ int main(int argc, char **argv)
         jsOptions o;
         jsOptions_Init(&o);
         o.PublishAsync.MaxPending = window;
+        /* At the window, wait for acks rather than fail the publish after
+         * the default 200 ms: a replicated stream on a busy machine is slower. */
+        o.PublishAsync.StallWait = 10000;
         check(natsConnection_JetStream(&js, pub, &o), "JetStream context");
         jsStreamConfig cfg;
         jsStreamConfig_Init(&cfg);
