@@ -7,10 +7,10 @@
  * The core, bottom to top (each file includes only the headers below it):
  *   utilities     buf.c util.c deadline.c
  *   frames        frame.c
- *   pure codecs   json.c channel.c
+ *   pure codecs   json.c channel.c rnames.c
  *   state         registry.c history.c
  *   engine        bayeux.c
- *   backplane     backplane.c
+ *   backplane     shards.c backplane.c
  *   transports    inbox.c transport.c http.c ws.c
  *   server        server.c
  * Going back up happens only through ops structs and visitors registered

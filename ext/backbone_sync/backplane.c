@@ -53,6 +53,7 @@
 #define PIPELINE 256                        /* EVALSHAs sent before reading replies */
 #define MAX_LOADS 10000                     /* history loads waiting for the backplane thread */
 #define SUB_TIMEOUT_MS 2000                 /* for Redis to confirm a SUBSCRIBE */
+#define STEADY_MS 2000                      /* a connection that lived this long resets the backoff */
 
 enum { LOAD_HISTORY, LOAD_BARRIER };        /* the kinds of a load item */
 #define LOAD_LOST (-2)                      /* load(): reconnect, the cluster may have moved */
@@ -628,26 +629,44 @@ static void drain_wake(bs_backplane_t *b)
         ;
 }
 
+/* Disconnected: waits ms (or until woken), answering the loads asked
+ * meanwhile at once, with nothing. */
+static void pause_for(bs_backplane_t *b, int ms)
+{
+    struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
+
+    run_loads(b);
+    poll(&pfd, 1, ms);
+    drain_wake(b);
+}
+
 static void *backplane_main(void *arg)
 {
     bs_backplane_t *b = arg;
     int backoff = 100, was_up = 0;
+    int64_t up_since = 0;
     char why[256], name[128];
 
     bs_shards_name(&b->shards, name, sizeof(name));
     while (!stopping(b)) {
         if (!b->pfd) {
+            /* Lost soon after it was made (a cluster in the middle of moving
+             * a slot, a flapping shard): the backoff goes on, so that the
+             * node neither spins nor asks its clients to resync in a loop. */
+            if (up_since && bs_now_ms() - up_since < STEADY_MS) {
+                pause_for(b, backoff);
+                backoff = backoff >= 5000 ? 5000 : backoff * 2;
+            } else if (up_since) {
+                backoff = 100;
+            }
+            up_since = 0;
             if (connect_all(b, why, sizeof(why))) {
-                struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
-
                 bs_log(b->log, 'W', "Redis at %s unreachable (%s); retrying in %d ms", name, why, backoff);
-                run_loads(b);               /* answered at once: nothing to load from */
-                poll(&pfd, 1, backoff);
-                drain_wake(b);
+                pause_for(b, backoff);
                 backoff = backoff >= 5000 ? 5000 : backoff * 2;
                 continue;
             }
-            backoff = 100;
+            up_since = bs_now_ms();
             __atomic_store_n(&b->up, 1, __ATOMIC_RELEASE);
             if (b->shards.cluster)
                 bs_log(b->log, 'I', "Redis backplane connected to a Redis Cluster of %zu primaries through %s",

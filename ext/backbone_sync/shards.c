@@ -139,12 +139,16 @@ fail:
 
 static int add_shard(bs_shards_t *s, const char *host, size_t hostlen, int port)
 {
+    bs_shard_t *grown;
+
     for (size_t i = 0; i < s->n; i++)
         if (s->shard[i].port == port && strlen(s->shard[i].host) == hostlen &&
             memcmp(s->shard[i].host, host, hostlen) == 0)
             return (int)i;
-    if (s->n >= BS_MAX_SHARDS || hostlen >= sizeof(s->shard[0].host))
+    if (s->n >= BS_MAX_SHARDS || hostlen >= sizeof(s->shard[0].host) ||
+        !(grown = realloc(s->shard, sizeof(*grown) * (s->n + 1))))
         return -1;
+    s->shard = grown;
     memset(&s->shard[s->n], 0, sizeof(s->shard[0]));
     memcpy(s->shard[s->n].host, host, hostlen);
     s->shard[s->n].host[hostlen] = '\0';
@@ -190,7 +194,8 @@ static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
             break;
         }
         if (s->part[p] < 0) {
-            snprintf(why, whylen, "no primary serves slot %u of the Redis Cluster (CLUSTERDOWN?)", slot);
+            snprintf(why, whylen, "no primary serves slot %u of the Redis Cluster (CLUSTERDOWN?), or more "
+                     "than %d primaries", slot, BS_MAX_SHARDS);
             rc = -1;
         }
     }
@@ -222,10 +227,6 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
     int found = 0;
 
     bs_shards_disconnect(s);
-    if (!(s->shard = calloc(BS_MAX_SHARDS, sizeof(*s->shard)))) {
-        snprintf(why, whylen, "out of memory");
-        return -1;
-    }
     snprintf(why, whylen, "no seed node given");
     /* The seeds first, then the primaries the last map named: the seeds
      * given may be the nodes that died. */
@@ -237,7 +238,11 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
 
         if (cluster == 0) {
             /* A single Redis: this node is the one shard, c its cmd. */
-            add_shard(s, host, strlen(host), port);
+            if (add_shard(s, host, strlen(host), port) < 0) {
+                snprintf(why, whylen, "out of memory");
+                redisFree(c);
+                break;
+            }
             s->shard[0].cmd = c;
             s->cluster = 0;
             found = 1;

@@ -64,9 +64,47 @@ module BackboneSyncSpec
       slots.map(&:last).uniq
     end
 
-    # Kills (SIGKILL) the primary on port; its replica is promoted.
+    # Kills (SIGKILL) the node on port; a primary's replica is promoted.
     def kill(port)
-      @nodes.find { |n| n.port == port }.stop
+      node(port).stop
+    end
+
+    # Starts a killed node again on its port, with its cluster identity and
+    # slots (nodes.conf) but no data.
+    def restart(port)
+      node(port).start
+    end
+
+    # Once every replica of the primary on port has applied all it wrote.
+    def wait_replicated(port, seconds = 10)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+      loop do
+        info = call(port, "INFO", "replication")
+        offset = info[/master_repl_offset:(\d+)/, 1]
+        acked = info.scan(/^slave\d+:.*offset=(\d+)/).flatten
+        return if !acked.empty? && acked.all? { |o| o == offset }
+        raise "the replicas of #{port} did not catch up within #{seconds}s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+    end
+
+    # Moves one slot, with its keys, from the primary that serves it to the
+    # primary on port `to`, as redis-cli --cluster reshard does.
+    def move_slot(slot, to)
+      from = primary_port(slot)
+      from_id = call(from, "CLUSTER", "MYID")
+      to_id = call(to, "CLUSTER", "MYID")
+      call(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", from_id)
+      call(from, "CLUSTER", "SETSLOT", slot, "MIGRATING", to_id)
+      loop do
+        keys = call(from, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+        break if keys.empty?
+
+        call(from, "MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
+      end
+      primary_ports.each { |port| call(port, "CLUSTER", "SETSLOT", slot, "NODE", to_id) }
+      wait_until_ok
     end
 
     # Until every slot is served by a live primary and every live node says
@@ -89,6 +127,10 @@ module BackboneSyncSpec
     end
 
     private
+
+    def node(port)
+      @nodes.find { |n| n.port == port }
+    end
 
     def live
       @nodes.select(&:running?)
