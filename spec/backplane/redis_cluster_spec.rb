@@ -143,6 +143,29 @@ RSpec.describe "the Redis backplane on a Redis Cluster" do
     end
   end
 
+  it "follows a new primary that a slot moves to, opening connections to it" do
+    with_nodes(1) do |nodes, prefix|
+      node = nodes.first
+      channel = "/bp/new-shard"
+      http = session(node, [channel, "/bp/*"])
+      node.publish(channel, "before")
+      expect(http.receive(1).map { |m| m["data"] }).to eq(["before"])
+      fresh = @cluster.add_primary
+      slot = @cluster.call(@cluster.primary_ports.first, "CLUSTER", "KEYSLOT",
+                           BackboneSync._redis_names(prefix, channel, true).first.first)
+      @cluster.move_slot(slot, fresh)
+      expect(primary_of(channel, prefix)).to eq(fresh)
+      # Its client was in the partition that moved: asked to resync.
+      eventually(timeout: 10, what: "the client asked to resync") { node.stats[:clients].zero? }
+      expect(http.connect.first["error"]).to start_with("401:")
+      back = session(node, [channel, "/bp/*"])
+      pubsub = BackboneSync._redis_names(prefix, channel, true).last
+      expect(@cluster.call(fresh, "PUBSUB", "SHARDCHANNELS").sort).to eq(["#{pubsub}ch:#{channel}", "#{pubsub}kids:/bp"])
+      node.publish(channel, "after")
+      expect(back.receive(1).map { |m| [m["data"], m.dig("ext", "offset")] }).to eq([["after", 2]])
+    end
+  end
+
   # Last in this group's life of the cluster: a primary dies for good.
   it "follows a failover: the other shards carry on, and only the clients of the lost one resync and recover" do
     with_nodes(2) do |nodes, prefix|

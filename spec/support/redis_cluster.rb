@@ -94,6 +94,28 @@ module BackboneSyncSpec
       end
     end
 
+    # A new, empty primary joins the cluster (it holds no slot until one is
+    # moved to it). Its port.
+    def add_primary
+      node = nil
+      begin
+        (node = new_node).start
+      rescue RedisProcess::PortTaken
+        retry
+      end
+      @nodes << node
+      call(node.port, "CLUSTER", "MEET", "127.0.0.1", primary_ports.first)
+      id = call(node.port, "CLUSTER", "MYID")
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+      until live.all? { |n| call(n.port, "CLUSTER", "NODES").include?(id) }
+        raise "the new node did not join within 10s" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.05
+      end
+      wait_until_ok # the new node too has learned who serves every slot
+      node.port
+    end
+
     # Moves one slot, with its keys, from the primary that serves it to the
     # primary on port `to`, as redis-cli --cluster reshard does.
     def move_slot(slot, to)
@@ -108,7 +130,7 @@ module BackboneSyncSpec
 
         call(from, "MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
       end
-      primary_ports.each { |port| call(port, "CLUSTER", "SETSLOT", slot, "NODE", to_id) }
+      (primary_ports | [to]).each { |port| call(port, "CLUSTER", "SETSLOT", slot, "NODE", to_id) }
       wait_until_ok
     end
 
