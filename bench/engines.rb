@@ -9,6 +9,28 @@ require 'backbone_sync'
 require 'redis-client'
 
 module Engines
+  # The child processes a bench starts (kept in @children), stopped within
+  # a bound: TERM, then KILL after 5 s.
+  module Children
+    def stop_pid(pid)
+      return unless @children.delete(pid)
+
+      Process.kill('TERM', pid)
+      deadline = now + 5
+      sleep 0.05 until Process.wait(pid, Process::WNOHANG) || now > deadline
+      return if now <= deadline
+
+      Process.kill('KILL', pid)
+      Process.wait(pid)
+    rescue Errno::ESRCH, Errno::ECHILD
+      nil
+    end
+
+    def now
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+  end
+
   ROOT = File.expand_path('..', __dir__)
   SCRIPT = File.read(File.join(ROOT, 'lib/backbone_sync/publish.lua'))
   PREFIX = BackboneSync::Server::DEFAULTS[:redis_prefix]

@@ -30,6 +30,7 @@ require_relative '../spec/support/redis_process'
 require_relative '../spec/support/redis_cluster'
 
 class EnginesBench
+  include Engines::Children
   REPEAT = 3 # runs per engine; the median is printed
 
   def initialize(messages:, channels:)
@@ -243,23 +244,5 @@ class EnginesBench
     puts 'CPU us/msg: the engine\'s processes\' on-CPU time (all servers or shards together) per message published; ' \
          '1e6 / it is what one core would sustain'
     puts "(runs: #{rows.map { |r| "#{r.engine}: #{r.rates.map { format('%.0f', _1) }.join('/')}" }.join('; ')})"
-  end
-
-  def stop_pid(pid)
-    return unless @children.delete(pid)
-
-    Process.kill('TERM', pid)
-    deadline = now + 5
-    sleep 0.05 until Process.wait(pid, Process::WNOHANG) || now > deadline
-    return if now <= deadline
-
-    Process.kill('KILL', pid)
-    Process.wait(pid)
-  rescue Errno::ESRCH, Errno::ECHILD
-    nil
-  end
-
-  def now
-    Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 end

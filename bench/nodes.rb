@@ -34,6 +34,7 @@ require_relative '../spec/support/redis_process'
 require_relative '../spec/support/redis_cluster'
 
 class NodesBench
+  include Engines::Children
   Node = Struct.new(:pid, :port, :log)
   NoCluster = Class.new(StandardError) # this build's nodes do not run on a Redis Cluster
   Phase = Struct.new(:label, :nodes, :received, :deliveries, :expected, :cpu, :seconds, :publish_rate)
@@ -269,23 +270,5 @@ class NodesBench
        phase.expected[i], s ? format('%.0f', d / s) : '-', s ? format('%.0f%%', 100 * phase.cpu[i] / s) : '-',
        d.positive? ? format('%.2f', phase.cpu[i] * 1e6 / d) : '-']
     end
-  end
-
-  def stop_pid(pid)
-    return unless @children.delete(pid)
-
-    Process.kill('TERM', pid)
-    deadline = now + 5
-    sleep 0.05 until Process.wait(pid, Process::WNOHANG) || now > deadline
-    return if now <= deadline
-
-    Process.kill('KILL', pid)
-    Process.wait(pid)
-  rescue Errno::ESRCH, Errno::ECHILD
-    nil
-  end
-
-  def now
-    Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 end

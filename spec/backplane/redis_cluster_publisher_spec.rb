@@ -45,13 +45,6 @@ RSpec.describe BackboneSync::RedisPublisher, "on a Redis Cluster" do
     (0..).lazy.map { |i| "#{base}#{i}" }.select { |c| names(prefix, c)[1] == tag }.first(count)
   end
 
-  # Calls +block+ and returns how long it took, in seconds.
-  def timed
-    started = monotonic
-    yield
-    monotonic - started
-  end
-
   describe "on a healthy cluster" do
     before(:all) do
       self.class.need_redis!

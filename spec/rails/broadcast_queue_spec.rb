@@ -29,12 +29,6 @@ RSpec.describe "the broadcast queue", :rails do
     end["raw"].split.last
   end
 
-  def timed
-    started = monotonic
-    yield
-    monotonic - started
-  end
-
   it "does not make a save wait on a push server that accepts and never answers" do
     hung_server
     errors = []

@@ -44,6 +44,13 @@ module BackboneSyncSpec
       end
     end
 
+    # Calls the block; how long it took, in seconds.
+    def timed
+      started = monotonic
+      yield
+      monotonic - started
+    end
+
     def monotonic
       Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
