@@ -107,11 +107,12 @@ module BackboneSync
 
       # Starts a server in this process (config.backbone_sync.embedded);
       # +options+ go to BackboneSync::Server.new. Its port defaults to
-      # root_address's.
+      # root_address's, and its backplane to this process's redis (the one
+      # its publishers use).
       def start_embedded_server(**options)
         uri = URI.parse(root_address)
         defaults = { host: BackboneSync::Server::DEFAULTS[:host], port: uri.port, mount: uri.path.to_s.empty? || uri.path == "/" ? DEFAULT_MOUNT : uri.path,
-                     secret: BackboneSync.secret }
+                     secret: BackboneSync.secret, redis: redis }
         server = BackboneSync::Server.new(**defaults.merge(options)).start
         @embedded_server = server
         server

@@ -47,6 +47,17 @@ RSpec.describe "config.backbone_sync settings", :rails do
     JSON.parse(out[/^REPORT (.*)$/, 1] || raise("no report in: #{out}"))
   end
 
+  it "gives the embedded server the backplane that config.backbone_sync.redis names, as its publishers use" do
+    urls = "redis://127.0.0.1:6390/0,redis://127.0.0.1:6391/0" # nothing listens: the server starts all the same
+    script = 'server = BackboneSync::Broadcaster.start_embedded_server(port: 0); ' \
+             'puts "REDIS #{server.redis.map(&:to_s).join(",")}"; server.stop'
+    env = { "RAILS_ENV" => "test", "BACKBONE_SYNC_DUMMY_CONFIG" => JSON.generate("redis" => urls),
+            "BACKBONE_SYNC_DUMMY_DB" => ENV.fetch("BACKBONE_SYNC_DUMMY_DB") }
+    out, status = Open3.capture2e(env, RbConfig.ruby, rails_bin, "runner", script, chdir: dummy)
+    expect(status).to be_success, out
+    expect(out[/^REDIS (.*)$/, 1]).to eq(urls)
+  end
+
   it "takes subscriptions_path, token_ttl, client_url, redis and secret" do
     report = boot("subscriptions_path" => "/push/tokens", "token_ttl" => 90, "secret" => "config-secret",
                   "client_url" => "https://push.example.com/faye", "redis" => "redis://127.0.0.1:6390/3")
