@@ -45,6 +45,7 @@
 
 #include "backplane.h"
 #include "channel.h"
+#include "json.h"
 #include "rnames.h"
 #include "shards.h"
 
@@ -268,6 +269,16 @@ fail:
 
 static int run_loads(bs_backplane_t *b);
 
+/* A frame from Redis has the shape publish.lua gives it, "[{...}]": the
+ * transports splice frames into a reply by stripping the first and the
+ * last byte, so a shorter one would underflow and another would break the
+ * JSON every client of the channel reads. (Its bytes are checked as UTF-8
+ * by the engine, for a message; here, for a history.) */
+static int frame_shaped(const char *f, size_t len)
+{
+    return len >= 4 && f[0] == '[' && f[1] == '{' && f[len - 2] == '}' && f[len - 1] == ']';
+}
+
 /* "<channel>\n<offset>\n<epoch>\n<frame>", as publish.lua sends it. */
 static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, size_t len)
 {
@@ -278,9 +289,17 @@ static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, siz
     if (!(nl1 = memchr(ch, '\n', len)) || !(nl2 = memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1))) ||
         !(nl3 = memchr(nl2 + 1, '\n', (size_t)(end - nl2 - 1))))
         return;
-    offset = strtoull(nl1 + 1, &stop, 10);
-    if (stop != nl2 || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2 || (size_t)(nl1 - ch) > BS_CHANNEL_MAX)
+    /* Only what publish.lua writes: an offset of 1 to 20 decimal digits,
+     * not 0 (strtoull alone takes "", " 1" and "-1", the last as 2^64-1). */
+    if (nl2 == nl1 + 1 || nl2 - nl1 - 1 > 20 || nl1[1] < '1' || nl1[1] > '9')
         return;
+    errno = 0;
+    offset = strtoull(nl1 + 1, &stop, 10);
+    if (stop != nl2 || errno || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2 || (size_t)(nl1 - ch) > BS_CHANNEL_MAX ||
+        !frame_shaped(nl3 + 1, (size_t)(end - nl3 - 1))) {
+        bs_log(b->log, 'W', "dropped a message from Redis that is not as publish.lua writes it");
+        return;
+    }
     /* One publish reaches a node once per subscription that matches it, one
      * right after another: keep the first. */
     if (sh->last_chlen == (size_t)(nl1 - ch) && sh->last_offset == offset &&
@@ -912,8 +931,12 @@ static int load(bs_backplane_t *b, const char *name, size_t len, const char *epo
         for (i = 0; i + 1 < r->elements; i += 2) {
             redisReply *frame = r->element[i], *score = r->element[i + 1];
 
-            if (frame->type == REDIS_REPLY_STRING &&
-                bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len))
+            /* A score that is not a string (a broken or hostile Redis) has
+             * no str; a frame of another shape would break the replay. */
+            if (frame->type != REDIS_REPLY_STRING || score->type != REDIS_REPLY_STRING ||
+                !frame_shaped(frame->str, frame->len) || !bs_utf8_valid(frame->str, frame->len))
+                continue;
+            if (bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len))
                 goto out;
         }
     }
