@@ -14,6 +14,7 @@
  * for at most the connection timeout.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,38 @@
 #include "shards.h"
 
 #define TIMEOUT_MS 2000
+/* The most elements one reply may announce. hiredis 0.14 callocs what a
+ * multi-bulk header announces before any element arrived, and frees by
+ * walking that many: "*2147483647" alone would cost 16 GiB of address
+ * space and seconds of the thread's time on each connection. The largest
+ * reply asked for is a ZRANGE of a history (two per message) or CLUSTER
+ * SLOTS (a range per slot at most). */
+#define MAX_ELEMENTS (1 << 20)
+
+static redisReplyObjectFunctions bounded_fns;
+static redisReplyObjectFunctions *hiredis_fns;
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+static redisReplyObjectFunctions *first_fns;
+
+static void *bounded_array(const redisReadTask *task, int elements)
+{
+    /* NULL: the reader fails with "Out of memory", and the connection with it */
+    return elements < 0 || elements > MAX_ELEMENTS ? NULL : hiredis_fns->createArray(task, elements);
+}
+
+static void bounded_init(void)
+{
+    hiredis_fns = first_fns;
+    bounded_fns = *hiredis_fns;
+    bounded_fns.createArray = bounded_array;
+}
+
+static void bound_replies(redisContext *c)
+{
+    first_fns = c->reader->fn;
+    pthread_once(&bounded_once, bounded_init);
+    c->reader->fn = &bounded_fns;
+}
 
 static int parse_node(const char *p, size_t len, char *host, size_t hostlen, int *port)
 {
@@ -113,6 +146,7 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
     }
     redisSetTimeout(c, tv);
     redisEnableKeepAlive(c);
+    bound_replies(c);
     if (s->password) {
         r = redisCommand(c, "AUTH %s", s->password);
         if (!r || r->type == REDIS_REPLY_ERROR) {
@@ -160,6 +194,7 @@ static int add_shard(bs_shards_t *s, const char *host, size_t hostlen, int port)
 static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
 {
     redisReply *r = redisCommand(c, "CLUSTER SLOTS");
+    const char *bad = NULL;
     int rc = 0;
 
     if (!r || r->type != REDIS_REPLY_ARRAY) {
@@ -183,8 +218,21 @@ static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
                 continue;
             primary = range->element[2];
             if (primary->type != REDIS_REPLY_ARRAY || primary->elements < 2 ||
-                primary->element[0]->type != REDIS_REPLY_STRING || primary->element[1]->type != REDIS_REPLY_INTEGER)
+                primary->element[0]->type != REDIS_REPLY_STRING || primary->element[1]->type != REDIS_REPLY_INTEGER) {
+                bad = "a primary that is not [host, port]";
                 continue;
+            }
+            /* A port out of range would be cut to 16 bits by the resolver
+             * (70000 is 4464), a host with a NUL cut at it. */
+            if (primary->element[1]->integer < 1 || primary->element[1]->integer > 65535) {
+                bad = "a primary with a port out of 1..65535";
+                continue;
+            }
+            if (primary->element[0]->len >= sizeof(s->shard[0].host) ||
+                memchr(primary->element[0]->str, '\0', primary->element[0]->len)) {
+                bad = "a primary whose host is too long or holds a NUL";
+                continue;
+            }
             /* An empty address means "the node you asked". */
             if (primary->element[0]->len == 0)
                 s->part[p] = add_shard(s, c->tcp.host, strlen(c->tcp.host), (int)primary->element[1]->integer);
@@ -193,7 +241,10 @@ static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
                                        (int)primary->element[1]->integer);
             break;
         }
-        if (s->part[p] < 0) {
+        if (s->part[p] < 0 && bad) {
+            snprintf(why, whylen, "CLUSTER SLOTS names %s for slot %u", bad, slot);
+            rc = -1;
+        } else if (s->part[p] < 0) {
             snprintf(why, whylen, "no primary serves slot %u of the Redis Cluster (CLUSTERDOWN?), or more "
                      "than %d primaries", slot, BS_MAX_SHARDS);
             rc = -1;
