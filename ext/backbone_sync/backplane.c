@@ -655,6 +655,8 @@ static void pause_for(bs_backplane_t *b, int ms)
     struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
 
     run_loads(b);
+    if (stopping(b))
+        return;                             /* its wakeup may be read already */
     poll(&pfd, 1, ms);
     drain_wake(b);
 }
@@ -766,6 +768,9 @@ void bs_backplane_stop(bs_backplane_t *b)
     if (write(b->wake[1], "x", 1) < 0) {
         /* the pipe is full: the thread is awake anyway */
     }
+    /* It may be in a blocking read that a Redis keeps alive a byte at a
+     * time, or connecting to one shard after another: end both. */
+    bs_shards_halt(&b->shards);
     pthread_join(b->thread, NULL);
     b->started = 0;
 }

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "shards.h"
 
@@ -78,11 +79,34 @@ static int parse_node(const char *p, size_t len, char *host, size_t hostlen, int
     return 0;
 }
 
+/* Frees a connection opened by open_one. */
+static void close_one(bs_shards_t *s, redisContext *c)
+{
+    pthread_mutex_lock(&s->io_lock);
+    for (size_t i = 0; i < s->nlive; i++)
+        if (s->live[i] == c) {
+            s->live[i] = s->live[--s->nlive];
+            break;
+        }
+    redisFree(c);
+    pthread_mutex_unlock(&s->io_lock);
+}
+
+void bs_shards_halt(bs_shards_t *s)
+{
+    pthread_mutex_lock(&s->io_lock);
+    s->halted = 1;
+    for (size_t i = 0; i < s->nlive; i++)
+        shutdown(s->live[i]->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&s->io_lock);
+}
+
 int bs_shards_init(bs_shards_t *s, const char *nodes, const char *password, int db)
 {
     const char *p = nodes;
 
     memset(s, 0, sizeof(*s));
+    pthread_mutex_init(&s->io_lock, NULL);
     s->db = db;
     if (password && !(s->password = strdup(password)))
         return -1;
@@ -121,6 +145,8 @@ void bs_shards_destroy(bs_shards_t *s)
     free(s->seed_host);
     free(s->seed_port);
     free(s->password);
+    free(s->live);
+    pthread_mutex_destroy(&s->io_lock);
     memset(s, 0, sizeof(*s));
 }
 
@@ -137,6 +163,7 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
     struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000, .tv_usec = (TIMEOUT_MS % 1000) * 1000 };
     redisContext *c = redisConnectWithTimeout(host, port, tv);
     redisReply *r = NULL;
+    redisContext **grown;
 
     if (!c || c->err) {
         snprintf(why, whylen, "%s:%d: %s", host, port, c ? c->errstr : "out of memory");
@@ -144,6 +171,21 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
             redisFree(c);
         return NULL;
     }
+    pthread_mutex_lock(&s->io_lock);
+    if (!s->halted && s->nlive == s->live_cap) {
+        if ((grown = realloc(s->live, sizeof(*grown) * (s->live_cap * 2 + 8)))) {
+            s->live = grown;
+            s->live_cap = s->live_cap * 2 + 8;
+        }
+    }
+    if (s->halted || s->nlive == s->live_cap) {
+        snprintf(why, whylen, "%s", s->halted ? "stopping" : "out of memory");
+        redisFree(c);
+        pthread_mutex_unlock(&s->io_lock);
+        return NULL;
+    }
+    s->live[s->nlive++] = c;
+    pthread_mutex_unlock(&s->io_lock);
     redisSetTimeout(c, tv);
     redisEnableKeepAlive(c);
     bound_replies(c);
@@ -167,7 +209,7 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
 fail:
     if (r)
         freeReplyObject(r);
-    redisFree(c);
+    close_one(s, c);
     return NULL;
 }
 
@@ -291,7 +333,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
             /* A single Redis: this node is the one shard, c its cmd. */
             if (add_shard(s, host, strlen(host), port) < 0) {
                 snprintf(why, whylen, "out of memory");
-                redisFree(c);
+                close_one(s, c);
                 break;
             }
             s->shard[0].cmd = c;
@@ -301,7 +343,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
         }
         if (cluster == 1 && s->db) {
             snprintf(why, whylen, "a Redis Cluster has only database 0, and %d was asked for", s->db);
-            redisFree(c);
+            close_one(s, c);
             break;
         }
         if (cluster == 1 && read_map(s, c, why, whylen) == 0) {
@@ -310,7 +352,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
         }
         s->n = found ? s->n : 0;
         if (c)
-            redisFree(c);
+            close_one(s, c);
     }
     if (!found)
         goto fail;
@@ -336,9 +378,9 @@ void bs_shards_disconnect(bs_shards_t *s)
 {
     for (size_t i = 0; i < s->n; i++) {
         if (s->shard[i].cmd)
-            redisFree(s->shard[i].cmd);
+            close_one(s, s->shard[i].cmd);
         if (s->shard[i].sub)
-            redisFree(s->shard[i].sub);
+            close_one(s, s->shard[i].sub);
     }
     free(s->shard);
     s->shard = NULL;
