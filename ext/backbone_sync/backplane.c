@@ -279,6 +279,21 @@ static int frame_shaped(const char *f, size_t len)
     return len >= 4 && f[0] == '[' && f[1] == '{' && f[len - 2] == '}' && f[len - 1] == ']';
 }
 
+/* An epoch as the core makes them (bs_random_id: digits and lower-case
+ * letters; upper case, '-' and '_' let through too): it is written into
+ * JSON replies as it is, so a quote or a backslash from Redis would break
+ * them, and a NUL would cut it. */
+static int epoch_ok(const char *e, size_t len)
+{
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((e[i] >= '0' && e[i] <= '9') || (e[i] >= 'a' && e[i] <= 'z') || (e[i] >= 'A' && e[i] <= 'Z') ||
+              e[i] == '-' || e[i] == '_'))
+            return 0;
+    return 1;
+}
+
 /* "<channel>\n<offset>\n<epoch>\n<frame>", as publish.lua sends it. */
 static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, size_t len)
 {
@@ -296,7 +311,7 @@ static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, siz
     errno = 0;
     offset = strtoull(nl1 + 1, &stop, 10);
     if (stop != nl2 || errno || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2 || (size_t)(nl1 - ch) > BS_CHANNEL_MAX ||
-        !frame_shaped(nl3 + 1, (size_t)(end - nl3 - 1))) {
+        !epoch_ok(nl2 + 1, (size_t)(nl3 - nl2 - 1)) || !frame_shaped(nl3 + 1, (size_t)(end - nl3 - 1))) {
         bs_log(b->log, 'W', "dropped a message from Redis that is not as publish.lua writes it");
         return;
     }
@@ -922,8 +937,12 @@ static int load(bs_backplane_t *b, const char *name, size_t len, const char *epo
     freeReplyObject(r);
     r = redisCommand(c, "MGET %b %b", ekey.ptr, ekey.len, okey.ptr, okey.len);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN)
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN ||
+        !epoch_ok(r->element[0]->str, r->element[0]->len)) {
+        if (r && r->type != REDIS_REPLY_ERROR)
+            bs_log(b->log, 'W', "Redis answered the epoch of %.*s with something that is not one", (int)len, name);
         goto out;
+    }
     memcpy(out->epoch, r->element[0]->str, r->element[0]->len);
     out->epoch[r->element[0]->len] = '\0';
     out->offset = r->element[1]->type == REDIS_REPLY_STRING ? strtoull(r->element[1]->str, NULL, 10) : 0;

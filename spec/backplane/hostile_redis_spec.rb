@@ -55,6 +55,14 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
       @lock.synchronize { @conns.each { |c| c.close rescue nil } } # rubocop:disable Style/RescueModifier
     end
 
+    # Closes every connection made so far, as a Redis that restarts would.
+    def drop_all
+      @lock.synchronize do
+        @conns.each { |c| c.close rescue nil } # rubocop:disable Style/RescueModifier
+        @conns.clear
+      end
+    end
+
     def accept_loop
       loop do
         conn = @server.accept
@@ -271,6 +279,34 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     end
   end
 
+  describe "epochs that are not epochs" do
+    # An epoch goes into JSON as it is ("ext":{"epoch":"..."}): one with a
+    # quote would break every reply that names it.
+    it "never hands a client JSON broken by an epoch from Redis" do
+      b = HostileRedis
+      hostile(on: { "MGET" => ->(_c, _a) { b.arr(b.bulk("ab\"}]x\\"), b.bulk("3")) } }) do |fake|
+        logged_server(fake, history_size: 10) do |server, _log|
+          eventually(timeout: 5, what: "the node connected to the fake") { server.stats[:backplane_up] == 1 }
+          http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+          http.handshake!
+          res = BackboneSyncSpec::BayeuxHTTP.post_json(server.url, [{ channel: "/meta/subscribe", clientId: http.client_id,
+                                                                       subscription: "/ep", id: "s1" }], timeout: 5)
+          expect { JSON.parse(res.body) }.not_to raise_error, "the subscribe reply: #{res.body}"
+          conn, name = subscription_of(fake, "/ep")
+          smessage(conn, name, "/ep\n4\nq\"}]\n#{frame('/ep', 'bad epoch', 4, 'q')}")
+          smessage(conn, name, "/ep\n5\n#{'e' * 16}\n#{frame('/ep', 'good', 5, 'e' * 16)}")
+          other = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+          other.handshake!
+          res = BackboneSyncSpec::BayeuxHTTP.post_json(server.url, [{ channel: "/meta/subscribe", clientId: other.client_id,
+                                                                       subscription: "/ep", id: "s2" }], timeout: 5)
+          expect { JSON.parse(res.body) }.not_to raise_error, "the second subscribe reply: #{res.body}"
+          got = http.receive(1, within: 3)
+          expect(got.map { |m| m["data"] }).to eq(["good"])
+        end
+      end
+    end
+  end
+
   describe "history replies that lie" do
     it "survives a ZRANGE whose scores are not strings" do
       b = HostileRedis
@@ -286,6 +322,253 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
           expect(serves?(server)).to be(true)
         end
       end
+    end
+  end
+  describe "a Redis that answers one byte at a time" do
+    it "does not hold server.stop past a bound" do
+      trickle = lambda do |conn, _argv|
+        conn.write("$100000\r\n")
+        Thread.new do
+          loop do
+            conn.write("x")
+            sleep 0.5
+          end
+        rescue IOError, SystemCallError
+          nil
+        end
+        :silent
+      end
+      # In a child: without a bound, server.stop would hold this process
+      # (a C call that Timeout cannot interrupt) and the whole run with it.
+      child = fork do
+        hostile(on: { "CLUSTER SLOTS" => trickle }) do |fake|
+          logged_server(fake) do |server, _log|
+            eventually(timeout: 5, what: "the node asked for the map") do
+              Array.new(fake.seen.size) { fake.seen.pop.first.upcase }.include?("CLUSTER")
+            end
+            sleep 2.5 # past hiredis's 2 s timeout: only the trickle keeps the read alive
+            serves?(server) or exit!(3)
+            started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            server.stop
+            exit!(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started < 3 ? 0 : 4)
+          end
+        end
+        exit!(5)
+      end
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 20
+      status = nil
+      until (status = Process.wait2(child, Process::WNOHANG)&.last)
+        if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+          Process.kill(:KILL, child)
+          Process.wait(child)
+          break
+        end
+        sleep 0.1
+      end
+      expect(status&.exitstatus).to eq(0), "the child #{status ? "exited #{status.exitstatus}" : 'was still in server.stop after 20 s'}"
+    end
+  end
+
+  describe "many reconnect cycles" do
+    it "leaks neither descriptors nor memory" do
+      b = HostileRedis
+      cycle = 0
+      script_load = lambda do |_c, _a|
+        cycle += 1
+        cycle.odd? ? "-ERR no scripts today\r\n" : b.bulk("0" * 40)
+      end
+      hostile(on: { "SCRIPT LOAD" => script_load }) do |fake|
+        # Up, then dropped as a restarting Redis would drop it.
+        dropper = Thread.new do
+          loop do
+            sleep 0.3
+            fake.drop_all
+          end
+        end
+        run = lambda do |rounds|
+          rounds.times do
+            logged_server(fake) do |server, _log|
+              http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+              http.handshake!
+              http.subscribe!("/cyc")
+              target = fake.accepted + 10 # five connects of two connections each, or more
+              eventually(timeout: 10, what: "five reconnects") { fake.accepted >= target }
+            end
+          end
+        end
+        run.(2) # warm up: allocator arenas, lws, Ruby's own
+        GC.start
+        fds0 = fds
+        rss0 = rss_kb
+        accepted0 = fake.accepted
+        run.(10)
+        GC.start
+        sleep 0.2
+        expect(fake.accepted - accepted0).to be >= 100 # 50 cycles or more
+        expect(fds).to be <= fds0 + 2
+        expect(rss_kb - rss0).to be < 20_000
+      ensure
+        dropper&.kill
+      end
+    end
+  end
+  # A real Redis Cluster that misbehaves the ordinary ways: a primary stalls,
+  # a primary dies and comes back, clients subscribe in a storm.
+  describe "on a real Redis Cluster" do
+    before(:all) do
+      raise "redis-server is not on PATH" unless BackboneSyncSpec::RedisProcess.available?
+
+      require "redis-client"
+      require_relative "../support/redis_cluster"
+      @cluster = BackboneSyncSpec::RedisCluster.new(primaries: 3, replicas: 0).start
+    end
+
+    after(:all) { @cluster&.stop }
+
+    def cluster_node(prefix)
+      BackboneSync::Server.new(host: "127.0.0.1", port: 0, timeout: 5, secret: shared_secret,
+                               redis: @cluster.urls, redis_prefix: prefix).start
+    end
+
+    def primary_of(channel, prefix)
+      key = BackboneSync._redis_names(prefix, channel, true).first.first
+      @cluster.primary_port(@cluster.call(@cluster.primary_ports.first, "CLUSTER", "KEYSLOT", key))
+    end
+
+    def shard_channels(prefix)
+      @cluster.primary_ports.flat_map { |port| @cluster.call(port, "PUBSUB", "SHARDCHANNELS", "#{prefix}*") }.sort
+    end
+
+    def subscribe_all(http, subscriptions)
+      subscriptions.each_slice(50) do |slice|
+        replies = http.post(slice.map do |c|
+          { channel: "/meta/subscribe", clientId: http.client_id, subscription: c, id: http.next_id }
+        end, timeout: 30)
+        bad = replies.reject { |r| r["successful"] }
+        raise "subscribes refused: #{bad.first(3).inspect}" unless bad.empty?
+      end
+    end
+
+    def unsubscribe_all(http, subscriptions)
+      subscriptions.each_slice(50) do |slice|
+        http.post(slice.map do |c|
+          { channel: "/meta/unsubscribe", clientId: http.client_id, subscription: c, id: http.next_id }
+        end, timeout: 30)
+      end
+    end
+
+    it "leaves on Redis exactly the shard subscriptions its clients still want after a storm" do
+      prefix = "storm#{rand(1 << 30)}:"
+      node = cluster_node(prefix)
+      eventually(timeout: 10, what: "the node on the cluster") { node.stats[:backplane_up] == 1 }
+      sessions = Array.new(20) do |i|
+        http = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url, timeout: 30)
+        http.handshake!
+        [http, Array.new(100) { |k| "/st/c#{(i * 100) + k}" }]
+      end
+      patterns = Array.new(50) { |k| k.even? ? "/st/p#{k}/*" : "/st/p#{k}/**" }
+      pat = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url, timeout: 30)
+      pat.handshake!
+      sessions.each { |http, channels| subscribe_all(http, channels) }
+      subscribe_all(pat, patterns)
+      eventually(timeout: 20, what: "every subscription on Redis") { shard_channels(prefix).size == 2000 + (50 * 64) }
+      # All but a few go: unsubscribed one by one, or with their client.
+      keep = sessions[0][1].first(5)
+      sessions.each_with_index do |(http, channels), i|
+        if i.zero? then unsubscribe_all(http, channels - keep)
+        elsif i.odd? then http.disconnect
+        else unsubscribe_all(http, channels)
+        end
+      end
+      unsubscribe_all(pat, patterns.drop(2))
+      expected_channels = keep.map { |c| BackboneSync._redis_names(prefix, c, true).last + "ch:#{c}" }
+      eventually(timeout: 20, what: "only what is still wanted on Redis") { shard_channels(prefix).size == 5 + (2 * 64) }
+      got = shard_channels(prefix)
+      expect(got.grep(/ch:/)).to match_array(expected_channels)
+      expect(got.grep(/kids:/).size).to eq(64)
+      expect(got.grep(/kids:/).all? { |n| n.end_with?("kids:/st/p0") }).to be(true)
+      expect(got.grep(/tree:/).size).to eq(64)
+      expect(got.grep(/tree:/).all? { |n| n.end_with?("tree:/st/p1") }).to be(true)
+      expect(node.stats[:backplane_up]).to eq(1)
+    ensure
+      stop_bounded(node) if node
+    end
+      # A stall (as DEBUG SLEEP 3 would make one: the test cluster does not
+    # enable DEBUG, so the primary is stopped with SIGSTOP for 3 s) outlasts
+    # hiredis's 2 s timeout while a publish is in flight.
+    it "delivers each publish once when the shard of its channel stalls for 3 s" do
+      prefix = "stall#{rand(1 << 30)}:"
+      publisher = cluster_node(prefix)
+      subscriber = cluster_node(prefix)
+      eventually(timeout: 10, what: "both nodes on the cluster") do
+        [publisher, subscriber].all? { |n| n.stats[:backplane_up] == 1 }
+      end
+      channel = "/stall/c"
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(subscriber.url, timeout: 30)
+      http.handshake!
+      http.subscribe!(channel)
+      port = primary_of(channel, prefix)
+      pid = @cluster.nodes.find { |n| n.port == port }.instance_variable_get(:@pid)
+      3.times { |i| publisher.publish(channel, "before #{i}") }
+      expect(http.receive(3, within: 10).size).to eq(3)
+      Process.kill(:STOP, pid)
+      begin
+        sleep 0.2
+        3.times { |i| publisher.publish(channel, "during #{i}") }
+        sleep 3
+      ensure
+        Process.kill(:CONT, pid)
+      end
+      3.times { |i| publisher.publish(channel, "after #{i}") }
+      # Not fixed: the EVALSHAs that timed out were run by the shard when it
+      # woke; the node, which never read their answers, sends them again on
+      # its new connection, and publish.lua numbers each copy anew (it drops
+      # a second copy only by an event id, and these have none). README
+      # promises "exactly once".
+      pending "a publish whose answer timed out is sent again and delivered twice"
+      got = http.receive(20, within: 12).map { |m| [m["data"], m.dig("ext", "offset")] }
+      counts = got.map(&:first).tally
+      expect(counts.values.uniq).to eq([1]), "delivered: #{got.inspect}"
+      expect(counts.keys).to match_array(%w[during\ 0 during\ 1 during\ 2 after\ 0 after\ 1 after\ 2])
+    ensure
+      [publisher, subscriber].each { |n| stop_bounded(n) if n }
+    end
+      it "comes back whole after primaries are killed and restarted, again and again, under publishes" do
+      prefix = "kill#{rand(1 << 30)}:"
+      node = cluster_node(prefix)
+      eventually(timeout: 10, what: "the node on the cluster") { node.stats[:backplane_up] == 1 }
+      channels = Array.new(12) { |k| "/kr/c#{k}" }
+      fds0 = nil
+      4.times do |round|
+        port = @cluster.primary_ports[round % 3]
+        publishing = Thread.new do
+          40.times do |i|
+            node.publish(channels[i % channels.size], "r#{round} #{i}")
+            sleep 0.02
+          end
+        end
+        @cluster.kill(port)
+        sleep 0.5
+        @cluster.restart(port)
+        publishing.join
+        @cluster.wait_until_ok
+        eventually(timeout: 30, what: "the node whole again, its held publishes out (round #{round})") do
+          node.stats[:backplane_up] == 1 && node.stats[:backplane_queued].zero?
+        end
+        fds0 ||= fds
+      end
+      expect(fds).to be <= fds0 + 4
+      expect(node.stats[:backplane_refused]).to eq(0)
+      # Every shard carries messages again, to a client that came after.
+      http = BackboneSyncSpec::BayeuxHTTP::Session.new(node.url, timeout: 30)
+      http.handshake!
+      channels.each { |c| http.subscribe!(c) }
+      channels.each { |c| node.publish(c, "final #{c}") }
+      got = http.receive(channels.size, within: 15)
+      expect(got.map { |m| m["data"] }).to match_array(channels.map { |c| "final #{c}" })
+      expect(channels.map { |c| primary_of(c, prefix) }.uniq.size).to eq(3)
+    ensure
+      stop_bounded(node) if node
     end
   end
 end
