@@ -52,13 +52,13 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     def stop
       @thread.kill
       @server.close
-      @lock.synchronize { @conns.each { |c| c.close rescue nil } } # rubocop:disable Style/RescueModifier
+      @lock.synchronize { @conns.each { |c| c.close rescue nil } }
     end
 
     # Closes every connection made so far, as a Redis that restarts would.
     def drop_all
       @lock.synchronize do
-        @conns.each { |c| c.close rescue nil } # rubocop:disable Style/RescueModifier
+        @conns.each { |c| c.close rescue nil }
         @conns.clear
       end
     end
@@ -100,7 +100,7 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     rescue IOError, SystemCallError
       nil
     ensure
-      conn.close rescue nil # rubocop:disable Style/RescueModifier
+      conn.close rescue nil
     end
 
     def default(conn, name, argv)
