@@ -27,8 +27,8 @@
  * multi-bulk header announces before any element arrived, and frees by
  * walking that many: "*2147483647" alone would cost 16 GiB of address
  * space and seconds of the thread's time on each connection. The largest
- * reply asked for is a ZRANGE of a history (two per message) or CLUSTER
- * SLOTS (a range per slot at most). */
+ * reply asked for is a ZRANGE of a history (two per message, history_size
+ * is at most 100,000) or CLUSTER SLOTS (a range per slot at most). */
 #define MAX_ELEMENTS (1 << 20)
 
 static redisReplyObjectFunctions bounded_fns;
@@ -44,14 +44,16 @@ static void *bounded_array(const redisReadTask *task, int elements)
 
 static void bounded_init(void)
 {
-    hiredis_fns = first_fns;
+    hiredis_fns = __atomic_load_n(&first_fns, __ATOMIC_ACQUIRE);
     bounded_fns = *hiredis_fns;
     bounded_fns.createArray = bounded_array;
 }
 
 static void bound_replies(redisContext *c)
 {
-    first_fns = c->reader->fn;
+    /* every context starts with hiredis's one table: the same pointer,
+     * whichever backplane thread (one a server) writes it */
+    __atomic_store_n(&first_fns, c->reader->fn, __ATOMIC_RELEASE);
     pthread_once(&bounded_once, bounded_init);
     c->reader->fn = &bounded_fns;
 }
