@@ -307,6 +307,30 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     end
   end
 
+  describe "a frame shaped [{...}] that is not JSON" do
+    it "is not handed to a client" do
+      hostile do |fake|
+        logged_server(fake) do |server, _log|
+          eventually(timeout: 5, what: "the node connected to the fake") { server.stats[:backplane_up] == 1 }
+          http = BackboneSyncSpec::BayeuxHTTP::Session.new(server.url)
+          http.handshake!
+          http.subscribe!("/j")
+          conn, name = subscription_of(fake, "/j")
+          ep = "e" * 16
+          smessage(conn, name, "/j\n1\n#{ep}\n[{\"channel\":\"/j\",\"data\":}]")
+          smessage(conn, name, "/j\n2\n#{ep}\n#{frame('/j', 'good', 2, ep)}")
+          # Not fixed: only the shape and UTF-8 are checked; a full JSON
+          # check of each frame from Redis would cost a parse per message.
+          pending "a frame from Redis is not checked to be JSON: it breaks the reply it is spliced into"
+          res = BackboneSyncSpec::BayeuxHTTP.post_json(server.url, [{ channel: "/meta/connect", clientId: http.client_id,
+                                                                       connectionType: "long-polling", id: "c1" }],
+                                                       timeout: 5)
+          expect { JSON.parse(res.body) }.not_to raise_error
+        end
+      end
+    end
+  end
+
   describe "history replies that lie" do
     it "survives a ZRANGE whose scores are not strings" do
       b = HostileRedis
