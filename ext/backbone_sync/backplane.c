@@ -45,6 +45,7 @@
 
 #include "backplane.h"
 #include "channel.h"
+#include "json.h"
 #include "rnames.h"
 #include "shards.h"
 
@@ -329,6 +330,31 @@ out_of_reach:
 
 static int run_loads(bs_backplane_t *b);
 
+/* A frame from Redis has the shape publish.lua gives it, "[{...}]": the
+ * transports splice frames into a reply by stripping the first and the
+ * last byte, so a shorter one would underflow and another would break the
+ * JSON every client of the channel reads. (Its bytes are checked as UTF-8
+ * by the engine, for a message; here, for a history.) */
+static int frame_shaped(const char *f, size_t len)
+{
+    return len >= 4 && f[0] == '[' && f[1] == '{' && f[len - 2] == '}' && f[len - 1] == ']';
+}
+
+/* An epoch as the core makes them (bs_random_id: digits and lower-case
+ * letters; upper case, '-' and '_' let through too): it is written into
+ * JSON replies as it is, so a quote or a backslash from Redis would break
+ * them, and a NUL would cut it. */
+static int epoch_ok(const char *e, size_t len)
+{
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((e[i] >= '0' && e[i] <= '9') || (e[i] >= 'a' && e[i] <= 'z') || (e[i] >= 'A' && e[i] <= 'Z') ||
+              e[i] == '-' || e[i] == '_'))
+            return 0;
+    return 1;
+}
+
 /* "<channel>\n<offset>\n<epoch>\n<frame>", as publish.lua sends it. */
 static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, size_t len)
 {
@@ -339,9 +365,17 @@ static void handle_message(bs_backplane_t *b, bs_shard_t *sh, const char *p, siz
     if (!(nl1 = memchr(ch, '\n', len)) || !(nl2 = memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1))) ||
         !(nl3 = memchr(nl2 + 1, '\n', (size_t)(end - nl2 - 1))))
         return;
-    offset = strtoull(nl1 + 1, &stop, 10);
-    if (stop != nl2 || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2 || (size_t)(nl1 - ch) > BS_CHANNEL_MAX)
+    /* Only what publish.lua writes: an offset of 1 to 20 decimal digits,
+     * not 0 (strtoull alone takes "", " 1" and "-1", the last as 2^64-1). */
+    if (nl2 == nl1 + 1 || nl2 - nl1 - 1 > 20 || nl1[1] < '1' || nl1[1] > '9')
         return;
+    errno = 0;
+    offset = strtoull(nl1 + 1, &stop, 10);
+    if (stop != nl2 || errno || nl3 - nl2 - 1 > BS_EPOCH_LEN * 2 || (size_t)(nl1 - ch) > BS_CHANNEL_MAX ||
+        !epoch_ok(nl2 + 1, (size_t)(nl3 - nl2 - 1)) || !frame_shaped(nl3 + 1, (size_t)(end - nl3 - 1))) {
+        bs_log(b->log, 'W', "dropped a message from Redis that is not as publish.lua writes it");
+        return;
+    }
     /* One publish reaches a node once per subscription that matches it, one
      * right after another: keep the first. */
     if (sh->last_chlen == (size_t)(nl1 - ch) && sh->last_offset == offset &&
@@ -716,6 +750,8 @@ static void pause_for(bs_backplane_t *b, int ms)
     struct pollfd pfd = { .fd = b->wake[0], .events = POLLIN };
 
     run_loads(b);
+    if (stopping(b))
+        return;                             /* its wakeup may be read already */
     poll(&pfd, 1, ms);
     drain_wake(b);
 }
@@ -866,6 +902,9 @@ void bs_backplane_stop(bs_backplane_t *b)
     if (write(b->wake[1], "x", 1) < 0) {
         /* the pipe is full: the thread is awake anyway */
     }
+    /* It may be in a blocking read that a Redis keeps alive a byte at a
+     * time, or connecting to one shard after another: end both. */
+    bs_shards_halt(&b->shards);
     pthread_join(b->thread, NULL);
     b->started = 0;
 }
@@ -1017,8 +1056,12 @@ static int load(bs_backplane_t *b, const char *name, size_t len, const char *epo
     freeReplyObject(r);
     r = redisCommand(c, "MGET %b %b", ekey.ptr, ekey.len, okey.ptr, okey.len);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN)
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len > BS_EPOCH_LEN ||
+        !epoch_ok(r->element[0]->str, r->element[0]->len)) {
+        if (r && r->type != REDIS_REPLY_ERROR)
+            bs_log(b->log, 'W', "Redis answered the epoch of %.*s with something that is not one", (int)len, name);
         goto out;
+    }
     memcpy(out->epoch, r->element[0]->str, r->element[0]->len);
     out->epoch[r->element[0]->len] = '\0';
     out->offset = r->element[1]->type == REDIS_REPLY_STRING ? strtoull(r->element[1]->str, NULL, 10) : 0;
@@ -1031,8 +1074,12 @@ static int load(bs_backplane_t *b, const char *name, size_t len, const char *epo
         for (i = 0; i + 1 < r->elements; i += 2) {
             redisReply *frame = r->element[i], *score = r->element[i + 1];
 
-            if (frame->type == REDIS_REPLY_STRING &&
-                bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len))
+            /* A score that is not a string (a broken or hostile Redis) has
+             * no str; a frame of another shape would break the replay. */
+            if (frame->type != REDIS_REPLY_STRING || score->type != REDIS_REPLY_STRING ||
+                !frame_shaped(frame->str, frame->len) || !bs_utf8_valid(frame->str, frame->len))
+                continue;
+            if (bs_loaded_add(out, strtoull(score->str, NULL, 10), frame->str, frame->len))
                 goto out;
         }
     }

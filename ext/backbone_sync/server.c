@@ -247,7 +247,7 @@ static void sink_loaded(void *ctx, const char *channel, size_t chlen, bs_loaded_
 static void sink_resync(void *ctx, const uint64_t *lost)
 {
     bs_server_t *s = ctx;
-    bs_item_t *p = bs_item_new(BS_INBOX_RESYNC, "", 0, (const char *)lost, lost ? sizeof(*lost) : 0);
+    bs_item_t *p = bs_item_new(BS_INBOX_RESYNC, "", 0, lost ? (const char *)lost : "", lost ? sizeof(*lost) : 0);
 
     if (p)
         bs_inbox_put(&s->inbox, p);

@@ -17,13 +17,49 @@
  * for at most the connection timeout.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "shards.h"
 
 #define TIMEOUT_MS 2000
+/* The most elements one reply may announce. hiredis 0.14 callocs what a
+ * multi-bulk header announces before any element arrived, and frees by
+ * walking that many: "*2147483647" alone would cost 16 GiB of address
+ * space and seconds of the thread's time on each connection. The largest
+ * reply asked for is a ZRANGE of a history (two per message, history_size
+ * is at most 100,000) or CLUSTER SLOTS (a range per slot at most). */
+#define MAX_ELEMENTS (1 << 20)
+
+static redisReplyObjectFunctions bounded_fns;
+static redisReplyObjectFunctions *hiredis_fns;
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+static redisReplyObjectFunctions *first_fns;
+
+static void *bounded_array(const redisReadTask *task, int elements)
+{
+    /* NULL: the reader fails with "Out of memory", and the connection with it */
+    return elements < 0 || elements > MAX_ELEMENTS ? NULL : hiredis_fns->createArray(task, elements);
+}
+
+static void bounded_init(void)
+{
+    hiredis_fns = __atomic_load_n(&first_fns, __ATOMIC_ACQUIRE);
+    bounded_fns = *hiredis_fns;
+    bounded_fns.createArray = bounded_array;
+}
+
+static void bound_replies(redisContext *c)
+{
+    /* every context starts with hiredis's one table: the same pointer,
+     * whichever backplane thread (one a server) writes it */
+    __atomic_store_n(&first_fns, c->reader->fn, __ATOMIC_RELEASE);
+    pthread_once(&bounded_once, bounded_init);
+    c->reader->fn = &bounded_fns;
+}
 
 _Static_assert(BS_RPARTITIONS <= 64, "bs_shards_repair reports lost partitions as bits of a uint64_t");
 
@@ -50,11 +86,34 @@ static int parse_node(const char *p, size_t len, char *host, size_t hostlen, int
     return 0;
 }
 
+/* Frees a connection opened by open_one. */
+static void close_one(bs_shards_t *s, redisContext *c)
+{
+    pthread_mutex_lock(&s->io_lock);
+    for (size_t i = 0; i < s->nlive; i++)
+        if (s->live[i] == c) {
+            s->live[i] = s->live[--s->nlive];
+            break;
+        }
+    redisFree(c);
+    pthread_mutex_unlock(&s->io_lock);
+}
+
+void bs_shards_halt(bs_shards_t *s)
+{
+    pthread_mutex_lock(&s->io_lock);
+    s->halted = 1;
+    for (size_t i = 0; i < s->nlive; i++)
+        shutdown(s->live[i]->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&s->io_lock);
+}
+
 int bs_shards_init(bs_shards_t *s, const char *nodes, const char *password, int db)
 {
     const char *p = nodes;
 
     memset(s, 0, sizeof(*s));
+    pthread_mutex_init(&s->io_lock, NULL);
     s->db = db;
     if (password && !(s->password = strdup(password)))
         return -1;
@@ -93,6 +152,8 @@ void bs_shards_destroy(bs_shards_t *s)
     free(s->seed_host);
     free(s->seed_port);
     free(s->password);
+    free(s->live);
+    pthread_mutex_destroy(&s->io_lock);
     memset(s, 0, sizeof(*s));
 }
 
@@ -109,6 +170,7 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
     struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000, .tv_usec = (TIMEOUT_MS % 1000) * 1000 };
     redisContext *c = redisConnectWithTimeout(host, port, tv);
     redisReply *r = NULL;
+    redisContext **grown;
 
     if (!c || c->err) {
         snprintf(why, whylen, "%s:%d: %s", host, port, c ? c->errstr : "out of memory");
@@ -116,8 +178,24 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
             redisFree(c);
         return NULL;
     }
+    pthread_mutex_lock(&s->io_lock);
+    if (!s->halted && s->nlive == s->live_cap) {
+        if ((grown = realloc(s->live, sizeof(*grown) * (s->live_cap * 2 + 8)))) {
+            s->live = grown;
+            s->live_cap = s->live_cap * 2 + 8;
+        }
+    }
+    if (s->halted || s->nlive == s->live_cap) {
+        snprintf(why, whylen, "%s", s->halted ? "stopping" : "out of memory");
+        redisFree(c);
+        pthread_mutex_unlock(&s->io_lock);
+        return NULL;
+    }
+    s->live[s->nlive++] = c;
+    pthread_mutex_unlock(&s->io_lock);
     redisSetTimeout(c, tv);
     redisEnableKeepAlive(c);
+    bound_replies(c);
     if (s->password) {
         r = redisCommand(c, "AUTH %s", s->password);
         if (!r || r->type == REDIS_REPLY_ERROR) {
@@ -138,7 +216,7 @@ static redisContext *open_one(bs_shards_t *s, const char *host, int port, char *
 fail:
     if (r)
         freeReplyObject(r);
-    redisFree(c);
+    close_one(s, c);
     return NULL;
 }
 
@@ -169,12 +247,12 @@ static bs_shard_t *find_shard(bs_shards_t *s, const char *host, int port)
     return NULL;
 }
 
-static void close_shard(bs_shard_t *sh)
+static void close_shard(bs_shards_t *s, bs_shard_t *sh)
 {
     if (sh->cmd)
-        redisFree(sh->cmd);
+        close_one(s, sh->cmd);
     if (sh->sub)
-        redisFree(sh->sub);
+        close_one(s, sh->sub);
     sh->cmd = sh->sub = NULL;
 }
 
@@ -190,6 +268,7 @@ static void remember(bs_shards_t *s)
 static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
 {
     redisReply *r = redisCommand(c, "CLUSTER SLOTS");
+    const char *bad = NULL;
     int rc = 0;
 
     if (!r || r->type != REDIS_REPLY_ARRAY) {
@@ -213,8 +292,21 @@ static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
                 continue;
             primary = range->element[2];
             if (primary->type != REDIS_REPLY_ARRAY || primary->elements < 2 ||
-                primary->element[0]->type != REDIS_REPLY_STRING || primary->element[1]->type != REDIS_REPLY_INTEGER)
+                primary->element[0]->type != REDIS_REPLY_STRING || primary->element[1]->type != REDIS_REPLY_INTEGER) {
+                bad = "a primary that is not [host, port]";
                 continue;
+            }
+            /* A port out of range would be cut to 16 bits by the resolver
+             * (70000 is 4464), a host with a NUL cut at it. */
+            if (primary->element[1]->integer < 1 || primary->element[1]->integer > 65535) {
+                bad = "a primary with a port out of 1..65535";
+                continue;
+            }
+            if (primary->element[0]->len >= sizeof(s->shard[0].host) ||
+                memchr(primary->element[0]->str, '\0', primary->element[0]->len)) {
+                bad = "a primary whose host is too long or holds a NUL";
+                continue;
+            }
             /* An empty address means "the node you asked". */
             if (primary->element[0]->len == 0)
                 s->part[p] = add_shard(s, c->tcp.host, strlen(c->tcp.host), (int)primary->element[1]->integer);
@@ -223,7 +315,10 @@ static int read_map(bs_shards_t *s, redisContext *c, char *why, size_t whylen)
                                        (int)primary->element[1]->integer);
             break;
         }
-        if (s->part[p] < 0) {
+        if (s->part[p] < 0 && bad) {
+            snprintf(why, whylen, "CLUSTER SLOTS names %s for slot %u", bad, slot);
+            rc = -1;
+        } else if (s->part[p] < 0) {
             snprintf(why, whylen, "no primary serves slot %u of the Redis Cluster (CLUSTERDOWN?), or more "
                      "than %d primaries", slot, BS_MAX_SHARDS);
             rc = -1;
@@ -270,7 +365,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
             /* A single Redis: this node is the one shard, c its cmd. */
             if (add_shard(s, host, strlen(host), port) < 0) {
                 snprintf(why, whylen, "out of memory");
-                redisFree(c);
+                close_one(s, c);
                 break;
             }
             s->shard[0].cmd = c;
@@ -280,7 +375,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
         }
         if (cluster == 1 && s->db) {
             snprintf(why, whylen, "a Redis Cluster has only database 0, and %d was asked for", s->db);
-            redisFree(c);
+            close_one(s, c);
             break;
         }
         if (cluster == 1 && read_map(s, c, why, whylen) == 0) {
@@ -289,7 +384,7 @@ int bs_shards_connect(bs_shards_t *s, char *why, size_t whylen)
         }
         s->n = found ? s->n : 0;
         if (c)
-            redisFree(c);
+            close_one(s, c);
     }
     if (!found)
         goto fail;
@@ -311,7 +406,7 @@ fail:
 void bs_shards_disconnect(bs_shards_t *s)
 {
     for (size_t i = 0; i < s->n; i++)
-        close_shard(&s->shard[i]);
+        close_shard(s, &s->shard[i]);
     free(s->shard);
     s->shard = NULL;
     s->n = 0;
@@ -364,7 +459,7 @@ int bs_shards_repair(bs_shards_t *s, uint64_t *lost, char *why, size_t whylen)
         if (c) {
             found = read_map(&fresh, c, why, whylen) == 0;
             fresh.n = found ? fresh.n : 0;
-            redisFree(c);
+            close_one(s, c);
         }
     }
     if (!found)
@@ -397,7 +492,7 @@ int bs_shards_repair(bs_shards_t *s, uint64_t *lost, char *why, size_t whylen)
             *lost |= (uint64_t)1 << p;
     }
     for (size_t i = 0; i < s->n; i++)
-        close_shard(&s->shard[i]);
+        close_shard(s, &s->shard[i]);
     free(s->shard);
     s->shard = fresh.shard;
     s->n = fresh.n;
@@ -406,7 +501,7 @@ int bs_shards_repair(bs_shards_t *s, uint64_t *lost, char *why, size_t whylen)
     return 0;
 fail:
     for (size_t i = 0; i < fresh.n; i++)
-        close_shard(&fresh.shard[i]);
+        close_shard(s, &fresh.shard[i]);
     free(fresh.shard);
     return -1;
 }

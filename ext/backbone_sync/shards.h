@@ -9,6 +9,7 @@
 #ifndef BS_SHARDS_H
 #define BS_SHARDS_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +46,14 @@ typedef struct bs_shards {
     bs_shard_t *shard;                      /* connected: n of them */
     size_t n;
     int part[BS_RPARTITIONS];               /* cluster: the shard of each partition */
+    /* Every open connection, so that another thread can break the blocking
+     * read or write the backplane thread is in (bs_shards_halt): hiredis's
+     * timeout is per read, and a Redis that sends a byte a second never
+     * lets it expire. A connection is opened and freed under io_lock. */
+    pthread_mutex_t io_lock;
+    redisContext **live;                    /* io_lock */
+    size_t nlive, live_cap;                 /* io_lock */
+    int halted;                             /* io_lock: no connection is opened any more */
 } bs_shards_t;
 
 /* nodes: "host:port[,host:port...]". 0, or -1 (bad list, or out of memory). */
@@ -69,6 +78,10 @@ bs_shard_t *bs_shards_of(bs_shards_t *s, int partition);
  * CLUSTERDOWN, TRYAGAIN, READONLY, LOADING, NOSCRIPT): what was asked is to
  * be asked again once the shards are found anew. */
 int bs_shards_moved(const redisReply *r);
+/* Any thread: shuts down every connection open and refuses new ones, so
+ * that the backplane thread returns from any call within the connect
+ * timeout; then only bs_shards_disconnect and bs_shards_destroy are left. */
+void bs_shards_halt(bs_shards_t *s);
 /* "host:port" of the first seed, for log lines. */
 const char *bs_shards_name(const bs_shards_t *s, char *buf, size_t len);
 
