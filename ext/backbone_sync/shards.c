@@ -333,14 +333,24 @@ out:
 /* Is c a node of a Redis Cluster? 1, 0, or -1 when it did not say. */
 static int is_cluster(redisContext *c, char *why, size_t whylen)
 {
-    redisReply *r = redisCommand(c, "INFO cluster");
+    /* The default sections: "server" has the version, "cluster" the mode. */
+    redisReply *r = redisCommand(c, "INFO");
+    const char *version;
     int rc;
 
     if (!r || r->type != REDIS_REPLY_STRING) {
-        snprintf(why, whylen, "INFO cluster failed: %s", r && r->str ? r->str : c->errstr);
+        snprintf(why, whylen, "INFO failed: %s", r && r->str ? r->str : c->errstr);
+        rc = -1;
+    } else if (!strstr(r->str, "cluster_enabled:1")) {
+        rc = 0;
+    } else if ((version = strstr(r->str, "redis_version:")) && atoi(version + 14) < 7) {
+        /* SSUBSCRIBE and SPUBLISH came with 7.0; an older cluster would
+         * refuse every subscription. */
+        snprintf(why, whylen, "a Redis Cluster needs Redis 7 or later (sharded pub/sub), and %s:%d runs %.*s",
+                 c->tcp.host, c->tcp.port, (int)strcspn(version + 14, "\r\n"), version + 14);
         rc = -1;
     } else {
-        rc = strstr(r->str, "cluster_enabled:1") != NULL;
+        rc = 1;
     }
     if (r)
         freeReplyObject(r);

@@ -228,6 +228,18 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     JSON.generate([{ channel: channel, data: data, ext: { offset: offset, epoch: epoch } }])
   end
 
+  it "refuses a cluster older than Redis 7 (no sharded pub/sub), saying so" do
+    info = ->(_c, _a) { HostileRedis.bulk("# Server\r\nredis_version:6.2.14\r\n# Cluster\r\ncluster_enabled:1\r\n") }
+    hostile(on: { "INFO" => info }) do |fake|
+      logged_server(fake) do |server, log|
+        eventually(timeout: 4, what: "the log line") { log.string.include?("unreachable") }
+        expect(log.string).to include("needs Redis 7 or later").and include("runs 6.2.14")
+        expect(fake.seen.size.times.map { fake.seen.pop }.map(&:first)).not_to include("SSUBSCRIBE", "EVALSHA")
+        expect(server.stats[:backplane_up]).to eq(0)
+      end
+    end
+  end
+
   describe "smessages that lie" do
     it "hands a subscribed client only the well-formed messages of its channel" do
       hostile do |fake|
