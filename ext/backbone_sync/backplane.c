@@ -960,9 +960,22 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
                          const char *event_id, size_t idlen)
 {
     /* data: the delivery head; epoch: proposed, for a channel Redis does not
-     * know; extra: the event id publish.lua drops a second copy by. */
-    bs_item_t *o = bs_item_new_extra(0, channel, chlen, head, hlen, event_id, idlen);
+     * know; extra: the event id publish.lua drops a second copy by. A
+     * publish without one gets one of its own (not in the delivery): when
+     * Redis ran it but its answer was lost (a shard stalled past the
+     * timeout), the copy sent again is dropped rather than numbered anew. */
+    char own[3 + BS_EPOCH_LEN];
+    bs_item_t *o;
     int was_empty;
+
+    if (!idlen) {
+        memcpy(own, "bs-", 3);
+        if (bs_random_id(own + 3, BS_EPOCH_LEN) == 0) {
+            event_id = own;
+            idlen = sizeof(own);
+        }
+    }
+    o = bs_item_new_extra(0, channel, chlen, head, hlen, event_id, idlen);
 
     if (!o)
         return BS_ENOMEM;

@@ -76,10 +76,14 @@ module BackboneSync
       # The delivery up to its ext, built by the C core as the server builds
       # it; the script adds the offset and the epoch (made by the core too).
       head = BackboneSync.delivery_head(channel, BackboneSync.encode_json(data), event_id)
+      # Without an event id, one of its own (not in the delivery), as the
+      # servers do: a retry of a publish Redis ran but whose answer was lost
+      # is dropped rather than numbered anew.
+      dedup = event_id || "bs-#{BackboneSync.new_epoch}"
       @lock.synchronize do
         cluster = detect
         keys, pubsub = BackboneSync._redis_names(@prefix, channel, cluster)
-        args = [pubsub, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch, event_id.to_s,
+        args = [pubsub, channel, head, @history_size, @history_ttl, BackboneSync.new_epoch, dedup,
                 cluster ? "SPUBLISH" : "PUBLISH"]
         cluster ? run_in_cluster(BackboneSync._redis_slot(keys[0]), keys, args) : run(single, keys, args)
       end

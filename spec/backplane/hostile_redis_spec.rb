@@ -529,7 +529,7 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     ensure
       stop_bounded(node) if node
     end
-      # A stall (as DEBUG SLEEP 3 would make one: the test cluster does not
+    # A stall (as DEBUG SLEEP 3 would make one: the test cluster does not
     # enable DEBUG, so the primary is stopped with SIGSTOP for 3 s) outlasts
     # hiredis's 2 s timeout while a publish is in flight.
     it "delivers each publish once when the shard of its channel stalls for 3 s" do
@@ -556,12 +556,10 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
         Process.kill(:CONT, pid)
       end
       3.times { |i| publisher.publish(channel, "after #{i}") }
-      # Not fixed: the EVALSHAs that timed out were run by the shard when it
-      # woke; the node, which never read their answers, sends them again on
-      # its new connection, and publish.lua numbers each copy anew (it drops
-      # a second copy only by an event id, and these have none). README
-      # promises "exactly once".
-      pending "a publish whose answer timed out is sent again and delivered twice"
+      # The EVALSHAs that timed out were run by the shard when it woke; the
+      # node, which never read their answers, sends them again on its new
+      # connection, and publish.lua drops each second copy by the event id
+      # the node gave it.
       got = http.receive(20, within: 12).map { |m| [m["data"], m.dig("ext", "offset")] }
       counts = got.map(&:first).tally
       expect(counts.values.uniq).to eq([1]), "delivered: #{got.inspect}"
@@ -569,7 +567,8 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
     ensure
       [publisher, subscriber].each { |n| stop_bounded(n) if n }
     end
-      it "comes back whole after primaries are killed and restarted, again and again, under publishes" do
+
+    it "comes back whole after primaries are killed and restarted, again and again, under publishes" do
       prefix = "kill#{rand(1 << 30)}:"
       node = cluster_node(prefix)
       eventually(timeout: 10, what: "the node on the cluster") { node.stats[:backplane_up] == 1 }
