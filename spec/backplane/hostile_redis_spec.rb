@@ -493,7 +493,7 @@ RSpec.describe "the Redis backplane facing a hostile Redis" do
       end
     end
 
-    it "leaves on Redis exactly the shard subscriptions its clients still want after a storm" do
+    it "leaves on Redis exactly the shard subscriptions its clients still want after a storm", :load do
       prefix = "storm#{rand(1 << 30)}:"
       node = cluster_node(prefix)
       eventually(timeout: 10, what: "the node on the cluster") { node.stats[:backplane_up] == 1 }
