@@ -964,7 +964,7 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
      * publish without one gets one of its own (not in the delivery): when
      * Redis ran it but its answer was lost (a shard stalled past the
      * timeout), the copy sent again is dropped rather than numbered anew. */
-    char own[3 + BS_EPOCH_LEN];
+    char own[3 + BS_EPOCH_LEN + 1];        /* bs_random_id ends it with a NUL */
     bs_item_t *o;
     int was_empty;
 
@@ -972,7 +972,7 @@ int bs_backplane_publish(bs_backplane_t *b, const char *channel, size_t chlen, c
         memcpy(own, "bs-", 3);
         if (bs_random_id(own + 3, BS_EPOCH_LEN) == 0) {
             event_id = own;
-            idlen = sizeof(own);
+            idlen = sizeof(own) - 1;
         }
     }
     o = bs_item_new_extra(0, channel, chlen, head, hlen, event_id, idlen);
