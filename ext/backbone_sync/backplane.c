@@ -160,11 +160,6 @@ static void mark_dirty(bs_backplane_t *b, interest_t *x)
     b->ndirty++;
 }
 
-static int is_pattern(const char *name, size_t len)
-{
-    return len && name[len - 1] == '*';
-}
-
 /* A new `sub` holds no subscription: what is wanted in the lost partitions
  * (NULL: all), and every pattern, is to be asked for again (sync_interest
  * does it; asking a shard again for what it has is harmless). */
@@ -177,8 +172,7 @@ static void resubscribe(bs_backplane_t *b, const uint64_t *lost)
         for (bs_hnode_t *n = b->interests.buckets[i]; n; n = n->next) {
             interest_t *x = (interest_t *)n;
 
-            if (lost && !is_pattern(x->name, x->len) &&
-                !(*lost >> bs_rnames_partition(x->name, x->len) & 1))
+            if (lost && !bs_rnames_listens_in(x->name, x->len, *lost))
                 continue;
             x->active = 0;
             mark_dirty(b, x);
@@ -661,7 +655,7 @@ static int sync_interest(bs_backplane_t *b)
         x->deferred = 0;
         if (x->want_now == x->active)
             continue;
-        if (!b->shards.cluster || !is_pattern(x->name, x->len)) {
+        if (!b->shards.cluster || !bs_rnames_everywhere(x->name, x->len)) {
             if (bs_shards_of(&b->shards, part)->broken)
                 x->deferred = 1;
             else

@@ -37,6 +37,16 @@ int bs_rnames_partition(const char *channel, size_t len)
     return (int)(crc16(channel, len) % BS_RPARTITIONS);
 }
 
+int bs_rnames_everywhere(const char *name, size_t len)
+{
+    return len && name[len - 1] == '*';
+}
+
+int bs_rnames_listens_in(const char *name, size_t len, uint64_t partitions)
+{
+    return bs_rnames_everywhere(name, len) || (partitions >> bs_rnames_partition(name, len) & 1);
+}
+
 int bs_rnames_name(bs_buf_t *out, const char *prefix, int partition, int kind, const char *channel,
                    size_t len)
 {

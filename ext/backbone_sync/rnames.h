@@ -11,6 +11,7 @@
 #define BS_RNAMES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 
@@ -29,6 +30,14 @@
 unsigned bs_rnames_slot(const char *name, size_t len);
 /* The partition of a channel: CRC16 of its name, modulo BS_RPARTITIONS. */
 int bs_rnames_partition(const char *channel, size_t len);
+
+/* 1 when a name a node subscribes to (a channel, or a pattern: one whose
+ * last segment is one star or two) listens in every partition, as a
+ * pattern does; 0 when only in its own (bs_rnames_partition). */
+int bs_rnames_everywhere(const char *name, size_t len);
+/* 1 when what name listens to may be in one of the partitions whose bits
+ * are set in `partitions` (bit p for partition p). */
+int bs_rnames_listens_in(const char *name, size_t len, uint64_t partitions);
 
 /* What a name is of. Keys: KIND_SETTINGS (the history settings the servers
  * write, one per partition; channel ignored), KIND_EPOCH, KIND_OFFSET,

@@ -260,7 +260,7 @@ static int in_lost_partition(void *ctx, const char *name, size_t len)
 {
     const uint64_t *lost = ctx;
 
-    return (len && name[len - 1] == '*') || (*lost >> bs_rnames_partition(name, len) & 1);
+    return bs_rnames_listens_in(name, len, *lost);
 }
 
 /* Any thread, under the inbox's lock: the context exists while it is open. */
